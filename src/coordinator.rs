@@ -1,0 +1,194 @@
+//! What sits above every driver: calls run in the order they were made (upstream runs a
+//! driver's calls on a one-worker executor, and callers rely on that order), results are
+//! waited on from any thread, and the heartbeat runs as a task on the shared runtime.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Notify};
+
+use crate::driver::Driver;
+use crate::error::Result;
+use crate::runtime;
+
+/// The result of a call that is running on the runtime.
+pub struct Pending<T> {
+    state: Arc<PendingState<T>>,
+}
+
+struct PendingState<T> {
+    value: Mutex<Option<Result<T>>>,
+    ready: Condvar,
+}
+
+impl<T: Clone> Pending<T> {
+    fn new() -> Self {
+        Pending { state: Arc::new(PendingState { value: Mutex::new(None), ready: Condvar::new() }) }
+    }
+
+    fn complete(&self, value: Result<T>) {
+        *self.state.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        self.state.ready.notify_all();
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.value.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Waits for the result; `None` when `timeout` passed first.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Result<T>> {
+        let guard = self.state.value.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = match timeout {
+            None => self.state.ready.wait_while(guard, |v| v.is_none()).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                self.state.ready.wait_timeout_while(guard, t, |v| v.is_none()).unwrap_or_else(|p| p.into_inner()).0
+            }
+        };
+        guard.clone()
+    }
+}
+
+impl<T> Clone for Pending<T> {
+    fn clone(&self) -> Self {
+        Pending { state: self.state.clone() }
+    }
+}
+
+pub struct Coordinator {
+    driver: Arc<dyn Driver>,
+    /// Completion signal of the most recently submitted call, and the fork generation it
+    /// belongs to (a call in flight in the parent never completes in a forked child).
+    tail: Mutex<(u64, Option<oneshot::Receiver<()>>)>,
+    heart: Arc<HeartState>,
+}
+
+struct HeartState {
+    running: Mutex<bool>,
+    stopped: Condvar,
+    stop_requested: AtomicBool,
+    wake: Notify,
+    beats: AtomicU64,
+    generation: AtomicU64,
+}
+
+impl Coordinator {
+    pub fn new(driver: Arc<dyn Driver>) -> Self {
+        Coordinator {
+            driver,
+            tail: Mutex::new((runtime::generation(), None)),
+            heart: Arc::new(HeartState {
+                running: Mutex::new(false),
+                stopped: Condvar::new(),
+                stop_requested: AtomicBool::new(false),
+                wake: Notify::new(),
+                beats: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.driver
+    }
+
+    /// Runs `call` on the runtime after every call submitted before it has finished.
+    pub fn submit<T, F, Fut>(&self, call: F) -> Pending<T>
+    where
+        T: Clone + Send + 'static,
+        F: FnOnce(Arc<dyn Driver>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let pending = Pending::new();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let previous = {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            let generation = runtime::generation();
+            let previous = if tail.0 == generation { tail.1.take() } else { None };
+            *tail = (generation, Some(done_rx));
+            previous
+        };
+        let driver = self.driver.clone();
+        let out = pending.clone();
+        runtime::runtime().spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            out.complete(call(driver).await);
+            drop(done_tx);
+        });
+        pending
+    }
+
+    /// Runs `call` now on the calling thread and waits for it (for start/stop/locks).
+    pub fn run<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        runtime::block_on(call)
+    }
+
+    // ------------------------------------------------------------ heartbeat
+
+    pub fn heart_alive(&self) -> bool {
+        *self.heart.running.lock().unwrap_or_else(|p| p.into_inner())
+            && self.heart.generation.load(Ordering::SeqCst) == runtime::generation()
+    }
+
+    pub fn heart_beats(&self) -> u64 {
+        self.heart.beats.load(Ordering::SeqCst)
+    }
+
+    /// Starts the heartbeat task unless it is already running.
+    pub fn start_heart(&self) {
+        let heart = self.heart.clone();
+        {
+            let mut running = heart.running.lock().unwrap_or_else(|p| p.into_inner());
+            if *running && heart.generation.load(Ordering::SeqCst) == runtime::generation() {
+                return;
+            }
+            *running = true;
+        }
+        heart.generation.store(runtime::generation(), Ordering::SeqCst);
+        heart.stop_requested.store(false, Ordering::SeqCst);
+        heart.beats.store(0, Ordering::SeqCst);
+        let driver = self.driver.clone();
+        runtime::runtime().spawn(async move {
+            while !heart.stop_requested.load(Ordering::SeqCst) {
+                let began = Instant::now();
+                let pause = match driver.heartbeat().await {
+                    Ok(next) => {
+                        heart.beats.fetch_add(1, Ordering::SeqCst);
+                        let next = next.unwrap_or(1.0).max(0.0);
+                        let left = (next - began.elapsed().as_secs_f64()).max(0.0);
+                        Duration::from_secs_f64(left / 2.0)
+                    }
+                    // Upstream retries a failed beat every second until it works.
+                    Err(_) => Duration::from_secs(1),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = heart.wake.notified() => {}
+                }
+            }
+            *heart.running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            heart.stopped.notify_all();
+        });
+    }
+
+    pub fn stop_heart(&self) {
+        self.heart.stop_requested.store(true, Ordering::SeqCst);
+        self.heart.wake.notify_one();
+    }
+
+    /// Waits for the heartbeat task to end; returns whether it is still running.
+    pub fn wait_heart(&self, timeout: Option<Duration>) -> bool {
+        if self.heart.generation.load(Ordering::SeqCst) != runtime::generation() {
+            return false;
+        }
+        let guard = self.heart.running.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = match timeout {
+            None => self.heart.stopped.wait_while(guard, |r| *r).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => self.heart.stopped.wait_timeout_while(guard, t, |r| *r).unwrap_or_else(|p| p.into_inner()).0,
+        };
+        *guard
+    }
+}

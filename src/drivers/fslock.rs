@@ -1,0 +1,276 @@
+//! Whole-file POSIX record locks (`fcntl(F_SETLK)`, what Python's `fcntl.lockf` takes), made
+//! safe between threads of one process.
+//!
+//! A record lock belongs to the process, not to a thread or an open file, so two threads
+//! would both "get" it. Every path therefore has one process-wide barrier that hands the
+//! lock to one holder at a time (or to several shared holders, which only the process
+//! itself can tell apart; between processes the lock is always exclusive). Upstream tooz's
+//! file driver behaves the same way, so ours and theirs exclude each other on a directory.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::driver::Wait;
+use crate::error::{Error, Result};
+use crate::runtime;
+
+pub struct Barrier {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    holders: usize,
+    shared: bool,
+    file: Option<File>,
+}
+
+type Registry = (u64, HashMap<PathBuf, Weak<Barrier>>);
+static BARRIERS: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// The process-wide barrier of `path` (a fresh set after a fork: the child holds no locks).
+pub fn barrier(path: &Path) -> Arc<Barrier> {
+    let mut reg = BARRIERS.lock().unwrap_or_else(|p| p.into_inner());
+    let generation = runtime::generation();
+    let map = match &mut *reg {
+        Some((g, map)) if *g == generation => map,
+        slot => &mut slot.insert((generation, HashMap::new())).1,
+    };
+    if let Some(b) = map.get(path).and_then(Weak::upgrade) {
+        return b;
+    }
+    map.retain(|_, w| w.strong_count() > 0);
+    let b = Arc::new(Barrier { path: path.to_owned(), inner: Mutex::new(Inner::default()), changed: Notify::new() });
+    map.insert(path.to_owned(), Arc::downgrade(&b));
+    b
+}
+
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new().append(true).create(true).mode(0o666).open(path)
+}
+
+/// One non-blocking attempt at the whole-file write lock; Ok(false) when another process holds it.
+fn try_record_lock(file: &File) -> io::Result<bool> {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    loop {
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EACCES) | Some(libc::EAGAIN) => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Whether some other process holds a lock on the file (`F_GETLK`).
+pub fn held_elsewhere(path: &Path) -> io::Result<bool> {
+    let file = match OpenOptions::new().read(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as _)
+}
+
+const FIRST_PAUSE: Duration = Duration::from_millis(2);
+const LONGEST_PAUSE: Duration = Duration::from_millis(100);
+
+enum Step {
+    Got,
+    /// Another holder in this process: wait for the barrier to change.
+    InProcess,
+    /// Another process holds the record lock: poll again later.
+    OtherProcess,
+}
+
+impl Barrier {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn try_enter(&self, shared: bool) -> Result<Step> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.holders > 0 {
+            if shared && inner.shared {
+                inner.holders += 1;
+                return Ok(Step::Got);
+            }
+            return Ok(Step::InProcess);
+        }
+        let file = open_lock_file(&self.path).map_err(|e| Error::io(&format!("cannot open lock file {}", self.path.display()), e))?;
+        if try_record_lock(&file).map_err(|e| Error::io(&format!("cannot lock {}", self.path.display()), e))? {
+            inner.holders = 1;
+            inner.shared = shared;
+            inner.file = Some(file);
+            Ok(Step::Got)
+        } else {
+            Ok(Step::OtherProcess)
+        }
+    }
+
+    /// Takes the lock; false when `wait` ran out first.
+    pub async fn acquire(&self, shared: bool, wait: Wait) -> Result<bool> {
+        let deadline = wait.deadline();
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = self.try_enter(shared)?;
+            let sleep_for = match step {
+                Step::Got => return Ok(true),
+                _ if wait == Wait::No => return Ok(false),
+                Step::InProcess => None,
+                Step::OtherProcess => {
+                    let p = pause;
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                    Some(p)
+                }
+            };
+            let until = match (sleep_for, deadline) {
+                (Some(p), Some(d)) => Some((Instant::now() + p).min(d)),
+                (Some(p), None) => Some(Instant::now() + p),
+                (None, d) => d,
+            };
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    return Ok(false);
+                }
+            }
+            match until {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t) => {}
+                        _ = &mut notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Gives one hold back; the record lock goes when the last holder leaves.
+    pub fn release(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.holders = inner.holders.saturating_sub(1);
+        if inner.holders == 0 {
+            // Closing the descriptor drops the record lock.
+            inner.file = None;
+            inner.shared = false;
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+}
+
+/// A lock object: remembers whether *it* holds the barrier.
+pub struct PathLock {
+    barrier: Arc<Barrier>,
+    held: Mutex<bool>,
+}
+
+impl PathLock {
+    pub fn new(path: &Path) -> PathLock {
+        PathLock { barrier: barrier(path), held: Mutex::new(false) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.barrier.path()
+    }
+
+    pub fn is_held(&self) -> bool {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn acquire(&self, shared: bool, wait: Wait) -> Result<bool> {
+        let got = self.barrier.acquire(shared, wait).await?;
+        if got {
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        }
+        Ok(got)
+    }
+
+    pub fn release(&self) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if !*held {
+            return false;
+        }
+        *held = false;
+        self.barrier.release();
+        true
+    }
+
+    /// Runs `f` while holding the lock exclusively.
+    pub async fn with<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.barrier.acquire(false, Wait::Forever).await?;
+        let out = f();
+        self.barrier.release();
+        out
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_of_one_process_exclude_each_other() {
+        let dir = std::env::temp_dir().join(format!("tooz-fslock-{}", std::process::id()));
+        let path = dir.join("l");
+        let a = PathLock::new(&path);
+        let b = PathLock::new(&path);
+        runtime::block_on(async {
+            assert!(a.acquire(false, Wait::No).await.unwrap());
+            assert!(!b.acquire(false, Wait::No).await.unwrap());
+            assert!(!b.acquire(false, Wait::For(Duration::from_millis(30))).await.unwrap());
+            assert!(!a.acquire(false, Wait::No).await.unwrap(), "not re-entrant");
+            assert!(a.release());
+            assert!(!a.release());
+            assert!(b.acquire(false, Wait::No).await.unwrap());
+            assert!(b.release());
+            // Shared holders stack; an exclusive one waits for all of them.
+            assert!(a.acquire(true, Wait::No).await.unwrap());
+            assert!(b.acquire(true, Wait::No).await.unwrap());
+            let c = PathLock::new(&path);
+            assert!(!c.acquire(false, Wait::No).await.unwrap());
+            a.release();
+            assert!(!c.acquire(false, Wait::No).await.unwrap());
+            b.release();
+            assert!(c.acquire(false, Wait::No).await.unwrap());
+        });
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

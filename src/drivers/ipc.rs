@@ -1,0 +1,238 @@
+//! `ipc://`: System V semaphores as locks, and the group list in a shared-memory segment,
+//! laid out as upstream tooz's ipc driver lays them out:
+//!
+//! * lock `name` = semaphore `ftok(name, "__TOOZ_LOCK_")`, created with value 1 and taken
+//!   with SEM_UNDO (a killed holder frees it); release *removes* the semaphore, and waiters
+//!   that see it vanish start over;
+//! * groups = segment `ftok("GROUP_LIST", "_TOOZ_INTERNAL")`, 1024 bytes: a native-endian
+//!   u16 length, then a msgpack array of the ids; changed under lock `TOOZ_INTERNAL_LOCK`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::sysv::{self, SemWait, Shm};
+use crate::driver::{Driver, DriverLock, Op, Wait};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::msgpack::{self, Value};
+
+const LOCK_PROJECT: &[u8] = b"__TOOZ_LOCK_";
+const GROUP_LIST_SIZE: usize = 1024;
+
+fn ipc_err(what: &str, e: std::io::Error) -> Error {
+    Error::Tooz(format!("{what}: {e}"))
+}
+
+pub struct IpcDriver {
+    internal_lock: IpcLock,
+}
+
+impl IpcDriver {
+    pub fn new() -> IpcDriver {
+        IpcDriver { internal_lock: IpcLock::new(b"TOOZ_INTERNAL_LOCK") }
+    }
+
+    fn group_list() -> Result<Shm> {
+        Shm::attach(sysv::ftok(b"GROUP_LIST", b"_TOOZ_INTERNAL"), GROUP_LIST_SIZE)
+            .map_err(|e| ipc_err("cannot attach the group list", e))
+    }
+
+    fn read_groups(shm: &Shm) -> Result<Vec<Id>> {
+        let len = u16::from_ne_bytes(shm.read(0, 2).try_into().unwrap_or([0, 0])) as usize;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        match msgpack::decode(&shm.read(2, len))? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Bin(b) => Ok(Id::Bytes(b)),
+                    Value::Str(s) => Ok(Id::Text(s)),
+                    other => Err(Error::Serialization(format!("unexpected entry in the group list: {other:?}"))),
+                })
+                .collect(),
+            _ => Err(Error::Serialization("the shared group list is not a list".into())),
+        }
+    }
+
+    fn write_groups(shm: &Shm, groups: &[Id]) -> Result<()> {
+        let list = Value::Array(
+            groups
+                .iter()
+                .map(|g| match g {
+                    Id::Bytes(b) => Value::Bin(b.clone()),
+                    Id::Text(s) => Value::Str(s.clone()),
+                })
+                .collect(),
+        );
+        let data = msgpack::encode(&list);
+        if data.len() >= GROUP_LIST_SIZE - 2 {
+            return Err(Error::Tooz("Group list is too big".into()));
+        }
+        shm.write(2, &data);
+        shm.write(0, &(data.len() as u16).to_ne_bytes());
+        Ok(())
+    }
+
+    /// Read-modify-write of the group list under the internal lock.
+    async fn change_groups(&self, change: impl FnOnce(&mut Vec<Id>) -> Result<()>) -> Result<()> {
+        self.internal_lock.acquire(Wait::Forever, false).await?;
+        let out = (|| {
+            let shm = Self::group_list()?;
+            let mut groups = Self::read_groups(&shm)?;
+            change(&mut groups)?;
+            Self::write_groups(&shm, &groups)
+        })();
+        self.internal_lock.release().await?;
+        out
+    }
+}
+
+impl Default for IpcDriver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Driver for IpcDriver {
+    fn supports(&self, op: Op) -> bool {
+        matches!(op, Op::CreateGroup | Op::DeleteGroup | Op::GetGroups)
+    }
+
+    async fn start(&self) -> Result<()> {
+        Self::group_list().map(drop).map_err(|e| Error::Connection(e.to_string()))
+    }
+
+    async fn stop(&self) -> Result<()> {
+        // Upstream also removes the shared segment here, wiping every other process's
+        // group list; we leave it in place.
+        Ok(())
+    }
+
+    async fn create_group(&self, group: &Id) -> Result<()> {
+        self.change_groups(|groups| {
+            if groups.contains(group) {
+                return Err(Error::GroupAlreadyExist(group.clone()));
+            }
+            groups.push(group.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_group(&self, group: &Id) -> Result<()> {
+        self.change_groups(|groups| {
+            let before = groups.len();
+            groups.retain(|g| g != group);
+            if groups.len() == before {
+                return Err(Error::GroupNotCreated(group.clone()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_groups(&self) -> Result<Vec<Id>> {
+        self.internal_lock.acquire(Wait::Forever, false).await?;
+        let out = Self::group_list().and_then(|shm| Self::read_groups(&shm));
+        self.internal_lock.release().await?;
+        out
+    }
+
+    fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("Locks must be provided a name".into()));
+        }
+        Ok(Arc::new(IpcLock::new(name)))
+    }
+}
+
+pub struct IpcLock {
+    name: Vec<u8>,
+    key: libc::key_t,
+    /// The semaphore id this object holds.
+    held: Mutex<Option<i32>>,
+}
+
+impl IpcLock {
+    pub fn new(name: &[u8]) -> IpcLock {
+        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None) }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The semaphore for our key, created if missing; None if it vanished in between.
+    fn semaphore(&self) -> Result<Option<i32>> {
+        if let Some(id) = sysv::sem_create(self.key).map_err(|e| ipc_err("cannot create semaphore", e))? {
+            return Ok(Some(id));
+        }
+        sysv::sem_open(self.key).map_err(|e| ipc_err("cannot open semaphore", e))
+    }
+}
+
+#[async_trait]
+impl DriverLock for IpcLock {
+    fn name(&self) -> Id {
+        Id::Bytes(self.name.clone())
+    }
+
+    async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
+        if shared {
+            return Err(Error::NotImplemented("shared ipc locks are not supported".into()));
+        }
+        if self.held().is_some() {
+            // Not re-entrant: a second acquire by the holder would deadlock on itself.
+            if wait == Wait::No {
+                return Ok(false);
+            }
+        }
+        let deadline = wait.deadline();
+        loop {
+            let Some(id) = self.semaphore()? else { continue };
+            let timeout = match (wait, deadline) {
+                (Wait::No, _) => Some(Duration::ZERO),
+                (_, Some(d)) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    Some(d - now)
+                }
+                _ => None,
+            };
+            let outcome = if timeout == Some(Duration::ZERO) {
+                sysv::sem_acquire(id, timeout)
+            } else {
+                tokio::task::spawn_blocking(move || sysv::sem_acquire(id, timeout))
+                    .await
+                    .map_err(|e| Error::Tooz(format!("semaphore wait failed: {e}")))?
+            };
+            match outcome.map_err(|e| ipc_err("cannot take semaphore", e))? {
+                SemWait::Got => {
+                    *self.held() = Some(id);
+                    return Ok(true);
+                }
+                SemWait::Busy => return Ok(false),
+                SemWait::Removed => continue,
+            }
+        }
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let Some(id) = self.held().take() else { return Ok(false) };
+        sysv::sem_remove(id).map_err(|e| ipc_err("cannot remove semaphore", e))
+    }
+
+    async fn break_(&self) -> Result<bool> {
+        match sysv::sem_open(self.key).map_err(|e| ipc_err("cannot open semaphore", e))? {
+            None => Ok(false),
+            Some(id) => sysv::sem_remove(id).map_err(|e| ipc_err("cannot remove semaphore", e)),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The Rust core of tooz: drivers behind one async trait, the shared runtime, and (with the
+//! `python` feature) the PyO3 binding that the `tooz` Python package wraps.
+
+pub mod coordinator;
+pub mod driver;
+pub mod drivers;
+pub mod error;
+pub mod id;
+pub mod msgpack;
+pub mod runtime;
+
+#[cfg(feature = "python")]
+mod py;
