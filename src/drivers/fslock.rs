@@ -96,7 +96,7 @@ pub fn held_elsewhere(path: &Path) -> io::Result<bool> {
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(fl.l_type != libc::F_UNLCK as _)
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 const FIRST_PAUSE: Duration = Duration::from_millis(2);

@@ -1,0 +1,35 @@
+"""``ipc://``: System V semaphores as locks, groups in shared memory (upstream's keys)."""
+
+import hashlib
+
+from tooz import coordination
+from tooz.drivers import _native
+
+#: sysv_ipc's key range on 64-bit Linux (it folds keys into [LONG_MIN, LONG_MAX]).
+_KEY_MIN = -(2 ** 63)
+_KEY_MAX = 2 ** 63 - 1
+
+
+def ftok(name, project):
+    """The key upstream derives for ``name``: md5(project + name) folded into the key range."""
+    if isinstance(name, str):
+        name = name.encode("ascii")
+    if isinstance(project, str):
+        project = project.encode("ascii")
+    span = abs(_KEY_MIN) + _KEY_MAX if _KEY_MIN <= 0 else _KEY_MAX - _KEY_MIN
+    return int(hashlib.md5(project + name).hexdigest(), 16) % span + _KEY_MIN
+
+
+class IPCLock(_native.NativeLock):
+    """A System V semaphore; released by removing it, freed by the kernel if the holder dies."""
+
+
+class IPCDriver(_native.NativeDriver, coordination.CoordinationDriverWithExecutor):
+    """Coordination through System V IPC on one host: locks, and groups without members."""
+
+    CHARACTERISTICS = (
+        coordination.Characteristics.NON_TIMEOUT_BASED,
+        coordination.Characteristics.DISTRIBUTED_ACROSS_THREADS,
+        coordination.Characteristics.DISTRIBUTED_ACROSS_PROCESSES,
+    )
+    LOCK_CLASS = IPCLock
