@@ -68,13 +68,15 @@ fn record_field<'a>(record: &'a Value, key: &str, path: &Path) -> Result<&'a Val
     record.get(key).ok_or_else(|| Error::Tooz(format!("record {} has no '{key}'", path.display())))
 }
 
-/// The id stored in a `.metadata` / `.raw` record, in the type it was given.
+/// The id stored in a `.metadata` / `.raw` record, in the type it was given: bytes marked
+/// `encoded` were given as text; pre-1.36 records stored text ids as msgpack str.
 fn stored_id(record: &Value, key: &str, path: &Path) -> Result<Id> {
-    let raw = record_field(record, key, path)?
-        .as_bytes()
-        .ok_or_else(|| Error::Tooz(format!("record {} has a malformed '{key}'", path.display())))?;
     let encoded = matches!(record.get("encoded"), Some(Value::Bool(true)));
-    Ok(Id::from_stored(raw.to_vec(), encoded))
+    match record_field(record, key, path)? {
+        Value::Str(s) => Ok(Id::Text(s.clone())),
+        Value::Bin(b) => Ok(Id::from_stored(b.clone(), encoded)),
+        _ => Err(Error::Tooz(format!("record {} has a malformed '{key}'", path.display()))),
+    }
 }
 
 fn mtime_secs(meta: &fs::Metadata) -> f64 {

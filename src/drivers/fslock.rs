@@ -190,15 +190,15 @@ impl Barrier {
     }
 }
 
-/// A lock object: remembers whether *it* holds the barrier.
+/// A lock object: counts the holds *it* has on the barrier (shared holds stack).
 pub struct PathLock {
     barrier: Arc<Barrier>,
-    held: Mutex<bool>,
+    held: Mutex<usize>,
 }
 
 impl PathLock {
     pub fn new(path: &Path) -> PathLock {
-        PathLock { barrier: barrier(path), held: Mutex::new(false) }
+        PathLock { barrier: barrier(path), held: Mutex::new(0) }
     }
 
     pub fn path(&self) -> &Path {
@@ -206,23 +206,23 @@ impl PathLock {
     }
 
     pub fn is_held(&self) -> bool {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) > 0
     }
 
     pub async fn acquire(&self, shared: bool, wait: Wait) -> Result<bool> {
         let got = self.barrier.acquire(shared, wait).await?;
         if got {
-            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }
         Ok(got)
     }
 
     pub fn release(&self) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if !*held {
+        if *held == 0 {
             return false;
         }
-        *held = false;
+        *held -= 1;
         self.barrier.release();
         true
     }
@@ -238,7 +238,7 @@ impl PathLock {
 
 impl Drop for PathLock {
     fn drop(&mut self) {
-        self.release();
+        while self.release() {}
     }
 }
 

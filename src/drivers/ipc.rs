@@ -6,6 +6,8 @@
 //!   that see it vanish start over;
 //! * groups = segment `ftok("GROUP_LIST", "_TOOZ_INTERNAL")`, 1024 bytes: a native-endian
 //!   u16 length, then a msgpack array of the ids; changed under lock `TOOZ_INTERNAL_LOCK`.
+//!   A started coordinator stays attached; the last one to stop removes the segment (upstream
+//!   removes it whenever any coordinator stops, wiping the list under everybody else).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,16 +30,23 @@ fn ipc_err(what: &str, e: std::io::Error) -> Error {
 
 pub struct IpcDriver {
     internal_lock: IpcLock,
+    attached: Mutex<Option<Shm>>,
 }
 
 impl IpcDriver {
     pub fn new() -> IpcDriver {
-        IpcDriver { internal_lock: IpcLock::new(b"TOOZ_INTERNAL_LOCK") }
+        IpcDriver { internal_lock: IpcLock::new(b"TOOZ_INTERNAL_LOCK"), attached: Mutex::new(None) }
     }
 
-    fn group_list() -> Result<Shm> {
-        Shm::attach(sysv::ftok(b"GROUP_LIST", b"_TOOZ_INTERNAL"), GROUP_LIST_SIZE)
-            .map_err(|e| ipc_err("cannot attach the group list", e))
+    /// Runs `f` on the current group-list segment (reattaching if a peer replaced it).
+    fn with_group_list<T>(&self, f: impl FnOnce(&Shm) -> Result<T>) -> Result<T> {
+        let id = sysv::shm_id(sysv::ftok(b"GROUP_LIST", b"_TOOZ_INTERNAL"), GROUP_LIST_SIZE)
+            .map_err(|e| ipc_err("cannot open the group list", e))?;
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        if attached.as_ref().map(Shm::id) != Some(id) {
+            *attached = Some(Shm::attach(id, GROUP_LIST_SIZE).map_err(|e| ipc_err("cannot attach the group list", e))?);
+        }
+        f(attached.as_ref().expect("attached above"))
     }
 
     fn read_groups(shm: &Shm) -> Result<Vec<Id>> {
@@ -80,12 +89,11 @@ impl IpcDriver {
     /// Read-modify-write of the group list under the internal lock.
     async fn change_groups(&self, change: impl FnOnce(&mut Vec<Id>) -> Result<()>) -> Result<()> {
         self.internal_lock.acquire(Wait::Forever, false).await?;
-        let out = (|| {
-            let shm = Self::group_list()?;
-            let mut groups = Self::read_groups(&shm)?;
+        let out = self.with_group_list(|shm| {
+            let mut groups = Self::read_groups(shm)?;
             change(&mut groups)?;
-            Self::write_groups(&shm, &groups)
-        })();
+            Self::write_groups(shm, &groups)
+        });
         self.internal_lock.release().await?;
         out
     }
@@ -104,12 +112,16 @@ impl Driver for IpcDriver {
     }
 
     async fn start(&self) -> Result<()> {
-        Self::group_list().map(drop).map_err(|e| Error::Connection(e.to_string()))
+        self.with_group_list(|_| Ok(())).map_err(|e| Error::Connection(e.to_string()))
     }
 
     async fn stop(&self) -> Result<()> {
-        // Upstream also removes the shared segment here, wiping every other process's
-        // group list; we leave it in place.
+        let shm = self.attached.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(shm) = shm {
+            if shm.attachments().map(|n| n <= 1).unwrap_or(false) {
+                shm.remove().map_err(|e| ipc_err("cannot remove the group list", e))?;
+            }
+        }
         Ok(())
     }
 
@@ -138,7 +150,7 @@ impl Driver for IpcDriver {
 
     async fn get_groups(&self) -> Result<Vec<Id>> {
         self.internal_lock.acquire(Wait::Forever, false).await?;
-        let out = Self::group_list().and_then(|shm| Self::read_groups(&shm));
+        let out = self.with_group_list(Self::read_groups);
         self.internal_lock.release().await?;
         out
     }

@@ -105,22 +105,51 @@ pub fn sem_remove(id: i32) -> io::Result<bool> {
 
 /// A shared-memory segment, attached for the lifetime of this value.
 pub struct Shm {
+    id: i32,
     addr: *mut u8,
     size: usize,
 }
 
+// SAFETY: the mapping is process-wide; all access goes through `&self` copies of bytes.
+unsafe impl Send for Shm {}
+
+/// The id of the segment with `key`, created (zero-filled) when missing.
+pub fn shm_id(key: libc::key_t, size: usize) -> io::Result<i32> {
+    let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | 0o600) };
+    if id < 0 {
+        return Err(last_error());
+    }
+    Ok(id)
+}
+
 impl Shm {
-    /// Attaches the segment with `key`, creating it (zero-filled) when missing.
-    pub fn attach(key: libc::key_t, size: usize) -> io::Result<Shm> {
-        let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | 0o600) };
-        if id < 0 {
-            return Err(last_error());
-        }
+    pub fn attach(id: i32, size: usize) -> io::Result<Shm> {
         let addr = unsafe { libc::shmat(id, std::ptr::null(), 0) };
         if addr as isize == -1 {
             return Err(last_error());
         }
-        Ok(Shm { addr: addr as *mut u8, size })
+        Ok(Shm { id, addr: addr as *mut u8, size })
+    }
+
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// How many processes have the segment attached.
+    pub fn attachments(&self) -> io::Result<u64> {
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        if unsafe { libc::shmctl(self.id, libc::IPC_STAT, &mut ds) } < 0 {
+            return Err(last_error());
+        }
+        Ok(ds.shm_nattch as u64)
+    }
+
+    /// Marks the segment for removal (it goes when the last process detaches).
+    pub fn remove(&self) -> io::Result<()> {
+        if unsafe { libc::shmctl(self.id, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
+            return Err(last_error());
+        }
+        Ok(())
     }
 
     pub fn read(&self, offset: usize, len: usize) -> Vec<u8> {

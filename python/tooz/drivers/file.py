@@ -1,9 +1,12 @@
 """``file:///dir``: locks, groups and members in a local directory (upstream's layout)."""
 
 import functools
+import hashlib
+import os
 
 import tooz
 from tooz import coordination
+from tooz import utils
 from tooz.drivers import _native
 
 FileFutureResult = functools.partial(coordination.CoordinatorResult)
@@ -29,6 +32,18 @@ class FileDriver(_native.NativeDriver,
     )
     LOCK_CLASS = FileLock
     HASH_ROUTINE = "sha1"
+
+    def __init__(self, member_id, parsed_url, options):
+        super().__init__(member_id, parsed_url, options)
+        self._dir = parsed_url.path
+        self._group_dir = os.path.join(self._dir, "groups")
+        self._tmpdir = os.path.join(self._dir, "tmp")
+        self._driver_lock_path = os.path.join(self._dir, ".driver_lock")
+
+    @classmethod
+    def _make_filesystem_safe(cls, item):
+        """The directory/file name of a group or member id: sha1 of its UTF-8 bytes."""
+        return hashlib.new(cls.HASH_ROUTINE, utils.to_binary(item, encoding="utf8")).hexdigest()
 
     def watch_elected_as_leader(self, group_id, callback):
         raise tooz.NotImplemented("not implemented")

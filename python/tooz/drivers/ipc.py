@@ -2,6 +2,8 @@
 
 import hashlib
 
+import tooz
+
 from tooz import coordination
 from tooz.drivers import _native
 
@@ -23,6 +25,11 @@ def ftok(name, project):
 class IPCLock(_native.NativeLock):
     """A System V semaphore; released by removing it, freed by the kernel if the holder dies."""
 
+    def acquire(self, blocking=True, shared=False, timeout=None):
+        if blocking is False and timeout is not None:
+            raise tooz.NotImplemented("Timeout without blocking is not implemented")
+        return super().acquire(blocking, shared, timeout)
+
 
 class IPCDriver(_native.NativeDriver, coordination.CoordinationDriverWithExecutor):
     """Coordination through System V IPC on one host: locks, and groups without members."""
@@ -33,3 +40,11 @@ class IPCDriver(_native.NativeDriver, coordination.CoordinationDriverWithExecuto
         coordination.Characteristics.DISTRIBUTED_ACROSS_PROCESSES,
     )
     LOCK_CLASS = IPCLock
+
+    def watch_join_group(self, group_id, callback):
+        self.get_members(group_id).get()  # raises NotImplemented: ipc groups have no members
+        super().watch_join_group(group_id, callback)
+
+    def watch_leave_group(self, group_id, callback):
+        self.get_members(group_id).get()
+        super().watch_leave_group(group_id, callback)
