@@ -232,6 +232,12 @@ impl Driver for FileDriver {
     }
 
     async fn stop(&self) -> Result<()> {
+        // Memberships whose join result nobody fetched are still ours to give up.
+        let joined: Vec<Id> = self.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for group in joined {
+            let path = self.member_path(&group, &self.member);
+            self.driver_lock.with(|| Ok(fs::remove_file(&path).ok())).await?;
+        }
         Ok(())
     }
 

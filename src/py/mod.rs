@@ -170,9 +170,10 @@ impl PyCoordinator {
         self.run(py, async move { driver.start().await })
     }
 
+    /// Stops the driver once every call submitted before has finished.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let driver = self.core.driver().clone();
-        self.run(py, async move { driver.stop().await })
+        let pending = self.core.submit(|d| async move { d.stop().await });
+        py.detach(move || pending.wait(None)).unwrap_or(Ok(())).map_err(to_py)
     }
 
     fn heartbeat(&self, py: Python<'_>) -> PyResult<Option<f64>> {

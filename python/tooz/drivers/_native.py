@@ -108,6 +108,8 @@ class NativeDriver:
     """Mixin placed first in a built-in driver's bases; the Rust core does the work."""
 
     LOCK_CLASS = NativeLock
+    #: The Rust driver to build (several URL schemes may share one).
+    SCHEME = None
     #: Options that are lists (repeatable) rather than collapsed to their last value.
     LIST_OPTIONS = ()
 
@@ -122,7 +124,7 @@ class NativeDriver:
                     collapsed[key] = _option_text(value[-1])
             else:
                 collapsed[key] = _option_text(value)
-        self._core = _tooz.Coordinator(parsed_url.scheme, member_id, options=collapsed, **_url_parts(parsed_url))
+        self._core = _tooz.Coordinator(self.SCHEME, member_id, options=collapsed, **_url_parts(parsed_url))
         self.requires_beating = self._core.requires_beating()
         self.heart = NativeHeart(self, self._core)
 

@@ -30,6 +30,7 @@ class FileDriver(_native.NativeDriver,
         coordination.Characteristics.DISTRIBUTED_ACROSS_THREADS,
         coordination.Characteristics.DISTRIBUTED_ACROSS_PROCESSES,
     )
+    SCHEME = 'file'
     LOCK_CLASS = FileLock
     HASH_ROUTINE = "sha1"
 

@@ -39,6 +39,7 @@ class IPCDriver(_native.NativeDriver, coordination.CoordinationDriverWithExecuto
         coordination.Characteristics.DISTRIBUTED_ACROSS_THREADS,
         coordination.Characteristics.DISTRIBUTED_ACROSS_PROCESSES,
     )
+    SCHEME = 'ipc'
     LOCK_CLASS = IPCLock
 
     def watch_join_group(self, group_id, callback):

@@ -1,0 +1,200 @@
+"""Fixtures: one coordinator factory parametrised over every backend available.
+
+Adding a backend means adding one entry to ``BACKENDS`` (and, for a networked one, a
+fixture that starts its server on a free loopback port).
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tooz import coordination
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UPSTREAM_PYTHON = os.environ.get(
+    "TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
+
+
+def new_id(prefix="m"):
+    return ("%s-%s" % (prefix, uuid.uuid4().hex)).encode("ascii")
+
+
+def _file_url(tmp_path_factory):
+    return "file://%s" % tmp_path_factory.mktemp("tooz-file")
+
+
+def _ipc_url(tmp_path_factory):
+    return "ipc://"
+
+
+BACKENDS = {
+    "file": _file_url,
+    "ipc": _ipc_url,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path_factory):
+    """(name, url) of each backend; one directory/namespace per test."""
+    return request.param, BACKENDS[request.param](tmp_path_factory)
+
+
+@pytest.fixture
+def url(backend):
+    return backend[1]
+
+
+class Factory:
+    def __init__(self, url):
+        self.url = url
+        self.started = []
+
+    def __call__(self, member_id=None, start=True, url=None, **kwargs):
+        c = coordination.get_coordinator(url or self.url, member_id or new_id(), **kwargs)
+        if start:
+            c.start()
+            self.started.append(c)
+        return c
+
+    def close(self):
+        for c in self.started:
+            if c.is_started:
+                c.stop()
+
+
+@pytest.fixture
+def make_coordinator(url):
+    factory = Factory(url)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def coord(make_coordinator):
+    return make_coordinator()
+
+
+@pytest.fixture
+def group(coord):
+    """A fresh group id, deleted afterwards if it still exists (ipc groups are system-wide)."""
+    gid = new_id("g")
+    yield gid
+    if coord.is_started:
+        try:
+            for m in list(coord._joined_groups):
+                coord.leave_group(m).get()
+            coord.delete_group(gid).get()
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass
+
+
+def run_python(code, python=sys.executable, timeout=60, env=None):
+    """Run ``code`` in a fresh interpreter; returns the CompletedProcess (text)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def spawn_python(code, python=sys.executable, env=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen([python, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full_env)
+
+
+@pytest.fixture(scope="session")
+def upstream_python():
+    """The interpreter of the test-only virtualenv holding upstream tooz from PyPI."""
+    if not os.path.exists(UPSTREAM_PYTHON):
+        pytest.fail("upstream tooz virtualenv missing at %s: run the README's set-up command" % UPSTREAM_PYTHON)
+    check = run_python("import tooz.coordination, sysv_ipc; print('ok')", python=UPSTREAM_PYTHON)
+    assert check.returncode == 0, check.stderr
+    return UPSTREAM_PYTHON
+
+
+PEER = r"""
+import sys
+from tooz import coordination
+c = coordination.get_coordinator(sys.argv[1], sys.argv[2].encode())
+c.start()
+ns = {"c": c, "coordination": coordination}
+print("READY", flush=True)
+for line in sys.stdin:
+    try:
+        try:
+            code = compile(line, "<peer>", "eval")
+        except SyntaxError:
+            exec(line, ns)
+            out = None
+        else:
+            out = eval(code, ns)
+        print("OK " + repr(out), flush=True)
+    except Exception as e:
+        print("ERR " + type(e).__name__ + " " + str(e).replace("\n", " "), flush=True)
+"""
+
+
+class PeerError(Exception):
+    pass
+
+
+class Peer:
+    """A coordinator in another interpreter (ours or upstream's), driven one statement at a time.
+
+    ``peer.call("c.get_members(b'g').get()")`` returns the value (via ``ast.literal_eval`` of
+    its repr); an exception there raises ``PeerError('<ExceptionName> <message>')`` here.
+    """
+
+    def __init__(self, url, member_id, python=sys.executable):
+        self.proc = subprocess.Popen([python, "-c", PEER, url, member_id.decode()], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "READY":
+            raise PeerError("peer failed to start: %s" % self.proc.stderr.read())
+
+    def send(self, statement):
+        """Start a statement without waiting for its outcome (see :meth:`receive`)."""
+        self.proc.stdin.write(statement.replace("\n", " ") + "\n")
+        self.proc.stdin.flush()
+
+    def ready(self, timeout):
+        """Whether the outcome of the last statement sent arrives within ``timeout`` seconds."""
+        import select
+
+        return bool(select.select([self.proc.stdout], [], [], timeout)[0])
+
+    def call(self, statement):
+        self.send(statement)
+        return self.receive()
+
+    def receive(self):
+        import ast
+
+        line = self.proc.stdout.readline().rstrip("\n")
+        if line.startswith("OK "):
+            try:
+                return ast.literal_eval(line[3:])
+            except (ValueError, SyntaxError):
+                return line[3:]
+        if line.startswith("ERR "):
+            raise PeerError(line[4:])
+        raise PeerError("peer died: %s" % self.proc.stderr.read())
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.call("c.stop()")
+            except PeerError:
+                pass
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)

@@ -1,0 +1,58 @@
+"""Heartbeats: the Rust-side heart keeps memberships alive; without it they expire."""
+
+import time
+
+import pytest
+
+from conftest import new_id
+
+
+def test_heart_lifecycle(backend, make_coordinator):
+    c = make_coordinator(start=False)
+    if backend[0] == "ipc":
+        assert c.requires_beating is False
+        c.start(start_heart=True)
+        assert not c.heart.is_alive()
+        return
+    assert c.requires_beating is True
+    with pytest.raises(RuntimeError):
+        c.heart.wait(0)
+    c.start(start_heart=True)
+    make_coordinator.started.append(c)
+    assert c.heart.is_alive()
+    deadline = time.monotonic() + 5
+    while c.heart.beats < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.heart.beats >= 1
+    c.heart.stop()
+    assert c.heart.wait(5) is False
+    assert not c.heart.is_alive()
+    c.heart.start()
+    assert c.heart.is_alive()
+    c.stop()
+    assert not c.heart.is_alive()
+
+
+def test_heartbeat_returns_interval(backend, coord):
+    if backend[0] == "file":
+        assert coord.heartbeat() == 10
+    else:
+        assert coord.heartbeat() is None
+
+
+def test_heart_keeps_membership_alive(backend, make_coordinator):
+    if backend[0] != "file":
+        pytest.skip("no membership")
+    url = backend[1] + "?timeout=1"
+    group = new_id("g")
+    beating = make_coordinator(url=url, start=False)
+    beating.start(start_heart=True)
+    make_coordinator.started.append(beating)
+    silent = make_coordinator(url=url)
+    beating.create_group(group).get()
+    beating.join_group(group).get()
+    silent.join_group(group).get()
+    time.sleep(2.2)
+    assert silent.get_members(group).get() == {beating._member_id}
+    silent.heartbeat()  # rejoins the living (its file is touched again)
+    assert silent.get_members(group).get() == {beating._member_id, silent._member_id}

@@ -1,0 +1,267 @@
+"""Locks: blocking, non-blocking, timeouts, release, context managers, break, other processes."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import tooz
+from tooz import coordination
+from tooz import locking
+
+from conftest import new_id
+
+HOLDER = r"""
+import sys
+from tooz import coordination
+c = coordination.get_coordinator(sys.argv[1], b'holder')
+c.start()
+lock = c.get_lock(sys.argv[2].encode())
+assert lock.acquire(blocking=False), 'could not take the lock'
+print('held', flush=True)
+sys.stdin.readline()
+lock.release()
+c.stop()
+print('released', flush=True)
+"""
+
+
+class OtherProcessHolder:
+    """A separate interpreter holding ``name`` until told to let go."""
+
+    def __init__(self, url, name, python=sys.executable):
+        self.proc = subprocess.Popen([python, "-c", HOLDER, url, name.decode()], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        assert line == "held", self.proc.stderr.read()
+
+    def release(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "released"
+        self.proc.wait(10)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_acquire_release(coord):
+    lock = coord.get_lock(new_id("l"))
+    assert isinstance(lock, locking.Lock)
+    assert lock.acquire() is True
+    assert lock.release() is True
+
+
+def test_release_unheld_lock_returns_false(coord):
+    lock = coord.get_lock(new_id("l"))
+    assert lock.release() is False
+    assert lock.acquire()
+    assert lock.release()
+    assert lock.release() is False
+
+
+def test_second_acquire_in_same_coordinator_fails_nonblocking(coord):
+    name = new_id("l")
+    first, second = coord.get_lock(name), coord.get_lock(name)
+    assert first.acquire(blocking=False)
+    assert second.acquire(blocking=False) is False
+    assert first.acquire(blocking=False) is False, "locks are not re-entrant"
+    first.release()
+    assert second.acquire(blocking=False)
+    second.release()
+
+
+def test_two_coordinators_exclude_each_other(make_coordinator):
+    name = new_id("l")
+    a, b = make_coordinator().get_lock(name), make_coordinator().get_lock(name)
+    assert a.acquire()
+    assert not b.acquire(blocking=False)
+    a.release()
+    assert b.acquire(blocking=False)
+    b.release()
+
+
+@pytest.mark.parametrize("how", ["number", "timeout_kw"])
+def test_timeout_gives_up(coord, how):
+    name = new_id("l")
+    holder = coord.get_lock(name)
+    assert holder.acquire()
+    waiter = coord.get_lock(name)
+    began = time.monotonic()
+    got = waiter.acquire(blocking=0.3) if how == "number" else waiter.acquire(blocking=True, timeout=0.3)
+    elapsed = time.monotonic() - began
+    assert got is False
+    assert 0.25 <= elapsed < 5
+    holder.release()
+
+
+def test_blocking_acquire_waits_for_release(coord):
+    name = new_id("l")
+    holder = coord.get_lock(name)
+    assert holder.acquire()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(coord.get_lock(name).acquire(blocking=True, timeout=10)))
+    waiter.start()
+    time.sleep(0.2)
+    assert got == []
+    holder.release()
+    waiter.join(10)
+    assert got == [True]
+
+
+def test_context_manager(coord):
+    name = new_id("l")
+    lock = coord.get_lock(name)
+    with lock:
+        assert not coord.get_lock(name).acquire(blocking=False)
+    other = coord.get_lock(name)
+    assert other.acquire(blocking=False)
+    with pytest.raises(coordination.LockAcquireFailed):
+        with lock(False):
+            pass
+    with pytest.raises(coordination.LockAcquireFailed):
+        with lock(blocking=True, timeout=0.1):
+            pass
+    other.release()
+    with lock(blocking=True, timeout=1):
+        pass
+    assert lock.release() is False, "the with block released it"
+
+
+def test_context_manager_releases_on_error(coord):
+    name = new_id("l")
+    with pytest.raises(RuntimeError):
+        with coord.get_lock(name):
+            raise RuntimeError("boom")
+    lock = coord.get_lock(name)
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_lock_without_name_is_refused(coord):
+    with pytest.raises(ValueError):
+        coord.get_lock(b"")
+
+
+def test_lock_name_must_be_bytes_or_str(coord):
+    with pytest.raises(coordination.ToozInvalidArgument):
+        coord.get_lock(42)
+
+
+def test_held_by_other_process(backend, coord):
+    name = new_id("l")
+    holder = OtherProcessHolder(backend[1], name)
+    try:
+        lock = coord.get_lock(name)
+        assert lock.acquire(blocking=False) is False
+        assert lock.acquire(blocking=0.2) is False
+        holder.release()
+        assert lock.acquire(blocking=5)
+        lock.release()
+    finally:
+        if holder.proc.poll() is None:
+            holder.kill()
+
+
+def test_killed_holder_frees_lock(backend, coord):
+    name = new_id("l")
+    holder = OtherProcessHolder(backend[1], name)
+    lock = coord.get_lock(name)
+    assert not lock.acquire(blocking=False)
+    holder.kill()
+    assert lock.acquire(blocking=5), "the kernel frees a dead process's lock at once"
+    lock.release()
+
+
+def test_threads_exclude_each_other(coord):
+    name = new_id("l")
+    counter = {"n": 0}
+    errors = []
+
+    def work():
+        lock = coord.get_lock(name)
+        for _ in range(50):
+            with lock:
+                n = counter["n"]
+                time.sleep(0)
+                counter["n"] = n + 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert counter["n"] == 400
+
+
+def test_shared_locks(backend, coord):
+    name = new_id("l")
+    a, b = coord.get_lock(name), coord.get_lock(name)
+    if backend[0] != "file":
+        with pytest.raises(tooz.NotImplemented):
+            a.acquire(shared=True)
+        return
+    assert a.acquire(shared=True)
+    assert b.acquire(shared=True)
+    exclusive = coord.get_lock(name)
+    assert not exclusive.acquire(blocking=False)
+    a.release()
+    assert not exclusive.acquire(blocking=False)
+    b.release()
+    assert exclusive.acquire(blocking=False)
+    exclusive.release()
+
+
+def test_break(backend, make_coordinator):
+    name = new_id("l")
+    holder = make_coordinator().get_lock(name)
+    other = make_coordinator().get_lock(name)
+    if backend[0] == "file":
+        with pytest.raises(tooz.NotImplemented):
+            other.break_()
+        return
+    assert other.break_() is False, "nothing to break"
+    assert holder.acquire()
+    assert other.break_() is True
+    assert other.acquire(blocking=False)
+    assert holder.release() is False, "its semaphore was removed by break_"
+    other.release()
+
+
+def test_is_still_owner(backend, coord):
+    lock = coord.get_lock(new_id("l"))
+    if backend[0] == "ipc":
+        with pytest.raises(tooz.NotImplemented):
+            lock.is_still_owner()
+        return
+    assert lock.is_still_owner() is False
+    lock.acquire()
+    assert lock.is_still_owner() is True
+    lock.release()
+    assert lock.is_still_owner() is False
+
+
+def test_lock_names(backend, coord):
+    lock = coord.get_lock(b"a/b/c")
+    assert lock.acquire()
+    lock.release()
+    if backend[0] == "file":
+        assert isinstance(lock.name, str) and lock.name == backend[1][len("file://"):] + "/a/b/c"
+        for reserved in (b"groups", b"tmp", b".driver_lock", b"."):
+            with pytest.raises(ValueError):
+                coord.get_lock(reserved)
+        with pytest.raises(ValueError):
+            coord.get_lock(b"../escape")
+        with pytest.raises(ValueError):
+            coord.get_lock(b"\xff\xfe")
+
+
+def test_ipc_timeout_without_blocking_is_not_implemented(backend, coord):
+    if backend[0] != "ipc":
+        pytest.skip("ipc-specific rule")
+    with pytest.raises(tooz.NotImplemented):
+        coord.get_lock(new_id("l")).acquire(blocking=False, timeout=1)

@@ -1,0 +1,99 @@
+"""Watchers: join/leave events through run_watchers, unwatch errors, booted-out members."""
+
+import time
+
+import pytest
+
+import tooz
+from tooz import coordination
+
+from conftest import new_id
+
+MEMBERS = {"file"}
+
+
+@pytest.fixture
+def watched(backend, make_coordinator, group):
+    if backend[0] not in MEMBERS:
+        pytest.skip("%s has no membership watchers" % backend[0])
+    watcher = make_coordinator()
+    watcher.create_group(group).get()
+    return watcher, group
+
+
+def test_join_and_leave_events(watched, make_coordinator):
+    watcher, group = watched
+    joined, left = [], []
+    watcher.watch_join_group(group, joined.append)
+    watcher.watch_leave_group(group, left.append)
+    assert watcher.run_watchers() == []
+    other = make_coordinator()
+    other.join_group(group).get()
+    watcher.run_watchers()
+    assert [(e.group_id, e.member_id) for e in joined] == [(group, other._member_id)]
+    assert isinstance(joined[0], coordination.MemberJoinedGroup)
+    assert repr(joined[0]) == "<MemberJoinedGroup: group %s: +member %s>" % (
+        group.decode(), other._member_id.decode())
+    other.leave_group(group).get()
+    watcher.run_watchers()
+    assert [(e.group_id, e.member_id) for e in left] == [(group, other._member_id)]
+    assert isinstance(left[0], coordination.MemberLeftGroup)
+    assert len(joined) == 1
+
+
+def test_callback_results_are_returned(watched, make_coordinator):
+    watcher, group = watched
+    watcher.watch_join_group(group, lambda event: ("seen", event.member_id))
+    other = make_coordinator()
+    other.join_group(group).get()
+    assert watcher.run_watchers() == [("seen", other._member_id)]
+
+
+def test_unwatch(watched):
+    watcher, group = watched
+
+    def cb(event):
+        pass
+
+    with pytest.raises(coordination.WatchCallbackNotFound):
+        watcher.unwatch_join_group(group, cb)
+    watcher.watch_join_group(group, cb)
+    watcher.watch_leave_group(group, cb)
+    watcher.unwatch_join_group(group, cb)
+    assert len(watcher._hooks_join_group) == 0
+    watcher.unwatch_leave_group(group, cb)
+    assert len(watcher._hooks_leave_group) == 0
+    with pytest.raises(coordination.WatchCallbackNotFound) as e:
+        watcher.unwatch_leave_group(group, cb)
+    assert "cb" in str(e.value)
+
+
+def test_watch_missing_group(watched):
+    watcher, _ = watched
+    with pytest.raises(coordination.GroupNotCreated):
+        watcher.watch_join_group(new_id("g"), print)
+    assert len(watcher._hooks_join_group) == 0
+
+
+def test_booted_out_member(backend, make_coordinator, group):
+    if backend[0] not in MEMBERS:
+        pytest.skip("no membership")
+    url = backend[1] + "?timeout=1"
+    member = make_coordinator(url=url)
+    member.create_group(group).get()
+    member.join_group(group).get()
+    member.watch_leave_group(group, lambda e: None)
+    time.sleep(1.6)  # no heartbeat: the membership goes stale
+    member.run_watchers()
+    assert group not in member._joined_groups
+
+
+def test_election_unsupported(backend, coord, group):
+    if backend[0] == "file":
+        with pytest.raises(tooz.NotImplemented):
+            coord.watch_elected_as_leader(group, print)
+    else:
+        coord.watch_elected_as_leader(group, print)
+        coord.unwatch_elected_as_leader(group, print)
+        with pytest.raises(coordination.WatchCallbackNotFound):
+            coord.unwatch_elected_as_leader(group, print)
