@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (as root) to build and test tooz; safe to run again.
+#  - backend servers from Debian: redis-server, memcached, zookeeper (tests start their own
+#    instances on loopback; the packaged system services are not used);
+#  - the Rust extension, built and installed into python3 with the test tools;
+#  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(redis-server memcached zookeeper python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The packaged services are not needed (tests run their own); keep them from holding ports.
+for svc in redis-server memcached zookeeper; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+        systemctl stop "$svc" || true
+    fi
+done
+
+command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
+
+python3 -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "hypothesis>=6" "tenacity>=6"
+python3 -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
+
+if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc" 2>/dev/null; then
+    rm -rf .venv-upstream
+    python3 -m venv .venv-upstream
+    .venv-upstream/bin/pip install -q --disable-pip-version-check "tooz==9.1.0" sysv_ipc
+fi
+echo "set-up done"
