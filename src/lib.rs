@@ -5,6 +5,7 @@ pub mod coordinator;
 pub mod driver;
 pub mod drivers;
 pub mod error;
+pub mod hashring;
 pub mod id;
 pub mod msgpack;
 pub mod runtime;

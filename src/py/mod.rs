@@ -2,6 +2,7 @@
 
 mod convert;
 mod errors;
+mod hashring;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -404,6 +405,7 @@ fn _tooz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCoordinator>()?;
     m.add_class::<PyAsyncResult>()?;
     m.add_class::<PyLock>()?;
+    m.add_class::<hashring::PyHashRing>()?;
     m.add_function(wrap_pyfunction!(dumps, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     Ok(())
