@@ -3,6 +3,8 @@
 //! waited on from any thread, and the heartbeat runs as a task on the shared runtime.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -111,13 +113,25 @@ impl Coordinator {
         };
         let driver = self.driver.clone();
         let out = pending.clone();
-        runtime::runtime().spawn(async move {
+        let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
             out.complete(call(driver).await);
             drop(done_tx);
         });
+        // Poll once right here: calls that finish without waiting on I/O (all of a local
+        // backend's, most of the time) complete without a hand-off to a runtime thread.
+        // What is still pending moves to the runtime, whose first poll re-registers it.
+        let rt = runtime::runtime();
+        let ready = {
+            let _context = rt.enter();
+            let waker = std::task::Waker::noop();
+            task.as_mut().poll(&mut Context::from_waker(waker)).is_ready()
+        };
+        if !ready {
+            rt.spawn(task);
+        }
         pending
     }
 

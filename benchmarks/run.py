@@ -1,0 +1,132 @@
+"""Ours against upstream tooz, same machine, same servers, same run.
+
+    python3 benchmarks/run.py [--rounds 3] [--only NAME[,NAME]] [--backends file,ipc]
+
+Each workload of ``workloads.py`` runs in a fresh process under our interpreter (``python3``
+with this package installed) and under ``.venv-upstream/bin/python`` (upstream tooz 9.1.0 from
+PyPI), alternating A, B, A, B for ``--rounds`` rounds to cancel drift. Prints one Markdown
+table per backend: ops/s of each side (median of rounds, with min-max), the ratio ours /
+upstream, p50/p99 latency, and, where there is one, the raw-operation floor.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
+
+# (workload, ops per round, floor workload or None)
+PLAN = {
+    "file": [
+        ("lock_uncontended", 5000, "floor_fcntl_lock"),
+        ("lock_contended", 2000, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 1000, None),
+        ("coordinator_lifecycle", 300, None),
+    ],
+    "ipc": [
+        ("lock_uncontended", 5000, None),
+        ("lock_contended", 2000, None),
+        ("coordinator_lifecycle", 300, None),
+    ],
+    "none": [
+        ("hashring_build_100", 20, None),
+        ("hashring_build_1000", 5, None),
+        ("hashring_get_nodes", 100000, None),
+        ("hashring_get_nodes_replicas", 100000, None),
+    ],
+}
+
+
+def url_for(backend, scratch):
+    if backend == "file":
+        return "file://" + os.path.join(scratch, "file")
+    if backend == "ipc":
+        return "ipc://"
+    return "none://"
+
+
+def run_one(python, workload, url, ops):
+    out = subprocess.run([python, os.path.join(HERE, "workloads.py"), workload, url, "--ops", str(ops)],
+                         capture_output=True, text=True, timeout=900, cwd=HERE)
+    if out.returncode != 0:
+        raise SystemExit("%s %s failed under %s:\n%s" % (workload, url, python, out.stderr))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pct(samples, q):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def summarise(results):
+    rates = [r["ops"] / r["seconds"] for r in results]
+    samples = [x for r in results for x in r["samples_us"]]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "p50": pct(samples, 0.50), "p99": pct(samples, 0.99)}
+
+
+def fmt_rate(s):
+    return "%s (%s–%s)" % (human(s["median"]), human(s["min"]), human(s["max"]))
+
+
+def human(x):
+    if x >= 1e6:
+        return "%.2fM" % (x / 1e6)
+    if x >= 1e3:
+        return "%.1fk" % (x / 1e3)
+    return "%.1f" % x
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="")
+    parser.add_argument("--backends", default=",".join(PLAN))
+    args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    if not os.path.exists(UPSTREAM):
+        raise SystemExit("upstream virtualenv missing at %s: run scripts/setup.sh" % UPSTREAM)
+    ours = sys.executable
+    print("Machine: %s, %s CPUs, Python %s" % (platform.platform(), os.cpu_count(), platform.python_version()))
+    print("Rounds: %d, interleaved ours/upstream; ops/s shown as median (min–max)\n" % args.rounds)
+    scratch = tempfile.mkdtemp(prefix="tooz-bench-")
+    for backend in args.backends.split(","):
+        rows = []
+        for workload, ops, floor in PLAN[backend]:
+            if only and workload not in only:
+                continue
+            url = url_for(backend, scratch)
+            a, b, f = [], [], []
+            for _ in range(args.rounds):
+                a.append(run_one(ours, workload, url, ops))
+                b.append(run_one(UPSTREAM, workload, url, ops))
+                if floor:
+                    f.append(run_one(ours, floor, url, ops))
+            sa, sb = summarise(a), summarise(b)
+            sf = summarise(f) if f else None
+            rows.append((workload, sa, sb, sf))
+        if not rows:
+            continue
+        print("### %s\n" % ("hash ring (no backend)" if backend == "none" else backend))
+        print("| operation | upstream ops/s | ours ops/s | ours/upstream | p50 µs up / ours | p99 µs up / ours "
+              "| floor ops/s | ours/floor |")
+        print("|---|---|---|---|---|---|---|---|")
+        for workload, sa, sb, sf in rows:
+            floor_cols = ("%s | %.2f" % (human(sf["median"]), sa["median"] / sf["median"])) if sf else "– | –"
+            print("| %s | %s | %s | **%.2f×** | %.2f / %.2f | %.2f / %.2f | %s |" % (
+                workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], sb["p50"], sa["p50"],
+                sb["p99"], sa["p99"], floor_cols))
+        print()
+
+
+if __name__ == "__main__":
+    main()

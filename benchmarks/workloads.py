@@ -1,0 +1,243 @@
+"""Benchmark workloads, run unchanged under upstream tooz and under ours.
+
+    python workloads.py WORKLOAD URL [--ops N]
+
+prints one JSON object: {"ops": N, "seconds": S, "samples_us": [...]} where samples are
+per-operation latencies (or per-batch averages for sub-microsecond operations). Only the public
+tooz API is used, so the same file measures both implementations.
+"""
+
+import argparse
+import fcntl
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+
+def _coordinator(url, member=None):
+    from tooz import coordination
+
+    c = coordination.get_coordinator(url, member or uuid.uuid4().hex.encode())
+    c.start()
+    return c
+
+
+def _timed(op, ops, batch=1):
+    samples = []
+    began = time.perf_counter()
+    for _ in range(ops // batch):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            op()
+        samples.append((time.perf_counter() - t0) * 1e6 / batch)
+    return {"ops": (ops // batch) * batch, "seconds": time.perf_counter() - began, "samples_us": samples}
+
+
+def lock_uncontended(url, ops):
+    c = _coordinator(url)
+    lock = c.get_lock(b"bench-" + uuid.uuid4().hex.encode())
+
+    def op():
+        lock.acquire()
+        lock.release()
+
+    _timed(op, min(ops, 200))  # warm up
+    out = _timed(op, ops)
+    c.stop()
+    return out
+
+
+def _contender(url, name, counter_path, rounds, ready, go):
+    c = _coordinator(url)
+    lock = c.get_lock(name)
+    ready.set()
+    go.wait()
+    for _ in range(rounds):
+        with lock:
+            with open(counter_path, "r+") as f:
+                n = int(f.read() or 0)
+                f.seek(0)
+                f.write(str(n + 1))
+                f.truncate()
+    c.stop()
+
+
+def lock_contended(url, ops, processes=4):
+    """4 processes increment a shared counter under one lock; checks no increment was lost."""
+    name = b"bench-" + uuid.uuid4().hex.encode()
+    fd, counter_path = tempfile.mkstemp()
+    os.write(fd, b"0")
+    os.close(fd)
+    per = max(1, ops // processes)
+    ctx = multiprocessing.get_context("spawn")
+    ready = [ctx.Event() for _ in range(processes)]
+    go = ctx.Event()
+    procs = [ctx.Process(target=_contender, args=(url, name, counter_path, per, r, go)) for r in ready]
+    for p in procs:
+        p.start()
+    for r in ready:
+        r.wait(60)
+    began = time.perf_counter()
+    go.set()
+    for p in procs:
+        p.join()
+    seconds = time.perf_counter() - began
+    with open(counter_path) as f:
+        total = int(f.read())
+    os.unlink(counter_path)
+    if total != per * processes:
+        raise SystemExit("lost increments: %d != %d" % (total, per * processes))
+    return {"ops": total, "seconds": seconds, "samples_us": [seconds * 1e6 / total]}
+
+
+def join_leave(url, ops):
+    c = _coordinator(url)
+    group = b"bench-" + uuid.uuid4().hex.encode()
+    c.create_group(group).get()
+
+    def op():
+        c.join_group(group).get()
+        c.leave_group(group).get()
+
+    out = _timed(op, ops)
+    c.delete_group(group).get()
+    c.stop()
+    return out
+
+
+def get_members_50(url, ops):
+    group = b"bench-" + uuid.uuid4().hex.encode()
+    members = [_coordinator(url) for _ in range(50)]
+    members[0].create_group(group).get()
+    for m in members:
+        m.join_group(group).get()
+    c = members[0]
+
+    def op():
+        got = c.get_members(group).get()
+        assert len(got) == 50
+
+    out = _timed(op, ops)
+    for m in members:
+        m.stop()
+    return out
+
+
+def heartbeat(url, ops):
+    c = _coordinator(url)
+    group = b"bench-" + uuid.uuid4().hex.encode()
+    try:
+        c.create_group(group).get()
+        c.join_group(group).get()
+    except Exception:  # noqa: BLE001 - backends without members still beat
+        group = None
+    out = _timed(c.heartbeat, ops)
+    c.stop()
+    return out
+
+
+def coordinator_lifecycle(url, ops):
+    from tooz import coordination
+
+    def op():
+        c = coordination.get_coordinator(url, b"bench-member")
+        c.start()
+        c.stop()
+
+    return _timed(op, ops)
+
+
+def _ring_nodes(n):
+    return ["node-%d" % i for i in range(n)]
+
+
+def hashring_build_100(url, ops):
+    from tooz import hashring
+
+    def op():
+        ring = hashring.HashRing([])
+        for i, node in enumerate(_ring_nodes(100)):
+            ring.add_node(node, weight=1 + i % 4)
+
+    return _timed(op, ops)
+
+
+def hashring_build_1000(url, ops):
+    from tooz import hashring
+
+    def op():
+        ring = hashring.HashRing([])
+        for i, node in enumerate(_ring_nodes(1000)):
+            ring.add_node(node, weight=1 + i % 4)
+
+    return _timed(op, ops)
+
+
+def _keys(n):
+    return [os.urandom(16) for _ in range(n)]
+
+
+def hashring_get_nodes(url, ops):
+    from tooz import hashring
+
+    ring = hashring.HashRing(_ring_nodes(100))
+    keys = _keys(1000)
+    i = [0]
+
+    def op():
+        ring.get_nodes(keys[i[0] % 1000])
+        i[0] += 1
+
+    return _timed(op, ops, batch=1000)
+
+
+def hashring_get_nodes_replicas(url, ops):
+    from tooz import hashring
+
+    ring = hashring.HashRing(_ring_nodes(100))
+    keys = _keys(1000)
+    ignore = {"node-1", "node-2"}
+    i = [0]
+
+    def op():
+        ring.get_nodes(keys[i[0] % 1000], ignore_nodes=ignore, replicas=3)
+        i[0] += 1
+
+    return _timed(op, ops, batch=1000)
+
+
+# --------------------------------------------------------------- floors: the raw operation
+
+
+def floor_fcntl_lock(url, ops):
+    """A whole-file POSIX lock and unlock on an open file: what a file lock cannot beat."""
+    path = os.path.join(tempfile.mkdtemp(), "lock")
+    f = open(path, "a")
+
+    def op():
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(f, fcntl.LOCK_UN)
+
+    return _timed(op, ops)
+
+
+WORKLOADS = {name: fn for name, fn in globals().items()
+             if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
+             and name not in ("main",)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("url")
+    parser.add_argument("--ops", type=int, default=2000)
+    args = parser.parse_args()
+    print(json.dumps(WORKLOADS[args.workload](args.url, args.ops)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
