@@ -1,0 +1,60 @@
+"""os.fork() after start(): the child builds its own runtime; parent and child both work."""
+
+import multiprocessing
+import os
+
+import pytest
+
+from tooz import coordination
+
+from conftest import new_id
+
+
+def _child_work(url, name, group, conn=None):
+    c = coordination.get_coordinator(url, new_id("child"))
+    c.start(start_heart=True)
+    lock = c.get_lock(name)
+    ok = lock.acquire(blocking=5)
+    lock.release()
+    groups = c.get_groups().get()
+    c.stop()
+    return ok and group in groups
+
+
+def test_os_fork_with_running_heart(backend, make_coordinator, group):
+    parent = make_coordinator(start=False)
+    parent.start(start_heart=True)
+    make_coordinator.started.append(parent)
+    parent.create_group(group).get()
+    name = new_id("l")
+    held = parent.get_lock(new_id("held"))
+    assert held.acquire()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            code = 0 if _child_work(backend[1], name, group) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    # The parent is unaffected: its lock, heart and calls still work.
+    assert parent.heart.is_alive() == parent.requires_beating
+    assert held.release()
+    lock = parent.get_lock(name)
+    assert lock.acquire(blocking=5)
+    lock.release()
+    assert group in parent.get_groups().get()
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_multiprocessing_fork_pool(backend, make_coordinator, group, method):
+    parent = make_coordinator(start=False)
+    parent.start(start_heart=True)
+    make_coordinator.started.append(parent)
+    parent.create_group(group).get()
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(3) as pool:
+        results = pool.starmap(_child_work, [(backend[1], new_id("l"), group)] * 6, chunksize=1)
+    assert results == [True] * 6
+    assert group in parent.get_groups().get()
