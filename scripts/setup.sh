@@ -28,9 +28,9 @@ command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.
 python3 -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "hypothesis>=6" "tenacity>=6"
 python3 -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
 
-if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc" 2>/dev/null; then
+if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc, redis, pymemcache, kazoo" 2>/dev/null; then
     rm -rf .venv-upstream
     python3 -m venv .venv-upstream
-    .venv-upstream/bin/pip install -q --disable-pip-version-check "tooz==9.1.0" sysv_ipc
+    .venv-upstream/bin/pip install -q --disable-pip-version-check "tooz[redis,memcached,zookeeper]==9.1.0" sysv_ipc
 fi
 echo "set-up done"

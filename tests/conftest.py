@@ -22,24 +22,44 @@ def new_id(prefix="m"):
     return ("%s-%s" % (prefix, uuid.uuid4().hex)).encode("ascii")
 
 
-def _file_url(tmp_path_factory):
+def _file_url(request, tmp_path_factory):
     return "file://%s" % tmp_path_factory.mktemp("tooz-file")
 
 
-def _ipc_url(tmp_path_factory):
+def _ipc_url(request, tmp_path_factory):
     return "ipc://"
 
 
+# name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
+# backends take a session server fixture and a fresh key namespace per test.
 BACKENDS = {
     "file": _file_url,
     "ipc": _ipc_url,
 }
 
 
+# What each backend offers beyond locks and groups (the tests of a feature skip the others).
+FEATURES = {
+    "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner"},
+    "ipc": {"break", "watch_elected_as_leader"},
+}
+
+
+def has(backend, feature):
+    return feature in FEATURES[backend[0]]
+
+
+def need(backend, *features):
+    """Skip unless ``backend`` (the fixture's (name, url)) offers every one of ``features``."""
+    missing = [f for f in features if f not in FEATURES[backend[0]]]
+    if missing:
+        pytest.skip("%s does not offer %s" % (backend[0], ", ".join(missing)))
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path_factory):
     """(name, url) of each backend; one directory/namespace per test."""
-    return request.param, BACKENDS[request.param](tmp_path_factory)
+    return request.param, BACKENDS[request.param](request, tmp_path_factory)
 
 
 @pytest.fixture

@@ -7,15 +7,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import new_id
-
-MEMBERS = {"file"}  # backends with membership (ipc groups have no members)
-
-
-def needs_members(backend):
-    if backend[0] not in MEMBERS:
-        pytest.skip("%s groups have no members" % backend[0])
-
+from conftest import has, need, new_id
 
 def test_create_list_delete(coord, group):
     assert group not in coord.get_groups().get()
@@ -60,7 +52,7 @@ def test_group_ids_keep_their_type(backend, coord):
 
 
 def test_join_leave(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members")
     coord.create_group(group).get()
     coord.join_group(group).get()
     assert group in coord._joined_groups
@@ -76,7 +68,7 @@ def test_join_leave(backend, coord, group):
 
 
 def test_join_missing_group(backend, coord):
-    needs_members(backend)
+    need(backend, "members")
     with pytest.raises(coordination.GroupNotCreated):
         coord.join_group(new_id("g")).get()
     with pytest.raises(coordination.GroupNotCreated):
@@ -84,13 +76,13 @@ def test_join_missing_group(backend, coord):
 
 
 def test_join_group_create(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members")
     coord.join_group_create(group, capabilities={"x": 1})
     assert coord.get_member_capabilities(group, coord._member_id).get() == {"x": 1}
 
 
 def test_delete_non_empty_group(backend, make_coordinator, group):
-    needs_members(backend)
+    need(backend, "members")
     a = make_coordinator()
     a.create_group(group).get()
     a.join_group(group).get()
@@ -101,7 +93,7 @@ def test_delete_non_empty_group(backend, make_coordinator, group):
 
 
 def test_many_members_and_capabilities(backend, make_coordinator, group):
-    needs_members(backend)
+    need(backend, "members")
     coords = [make_coordinator() for _ in range(5)]
     coords[0].create_group(group).get()
     for i, c in enumerate(coords):
@@ -116,14 +108,14 @@ def test_many_members_and_capabilities(backend, make_coordinator, group):
 
 
 def test_capabilities_default_to_none(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members")
     coord.create_group(group).get()
     coord.join_group(group).get()
     assert coord.get_member_capabilities(group, coord._member_id).get() is None
 
 
 def test_capabilities_of_unknown_member(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members")
     coord.create_group(group).get()
     with pytest.raises(coordination.MemberNotJoined):
         coord.get_member_capabilities(group, b"nobody").get()
@@ -132,7 +124,7 @@ def test_capabilities_of_unknown_member(backend, coord, group):
 
 
 def test_update_capabilities(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members", "update_capabilities")
     coord.create_group(group).get()
     with pytest.raises(coordination.MemberNotJoined):
         coord.update_capabilities(group, {"a": 1}).get()
@@ -144,7 +136,7 @@ def test_update_capabilities(backend, coord, group):
 
 
 def test_member_info(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members", "member_info")
     coord.create_group(group).get()
     coord.join_group(group, {"a": 1}).get()
     info = coord.get_member_info(group, coord._member_id).get()
@@ -157,7 +149,7 @@ def test_member_info(backend, coord, group):
 
 
 def test_str_member_ids_echo_as_str(backend, make_coordinator, group):
-    needs_members(backend)
+    need(backend, "members")
     c = make_coordinator(member_id="member-as-text")
     c.create_group(group).get()
     c.join_group(group).get()
@@ -165,7 +157,7 @@ def test_str_member_ids_echo_as_str(backend, make_coordinator, group):
 
 
 def test_stop_leaves_joined_groups(backend, make_coordinator, group):
-    needs_members(backend)
+    need(backend, "members")
     a, b = make_coordinator(), make_coordinator()
     a.create_group(group).get()
     a.join_group(group)  # never waited on: stop() must still leave
@@ -175,15 +167,17 @@ def test_stop_leaves_joined_groups(backend, make_coordinator, group):
 
 
 def test_unsupported_operations_raise_at_call_time(backend, coord, group):
-    if backend[0] == "ipc":
+    if not has(backend, "members"):
         for call in (lambda: coord.join_group(group), lambda: coord.get_members(group),
                      lambda: coord.leave_group(group), lambda: coord.run_watchers()):
             with pytest.raises(tooz.NotImplemented):
                 call()
-    with pytest.raises(tooz.NotImplemented):
-        coord.get_leader(group)
-    with pytest.raises(tooz.NotImplemented):
-        coord.stand_down_group_leader(group)
+    if not has(backend, "get_leader"):
+        with pytest.raises(tooz.NotImplemented):
+            coord.get_leader(group)
+    if not has(backend, "stand_down"):
+        with pytest.raises(tooz.NotImplemented):
+            coord.stand_down_group_leader(group)
 
 
 def test_bad_ids(coord):
@@ -195,7 +189,7 @@ def test_bad_ids(coord):
 
 
 def test_capabilities_that_cannot_be_serialised(backend, coord, group):
-    needs_members(backend)
+    need(backend, "members")
     coord.create_group(group).get()
     with pytest.raises(coordination.SerializationError):
         coord.join_group(group, {"x": object()}).get()

@@ -5,15 +5,11 @@ import pytest
 from tooz import hashring
 from tooz import partitioner
 
-from conftest import new_id
-
-MEMBERS = {"file"}
-
+from conftest import need, new_id
 
 @pytest.fixture
 def members(backend, make_coordinator):
-    if backend[0] not in MEMBERS:
-        pytest.skip("%s has no membership" % backend[0])
+    need(backend, "members")
     return [make_coordinator() for _ in range(3)]
 
 

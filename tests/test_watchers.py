@@ -7,15 +7,11 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import new_id
-
-MEMBERS = {"file"}
-
+from conftest import has, need, new_id
 
 @pytest.fixture
 def watched(backend, make_coordinator, group):
-    if backend[0] not in MEMBERS:
-        pytest.skip("%s has no membership watchers" % backend[0])
+    need(backend, "members")
     watcher = make_coordinator()
     watcher.create_group(group).get()
     return watcher, group
@@ -76,8 +72,7 @@ def test_watch_missing_group(watched):
 
 
 def test_booted_out_member(backend, make_coordinator, group):
-    if backend[0] not in MEMBERS:
-        pytest.skip("no membership")
+    need(backend, "members")
     url = backend[1] + "?timeout=1"
     member = make_coordinator(url=url)
     member.create_group(group).get()
@@ -89,7 +84,7 @@ def test_booted_out_member(backend, make_coordinator, group):
 
 
 def test_election_unsupported(backend, coord, group):
-    if backend[0] == "file":
+    if not has(backend, "watch_elected_as_leader"):
         with pytest.raises(tooz.NotImplemented):
             coord.watch_elected_as_leader(group, print)
     else:

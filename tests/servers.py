@@ -1,0 +1,84 @@
+"""Real backend servers for the tests, started on free loopback ports and stopped afterwards.
+
+The binaries come from Debian packages (scripts/setup.sh installs them); nothing is mocked.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=30.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("server exited with %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on port %d after %.0fs" % (port, timeout))
+
+
+class Server:
+    """One server process; ``stop()``/``start()`` again simulate an outage on the same port."""
+
+    def __init__(self, name, argv_for_port, port=None, workdir=None, ready_timeout=30.0):
+        self.name = name
+        self.port = port or free_port()
+        self.workdir = workdir or tempfile.mkdtemp(prefix="tooz-%s-" % name)
+        self._argv_for_port = argv_for_port
+        self._ready_timeout = ready_timeout
+        self.proc = None
+
+    def start(self):
+        argv = self._argv_for_port(self.port, self.workdir)
+        self.log = open(os.path.join(self.workdir, "server.log"), "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     start_new_session=True)
+        wait_for_port(self.port, self._ready_timeout, self.proc)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(15)
+        self.proc = None
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def redis(port=None, extra=()):
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+    def argv(port, workdir):
+        return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", workdir, *extra]
+
+    return Server("redis", argv, port=port)
+
+
+def memcached(port=None):
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+
+    def argv(port, workdir):
+        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64"]
+
+    return Server("memcached", argv, port=port)
