@@ -30,18 +30,27 @@ def _ipc_url(request, tmp_path_factory):
     return "ipc://"
 
 
+def _redis_url(request, tmp_path_factory):
+    server = request.getfixturevalue("redis_server")
+    return "redis://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
 # backends take a session server fixture and a fresh key namespace per test.
 BACKENDS = {
     "file": _file_url,
     "ipc": _ipc_url,
+    "redis": _redis_url,
 }
 
 
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 FEATURES = {
-    "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner"},
-    "ipc": {"break", "watch_elected_as_leader"},
+    "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
+             "text_ids", "stale_members_revive", "self_expiry", "kernel_release"},
+    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
+    "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
+              "watch_elected_as_leader", "lock_heartbeat", "expiry"},
 }
 
 
@@ -60,6 +69,21 @@ def need(backend, *features):
 def backend(request, tmp_path_factory):
     """(name, url) of each backend; one directory/namespace per test."""
     return request.param, BACKENDS[request.param](request, tmp_path_factory)
+
+
+def with_options(url, **options):
+    """``url`` with ``options`` added to its query string."""
+    sep = "&" if "?" in url else "?"
+    return url + sep + "&".join("%s=%s" % kv for kv in options.items())
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from servers import redis
+
+    server = redis().start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

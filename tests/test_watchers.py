@@ -7,7 +7,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import has, need, new_id
+from conftest import has, need, new_id, with_options
 
 @pytest.fixture
 def watched(backend, make_coordinator, group):
@@ -71,9 +71,30 @@ def test_watch_missing_group(watched):
     assert len(watcher._hooks_join_group) == 0
 
 
+def test_expired_member_leaves(backend, make_coordinator, group):
+    """A member that stops beating is reported gone once its membership expires."""
+    need(backend, "members", "heartbeat")
+    url = with_options(backend[1], timeout=1)
+    watcher = make_coordinator(url=url, start=False)
+    watcher.start(start_heart=True)
+    make_coordinator.started.append(watcher)
+    silent = make_coordinator(url=url)
+    watcher.create_group(group).get()
+    silent.join_group(group).get()
+    left = []
+    watcher.watch_leave_group(group, left.append)
+    deadline = time.monotonic() + 10
+    while not left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        watcher.run_watchers()
+    assert [e.member_id for e in left] == [silent._member_id]
+
+
 def test_booted_out_member(backend, make_coordinator, group):
-    need(backend, "members")
-    url = backend[1] + "?timeout=1"
+    """A member whose own membership went stale notices it was booted out (file: the reader
+    judges staleness, itself included)."""
+    need(backend, "members", "self_expiry")
+    url = with_options(backend[1], timeout=1)
     member = make_coordinator(url=url)
     member.create_group(group).get()
     member.join_group(group).get()

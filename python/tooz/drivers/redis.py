@@ -1,4 +1,14 @@
-"""``redis://``: the Redis backend (its Rust driver has not landed yet)."""
+"""``redis://``: Redis (and Redis Sentinel), with upstream tooz's keys and scripts semantics.
+
+URL: ``redis://[username:password@]host[:port][?options]``; without a host, the path is a
+unix socket. Options (upstream's): ``timeout`` (30 s; also the default ``socket_timeout``),
+``membership_timeout``, ``lock_timeout`` (= timeout), ``namespace`` (``_tooz``), ``encoding``
+(utf8), ``db``, ``socket_timeout``, ``socket_connect_timeout``, ``ssl``, ``ssl_certfile``,
+``ssl_keyfile``, ``ssl_ca_certs``, ``sentinel=<master name>`` (the URL's host:port is then the
+first sentinel), repeatable ``sentinel_fallback=host:port``, ``sentinel_username``,
+``sentinel_password``, ``sentinel_ssl``. redis-py-only options (``health_check_interval``,
+``retry_on_timeout``, ``socket_keepalive``) are accepted and have no effect.
+"""
 
 import functools
 
@@ -11,13 +21,28 @@ RedisFutureResult = functools.partial(coordination.CoordinatorResult)
 class RedisLock(_native.NativeLock):
     """A Redis key ``<namespace>_<name>_lock`` holding the owner's token, with a TTL."""
 
+    def heartbeat(self):
+        """Extend the lock's expiry; False when this object does not hold it."""
+        return self._native.heartbeat()
 
-class RedisDriver(_native.UnavailableDriver,
+
+class RedisDriver(_native.NativeDriver,
                   coordination.CoordinationDriverCachedRunWatchers,
                   coordination.CoordinationDriverWithExecutor):
+    """Redis coordination: locks, groups, members with expiry, leader election, watchers."""
+
     CHARACTERISTICS = (
         coordination.Characteristics.DISTRIBUTED_ACROSS_THREADS,
         coordination.Characteristics.DISTRIBUTED_ACROSS_PROCESSES,
         coordination.Characteristics.DISTRIBUTED_ACROSS_HOSTS,
         coordination.Characteristics.CAUSAL,
     )
+    SCHEME = "redis"
+    LOCK_CLASS = RedisLock
+    LIST_OPTIONS = ("sentinel_fallback",)
+    MIN_VERSION = "2.6.0"
+    DEFAULT_NAMESPACE = b"_tooz"
+    GROUP_EXISTS = b"__created__"
+    GROUP_EXISTS_VALUE = b"1"
+    NAMESPACE_SEP = b":"
+    STILL_ALIVE = b"Not dead!"

@@ -1,0 +1,850 @@
+//! `redis://`: the Redis backend, key for key what upstream tooz writes, so processes on
+//! upstream and on ours share locks and groups during a rolling upgrade:
+//!
+//! * `<ns>_groups` (SET of group ids); `<ns>_group:<g>` (HASH: `__created__` → `1`, and
+//!   `member` → msgpack capabilities); `<ns>_beats:<m>` (`Not dead!`, expiring after
+//!   `membership_timeout`): a member without a beat key is dead and pruned by readers;
+//! * lock `name` = key `<ns>_<name>_lock` holding the owner's token, `SET NX PX lock_timeout`;
+//!   extended and released by scripts that first check the token;
+//! * leader of `g` = the lock `leader_of_<g>`.
+//!
+//! Connections: one multiplexed connection, replaced after any connection error (and, with
+//! Sentinel, re-resolved to the current master); a failed call is retried once on a fresh
+//! connection, so a restarted server is used again without restarting the process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
+use tokio::time::Instant;
+
+use super::options::Options;
+use super::Url;
+use crate::driver::{Driver, DriverLock, Op, Wait};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::msgpack::{self, Value};
+
+const GROUP_EXISTS: &[u8] = b"__created__";
+const STILL_ALIVE: &[u8] = b"Not dead!";
+const DEFAULT_PORT: u16 = 6379;
+
+const CREATE_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 1 then return 0 end
+redis.call("sadd", KEYS[2], ARGV[1])
+redis.call("hset", KEYS[1], ARGV[2], ARGV[3])
+return 1"#;
+
+const DELETE_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("sismember", KEYS[2], ARGV[1]) == 0 then return -2 end
+if redis.call("hlen", KEYS[1]) > 1 then return -3 end
+if redis.call("srem", KEYS[2], ARGV[1]) == 0 then return -4 end
+redis.call("del", KEYS[1])
+return 1"#;
+
+/// Join without overwriting an existing member's capabilities (upstream overwrites them
+/// before reporting MemberAlreadyExist).
+const JOIN_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("hsetnx", KEYS[1], ARGV[1], ARGV[2]) == 0 then return -2 end
+return 1"#;
+
+const LEAVE_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("hdel", KEYS[1], ARGV[1]) == 0 then return -2 end
+return 1"#;
+
+const UPDATE_CAPABILITIES: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("hexists", KEYS[1], ARGV[1]) == 0 then return -2 end
+redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+return 1"#;
+
+/// Live members (and their capabilities when ARGV[4] == "1"); members whose beat key has
+/// expired are removed, except the caller. nil when the group does not exist.
+const GET_MEMBERS: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return false end
+local all = redis.call("hgetall", KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local m = all[i]
+  if m ~= ARGV[3] then
+    if m == ARGV[2] or redis.call("exists", ARGV[1] .. m) == 1 then
+      table.insert(out, m)
+      if ARGV[4] == "1" then table.insert(out, all[i + 1]) end
+    else
+      redis.call("hdel", KEYS[1], m)
+    end
+  end
+end
+return out"#;
+
+const RELEASE_LOCK: &str = r#"
+if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
+return 0"#;
+
+const EXTEND_LOCK: &str = r#"
+if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end
+return 0"#;
+
+struct Scripts {
+    create_group: Script,
+    delete_group: Script,
+    join_group: Script,
+    leave_group: Script,
+    update_capabilities: Script,
+    get_members: Script,
+    release_lock: Script,
+    extend_lock: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            create_group: Script::new(CREATE_GROUP),
+            delete_group: Script::new(DELETE_GROUP),
+            join_group: Script::new(JOIN_GROUP),
+            leave_group: Script::new(LEAVE_GROUP),
+            update_capabilities: Script::new(UPDATE_CAPABILITIES),
+            get_members: Script::new(GET_MEMBERS),
+            release_lock: Script::new(RELEASE_LOCK),
+            extend_lock: Script::new(EXTEND_LOCK),
+        }
+    }
+}
+
+/// How to find the server: one address, or the current master named by Sentinel.
+enum Target {
+    Direct(Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+fn redis_err(context: &str, e: redis::RedisError) -> Error {
+    let lost = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.code() == Some("READONLY")
+        || e.code() == Some("MASTERDOWN")
+        || e.code() == Some("LOADING");
+    if lost {
+        Error::Connection(format!("{context}: {e}"))
+    } else {
+        Error::Tooz(format!("{context}: {e}"))
+    }
+}
+
+/// The connection shared by a coordinator and its locks.
+struct Link {
+    target: Target,
+    config: AsyncConnectionConfig,
+    call_timeout: Duration,
+    current: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Link {
+    async fn connect(&self) -> Result<MultiplexedConnection> {
+        let client = match &self.target {
+            Target::Direct(c) => c.clone(),
+            Target::Sentinel(s) => s
+                .lock()
+                .await
+                .async_get_client()
+                .await
+                .map_err(|e| redis_err("cannot find the master through Sentinel", e))?,
+        };
+        let conn = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
+            .await
+            .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
+            .map_err(|e| redis_err("cannot connect to Redis", e))?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection> {
+        let existing = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match existing {
+            Some(c) => Ok(c),
+            None => self.connect().await,
+        }
+    }
+
+    fn forget(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Runs `op` on the connection; after a connection error, once more on a fresh one.
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut last = None;
+        for _attempt in 0..2 {
+            let conn = match self.conn().await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.call_timeout, op(conn)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let err = redis_err(what, e);
+                    if !matches!(err, Error::Connection(_)) {
+                        return Err(err);
+                    }
+                    self.forget();
+                    last = Some(err);
+                }
+                Err(_) => {
+                    self.forget();
+                    last = Some(Error::Connection(format!("{what}: timed out after {:?}", self.call_timeout)));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable"))))
+    }
+}
+
+/// Everything a coordinator and its locks share.
+struct Shared {
+    link: Link,
+    scripts: Scripts,
+    namespace: Vec<u8>,
+    encoding: Encoding,
+    lock_timeout: f64,
+    membership_timeout: f64,
+    /// Locks currently held through this coordinator: extended by heartbeats, released at stop.
+    held: Mutex<HashMap<u64, (Vec<u8>, Vec<u8>)>>,
+    next_lock: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+enum Encoding {
+    Utf8,
+    Latin1,
+    Ascii,
+}
+
+impl Shared {
+    fn encode(&self, id: &Id) -> Result<Vec<u8>> {
+        match (id, self.encoding) {
+            (Id::Bytes(b), _) => Ok(b.clone()),
+            (Id::Text(s), Encoding::Utf8) => Ok(s.as_bytes().to_vec()),
+            (Id::Text(s), Encoding::Ascii) if s.is_ascii() => Ok(s.as_bytes().to_vec()),
+            (Id::Text(s), Encoding::Latin1) if s.chars().all(|c| (c as u32) < 256) => {
+                Ok(s.chars().map(|c| c as u8).collect())
+            }
+            (Id::Text(s), _) => Err(Error::InvalidArgument(format!("id {s:?} cannot be encoded with the configured encoding"))),
+        }
+    }
+
+    fn key(&self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut k = self.namespace.clone();
+        for p in parts {
+            k.extend_from_slice(p);
+        }
+        k
+    }
+
+    fn group_key(&self, group: &[u8]) -> Vec<u8> {
+        self.key(&[b"_group:", group])
+    }
+
+    fn groups_key(&self) -> Vec<u8> {
+        self.key(&[b"_groups"])
+    }
+
+    fn beat_prefix(&self) -> Vec<u8> {
+        self.key(&[b"_beats:"])
+    }
+
+    fn lock_key(&self, name: &[u8]) -> Vec<u8> {
+        self.key(&[b"_", name, b"_lock"])
+    }
+
+    fn px(seconds: f64) -> u64 {
+        ((seconds * 1000.0).round() as u64).max(1)
+    }
+
+    async fn extend(&self, key: &[u8], token: &[u8]) -> Result<bool> {
+        let ms = Self::px(self.lock_timeout);
+        let n: i64 = self
+            .link
+            .run("extend lock", |mut c| async move {
+                self.scripts.extend_lock.key(key).arg(token).arg(ms).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
+        let n: i64 = self
+            .link
+            .run("release lock", |mut c| async move {
+                self.scripts.release_lock.key(key).arg(token).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+pub struct RedisDriver {
+    member: Vec<u8>,
+    shared: Arc<Shared>,
+}
+
+fn parse_host_port(raw: &str) -> Result<(String, u16)> {
+    let (host, port) = raw
+        .rsplit_once(':')
+        .ok_or_else(|| Error::InvalidArgument(format!("sentinel address {raw:?} must be host:port")))?;
+    let port = port.parse().map_err(|_| Error::InvalidArgument(format!("sentinel address {raw:?} has a bad port")))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+fn read_pem(option: &str, path: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::InvalidArgument(format!("{option}: cannot read {path}: {e}")))
+}
+
+fn tls_certificates(options: &Options) -> Result<Option<redis::TlsCertificates>> {
+    let cert = options.str("ssl_certfile");
+    let key = options.str("ssl_keyfile");
+    let ca = options.str("ssl_ca_certs");
+    if cert.is_none() && key.is_none() && ca.is_none() {
+        return Ok(None);
+    }
+    let client_tls = match (cert, key) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read_pem("ssl_certfile", c)?,
+            client_key: read_pem("ssl_keyfile", k)?,
+        }),
+        (None, None) => None,
+        _ => return Err(Error::InvalidArgument("ssl_certfile and ssl_keyfile go together".into())),
+    };
+    let root_cert = ca.map(|c| read_pem("ssl_ca_certs", c)).transpose()?;
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+}
+
+impl RedisDriver {
+    pub fn new(member: Id, url: &Url, options: &Options) -> Result<RedisDriver> {
+        let timeout = options.float("timeout", 30.0)?;
+        let membership_timeout = options.float("membership_timeout", timeout)?;
+        let lock_timeout = options.float("lock_timeout", timeout)?;
+        let socket_timeout = options.float("socket_timeout", timeout)?;
+        let connect_timeout = options.float("socket_connect_timeout", socket_timeout)?;
+        let db: i64 = match options.str("db") {
+            None => 0,
+            Some(d) => d.trim().parse().map_err(|_| Error::InvalidArgument(format!("option db={d:?} is not an integer")))?,
+        };
+        let encoding = match options.str("encoding").unwrap_or("utf8").to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "utf8" => Encoding::Utf8,
+            "ascii" | "usascii" => Encoding::Ascii,
+            "latin1" | "iso88591" => Encoding::Latin1,
+            other => return Err(Error::InvalidArgument(format!("unsupported encoding {other:?}"))),
+        };
+        let ssl = options.bool("ssl", false);
+        let certificates = tls_certificates(options)?;
+
+        let mut settings = RedisConnectionInfo::default().set_db(db);
+        if let Some(u) = url.username.as_deref().filter(|u| !u.is_empty()) {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = url.password.as_deref() {
+            settings = settings.set_password(p);
+        }
+        let tcp_addr = |host: String, port: u16| {
+            if ssl || certificates.is_some() {
+                ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }
+            } else {
+                ConnectionAddr::Tcp(host, port)
+            }
+        };
+
+        let target = if let Some(master) = options.str("sentinel") {
+            let first = (
+                url.host.clone().ok_or_else(|| Error::InvalidArgument("sentinel URLs need host:port of a sentinel".into()))?,
+                url.port.ok_or_else(|| Error::InvalidArgument("sentinel URLs need the sentinel's port".into()))?,
+            );
+            let mut sentinels = vec![first];
+            for extra in options.str("sentinel_fallback").unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+                sentinels.push(parse_host_port(extra)?);
+            }
+            let sentinel_tls = options.bool("sentinel_ssl", false);
+            let addrs = sentinels.into_iter().map(|(h, p)| {
+                if sentinel_tls {
+                    ConnectionAddr::TcpTls { host: h, port: p, insecure: false, tls_params: None }
+                } else {
+                    ConnectionAddr::Tcp(h, p)
+                }
+            });
+            let mut builder = redis::sentinel::SentinelClientBuilder::new(addrs, master, redis::sentinel::SentinelServerType::Master)
+                .map_err(|e| redis_err("bad sentinel settings", e))?
+                .set_client_to_redis_db(db);
+            if let Some(u) = url.username.as_deref().filter(|u| !u.is_empty()) {
+                builder = builder.set_client_to_redis_username(u);
+            }
+            if let Some(p) = url.password.as_deref() {
+                builder = builder.set_client_to_redis_password(p);
+            }
+            if let Some(u) = options.str("sentinel_username") {
+                builder = builder.set_client_to_sentinel_username(u);
+            }
+            if let Some(p) = options.str("sentinel_password") {
+                builder = builder.set_client_to_sentinel_password(p);
+            }
+            if ssl || certificates.is_some() {
+                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            }
+            if sentinel_tls {
+                builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            }
+            if let Some(certs) = certificates.clone() {
+                builder = builder.set_client_to_redis_certificates(certs.clone());
+                if sentinel_tls {
+                    builder = builder.set_client_to_sentinel_certificates(certs);
+                }
+            }
+            Target::Sentinel(tokio::sync::Mutex::new(builder.build().map_err(|e| redis_err("bad sentinel settings", e))?))
+        } else {
+            let addr = match url.host.as_deref().filter(|h| !h.is_empty()) {
+                Some(h) => tcp_addr(h.trim_start_matches('[').trim_end_matches(']').to_owned(), url.port.unwrap_or(DEFAULT_PORT)),
+                None if !url.path.is_empty() => ConnectionAddr::Unix(url.path.clone().into()),
+                None => tcp_addr("localhost".into(), DEFAULT_PORT),
+            };
+            let info = addr
+                .into_connection_info()
+                .map_err(|e| redis_err("bad Redis address", e))?
+                .set_redis_settings(settings);
+            let client = match certificates {
+                Some(certs) => Client::build_with_tls(info, certs),
+                None => Client::open(info),
+            }
+            .map_err(|e| redis_err("bad Redis settings", e))?;
+            Target::Direct(client)
+        };
+
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs_f64(connect_timeout.max(0.001))))
+            .set_response_timeout(Some(Duration::from_secs_f64(socket_timeout.max(0.001))));
+        let namespace_id = match options.str("namespace") {
+            Some(ns) => Id::Text(ns.to_owned()),
+            None => Id::Text("_tooz".into()),
+        };
+        let mut shared = Shared {
+            link: Link {
+                target,
+                config,
+                call_timeout: Duration::from_secs_f64(socket_timeout.max(0.001)),
+                current: Mutex::new(None),
+            },
+            scripts: Scripts::new(),
+            namespace: Vec::new(),
+            encoding,
+            lock_timeout,
+            membership_timeout,
+            held: Mutex::new(HashMap::new()),
+            next_lock: AtomicU64::new(0),
+        };
+        shared.namespace = shared.encode(&namespace_id)?;
+        let member = shared.encode(&member)?;
+        Ok(RedisDriver { member, shared: Arc::new(shared) })
+    }
+
+    fn member_field(&self) -> Result<&[u8]> {
+        if self.member == GROUP_EXISTS {
+            return Err(Error::InvalidArgument(format!(
+                "Member id {:?} is reserved by the redis driver",
+                String::from_utf8_lossy(GROUP_EXISTS)
+            )));
+        }
+        Ok(&self.member)
+    }
+
+    fn member_id(&self) -> Id {
+        Id::Bytes(self.member.clone())
+    }
+
+    async fn beat(&self) -> Result<()> {
+        let key = [self.shared.beat_prefix(), self.member.clone()].concat();
+        let ms = Shared::px(self.shared.membership_timeout);
+        self.shared
+            .link
+            .run("heartbeat", |mut c| {
+                let key = key.clone();
+                async move { redis::cmd("SET").arg(key).arg(STILL_ALIVE).arg("PX").arg(ms).query_async::<()>(&mut c).await }
+            })
+            .await
+    }
+
+    async fn members(&self, group: &Id, with_caps: bool) -> Result<Vec<(Id, Value)>> {
+        let g = self.shared.encode(group)?;
+        let gkey = self.shared.group_key(&g);
+        let prefix = self.shared.beat_prefix();
+        let flag = if with_caps { "1" } else { "0" };
+        let reply: Option<Vec<Vec<u8>>> = self
+            .shared
+            .link
+            .run("get members", |mut c| {
+                let (gkey, prefix) = (gkey.clone(), prefix.clone());
+                async move {
+                    self.shared
+                        .scripts
+                        .get_members
+                        .key(gkey)
+                        .arg(prefix)
+                        .arg(&self.member)
+                        .arg(GROUP_EXISTS)
+                        .arg(flag)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let reply = reply.ok_or_else(|| Error::GroupNotCreated(group.clone()))?;
+        if with_caps {
+            reply
+                .chunks(2)
+                .map(|pair| match pair {
+                    [m, caps] => Ok((Id::Bytes(m.clone()), msgpack::decode(caps)?)),
+                    _ => Err(Error::Tooz("malformed get_members reply".into())),
+                })
+                .collect()
+        } else {
+            Ok(reply.into_iter().map(|m| (Id::Bytes(m), Value::Nil)).collect())
+        }
+    }
+
+    fn new_lock(&self, name: &[u8]) -> RedisLock {
+        RedisLock {
+            shared: self.shared.clone(),
+            id: self.shared.next_lock.fetch_add(1, Ordering::Relaxed),
+            key: self.shared.lock_key(name),
+            token: uuid::Uuid::now_v1(&node_id()).simple().to_string().into_bytes(),
+        }
+    }
+}
+
+/// A node id for uuid1 tokens (upstream uses `uuid1().hex`); random per process.
+fn node_id() -> [u8; 6] {
+    static NODE: std::sync::OnceLock<[u8; 6]> = std::sync::OnceLock::new();
+    *NODE.get_or_init(|| {
+        let r = uuid::Uuid::new_v4();
+        let mut n = [0u8; 6];
+        n.copy_from_slice(&r.as_bytes()[..6]);
+        n[0] |= 1; // multicast bit: not a real MAC, as RFC 4122 asks
+        n
+    })
+}
+
+fn script_status(n: i64, group: &Id, member: Option<&Id>) -> Result<()> {
+    match (n, member) {
+        (1, _) => Ok(()),
+        (-1, _) => Err(Error::GroupNotCreated(group.clone())),
+        (-2, Some(m)) => Err(Error::MemberNotJoined { group: group.clone(), member: m.clone() }),
+        (other, _) => Err(Error::Tooz(format!("unexpected script result {other}"))),
+    }
+}
+
+#[async_trait]
+impl Driver for RedisDriver {
+    fn supports(&self, op: Op) -> bool {
+        !matches!(op, Op::GetMemberInfo | Op::GetLeader | Op::StandDownGroupLeader)
+    }
+
+    fn requires_beating(&self) -> bool {
+        true
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.shared.link.forget();
+        let info: String = self
+            .shared
+            .link
+            .run("INFO", |mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await })
+            .await?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(|v| v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if version.as_slice() < [2, 6, 0].as_slice() {
+            return Err(Error::NotImplemented("Redis version '2.6.0' or later is required".into()));
+        }
+        self.beat().await
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let held: Vec<(Vec<u8>, Vec<u8>)> =
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, v)| v).collect();
+        for (key, token) in held {
+            let _ = self.shared.release(&key, &token).await;
+        }
+        let key = [self.shared.beat_prefix(), self.member.clone()].concat();
+        let _ = self
+            .shared
+            .link
+            .run("stop", |mut c| {
+                let key = key.clone();
+                async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
+            })
+            .await;
+        self.shared.link.forget();
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<Option<f64>> {
+        self.beat().await?;
+        let held: Vec<(Vec<u8>, Vec<u8>)> =
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for (key, token) in held {
+            self.shared.extend(&key, &token).await?;
+        }
+        Ok(Some(self.shared.lock_timeout.min(self.shared.membership_timeout)))
+    }
+
+    async fn create_group(&self, group: &Id) -> Result<()> {
+        let g = self.shared.encode(group)?;
+        let (gkey, groups) = (self.shared.group_key(&g), self.shared.groups_key());
+        let n: i64 = self
+            .shared
+            .link
+            .run("create group", |mut c| {
+                let (gkey, groups, g) = (gkey.clone(), groups.clone(), g.clone());
+                async move {
+                    self.shared.scripts.create_group.key(gkey).key(groups).arg(g).arg(GROUP_EXISTS).arg(b"1").invoke_async(&mut c).await
+                }
+            })
+            .await?;
+        if n == 0 {
+            return Err(Error::GroupAlreadyExist(group.clone()));
+        }
+        Ok(())
+    }
+
+    async fn delete_group(&self, group: &Id) -> Result<()> {
+        let g = self.shared.encode(group)?;
+        let (gkey, groups) = (self.shared.group_key(&g), self.shared.groups_key());
+        let n: i64 = self
+            .shared
+            .link
+            .run("delete group", |mut c| {
+                let (gkey, groups, g) = (gkey.clone(), groups.clone(), g.clone());
+                async move { self.shared.scripts.delete_group.key(gkey).key(groups).arg(g).invoke_async(&mut c).await }
+            })
+            .await?;
+        match n {
+            1 => Ok(()),
+            -1 | -2 => Err(Error::GroupNotCreated(group.clone())),
+            -3 => Err(Error::GroupNotEmpty(group.clone())),
+            _ => Err(Error::Tooz(format!("Unable to remove group {group} from the group list"))),
+        }
+    }
+
+    async fn get_groups(&self) -> Result<Vec<Id>> {
+        let groups = self.shared.groups_key();
+        let ids: Vec<Vec<u8>> = self
+            .shared
+            .link
+            .run("get groups", |mut c| {
+                let groups = groups.clone();
+                async move { redis::cmd("SMEMBERS").arg(groups).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(ids.into_iter().map(Id::Bytes).collect())
+    }
+
+    async fn join_group(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        let member = self.member_field()?.to_vec();
+        let g = self.shared.encode(group)?;
+        let gkey = self.shared.group_key(&g);
+        let caps = msgpack::encode(capabilities);
+        let n: i64 = self
+            .shared
+            .link
+            .run("join group", |mut c| {
+                let (gkey, member, caps) = (gkey.clone(), member.clone(), caps.clone());
+                async move { self.shared.scripts.join_group.key(gkey).arg(member).arg(caps).invoke_async(&mut c).await }
+            })
+            .await?;
+        match n {
+            -2 => Err(Error::MemberAlreadyExist { group: group.clone(), member: self.member_id() }),
+            n => script_status(n, group, None),
+        }
+    }
+
+    async fn leave_group(&self, group: &Id) -> Result<()> {
+        let member = self.member_field()?.to_vec();
+        let gkey = self.shared.group_key(&self.shared.encode(group)?);
+        let n: i64 = self
+            .shared
+            .link
+            .run("leave group", |mut c| {
+                let (gkey, member) = (gkey.clone(), member.clone());
+                async move { self.shared.scripts.leave_group.key(gkey).arg(member).invoke_async(&mut c).await }
+            })
+            .await?;
+        script_status(n, group, Some(&self.member_id()))
+    }
+
+    async fn get_members(&self, group: &Id) -> Result<Vec<Id>> {
+        Ok(self.members(group, false).await?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    async fn get_members_with_capabilities(&self, group: &Id) -> Result<Vec<(Id, Value)>> {
+        self.members(group, true).await
+    }
+
+    async fn get_member_capabilities(&self, group: &Id, member: &Id) -> Result<Value> {
+        let m = self.shared.encode(member)?;
+        if m == GROUP_EXISTS {
+            return Err(Error::MemberNotJoined { group: group.clone(), member: member.clone() });
+        }
+        let gkey = self.shared.group_key(&self.shared.encode(group)?);
+        let (exists, caps): (bool, Option<Vec<u8>>) = self
+            .shared
+            .link
+            .run("get member capabilities", |mut c| {
+                let (gkey, m) = (gkey.clone(), m.clone());
+                async move { redis::pipe().atomic().exists(&gkey).hget(&gkey, m).query_async(&mut c).await }
+            })
+            .await?;
+        if !exists {
+            return Err(Error::GroupNotCreated(group.clone()));
+        }
+        let caps = caps.ok_or_else(|| Error::MemberNotJoined { group: group.clone(), member: member.clone() })?;
+        msgpack::decode(&caps)
+    }
+
+    async fn update_capabilities(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        let member = self.member_field()?.to_vec();
+        let gkey = self.shared.group_key(&self.shared.encode(group)?);
+        let caps = msgpack::encode(capabilities);
+        let n: i64 = self
+            .shared
+            .link
+            .run("update capabilities", |mut c| {
+                let (gkey, member, caps) = (gkey.clone(), member.clone(), caps.clone());
+                async move { self.shared.scripts.update_capabilities.key(gkey).arg(member).arg(caps).invoke_async(&mut c).await }
+            })
+            .await?;
+        script_status(n, group, Some(&self.member_id()))
+    }
+
+    async fn elect(&self, group: &Id) -> Result<bool> {
+        let g = self.shared.encode(group)?;
+        let lock = self.new_lock(&[b"leader_of_".as_slice(), &g].concat());
+        lock.acquire(Wait::No, false).await
+    }
+
+    fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("Locks must be provided a name".into()));
+        }
+        Ok(Arc::new(self.new_lock(name)))
+    }
+}
+
+pub struct RedisLock {
+    shared: Arc<Shared>,
+    id: u64,
+    key: Vec<u8>,
+    token: Vec<u8>,
+}
+
+const FIRST_POLL: Duration = Duration::from_millis(2);
+const LONGEST_POLL: Duration = Duration::from_millis(100);
+
+impl RedisLock {
+    fn held_here(&self) -> bool {
+        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&self.id)
+    }
+
+    async fn try_once(&self) -> Result<bool> {
+        let ms = Shared::px(self.shared.lock_timeout);
+        let got: Option<String> = self
+            .shared
+            .link
+            .run("acquire lock", |mut c| async move {
+                redis::cmd("SET").arg(&self.key).arg(&self.token).arg("NX").arg("PX").arg(ms).query_async(&mut c).await
+            })
+            .await?;
+        Ok(got.is_some())
+    }
+}
+
+#[async_trait]
+impl DriverLock for RedisLock {
+    fn name(&self) -> Id {
+        Id::Bytes(self.key.clone())
+    }
+
+    async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
+        if shared {
+            return Err(Error::NotImplemented("shared redis locks are not supported".into()));
+        }
+        let deadline = wait.deadline();
+        let mut pause = FIRST_POLL;
+        loop {
+            if self.try_once().await? {
+                self.shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(self.id, (self.key.clone(), self.token.clone()));
+                return Ok(true);
+            }
+            if wait == Wait::No {
+                return Ok(false);
+            }
+            let wake = Instant::now() + pause;
+            match deadline {
+                Some(d) if Instant::now() >= d => return Ok(false),
+                // The last attempt happens at the deadline itself.
+                Some(d) => tokio::time::sleep_until(wake.min(d)).await,
+                None => tokio::time::sleep_until(wake).await,
+            }
+            pause = (pause * 2).min(LONGEST_POLL);
+        }
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let was_held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id).is_some();
+        if !was_held {
+            return Ok(false);
+        }
+        self.shared.release(&self.key, &self.token).await
+    }
+
+    async fn break_(&self) -> Result<bool> {
+        let n: i64 = self
+            .shared
+            .link
+            .run("break lock", |mut c| async move { redis::cmd("DEL").arg(&self.key).query_async(&mut c).await })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn is_still_owner(&self) -> Result<bool> {
+        let owner: Option<Vec<u8>> = self
+            .shared
+            .link
+            .run("check lock owner", |mut c| async move { redis::cmd("GET").arg(&self.key).query_async(&mut c).await })
+            .await?;
+        Ok(owner.as_deref() == Some(self.token.as_slice()))
+    }
+
+    async fn heartbeat(&self) -> Result<bool> {
+        if !self.held_here() {
+            return Ok(false);
+        }
+        self.shared.extend(&self.key, &self.token).await
+    }
+}
