@@ -22,8 +22,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
 
-# (workload, ops per round, floor workload or None)
+# (workload, ops per round, floor workload or None). A floor whose name ends in "@upstream" runs
+# under the upstream interpreter (the raw client libraries live in that virtualenv).
 PLAN = {
+    "redis": [
+        ("lock_uncontended", 3000, "floor_redis_set_del@upstream"),
+        ("lock_contended", 1000, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 2000, None),
+        ("coordinator_lifecycle", 300, None),
+    ],
     "file": [
         ("lock_uncontended", 5000, "floor_fcntl_lock"),
         ("lock_contended", 2000, None),
@@ -46,7 +55,17 @@ PLAN = {
 }
 
 
+SERVERS = {}
+
+
 def url_for(backend, scratch):
+    if backend in ("redis",) and backend not in SERVERS:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        import servers
+
+        SERVERS[backend] = getattr(servers, backend)().start()
+    if backend == "redis":
+        return "redis://127.0.0.1:%d" % SERVERS["redis"].port
     if backend == "file":
         return "file://" + os.path.join(scratch, "file")
     if backend == "ipc":
@@ -110,7 +129,8 @@ def main():
                 a.append(run_one(ours, workload, url, ops))
                 b.append(run_one(UPSTREAM, workload, url, ops))
                 if floor:
-                    f.append(run_one(ours, floor, url, ops))
+                    name, _, where = floor.partition("@")
+                    f.append(run_one(UPSTREAM if where == "upstream" else ours, name, url, ops))
             sa, sb = summarise(a), summarise(b)
             sf = summarise(f) if f else None
             rows.append((workload, sa, sb, sf))
@@ -126,6 +146,8 @@ def main():
                 workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], sb["p50"], sa["p50"],
                 sb["p99"], sa["p99"], floor_cols))
         print()
+    for server in SERVERS.values():
+        server.close()
 
 
 if __name__ == "__main__":

@@ -225,6 +225,24 @@ def floor_fcntl_lock(url, ops):
     return _timed(op, ops)
 
 
+def floor_redis_set_del(url, ops):
+    """SET NX PX + DEL with redis-py (runs under the upstream virtualenv, which has it)."""
+    import urllib.parse
+
+    import redis
+
+    parsed = urllib.parse.urlsplit(url)
+    client = redis.Redis(host=parsed.hostname, port=parsed.port)
+    key = "bench-floor-" + uuid.uuid4().hex
+
+    def op():
+        client.set(key, "token", nx=True, px=30000)
+        client.delete(key)
+
+    _timed(op, min(ops, 200))
+    return _timed(op, ops)
+
+
 WORKLOADS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
              and name not in ("main",)}
