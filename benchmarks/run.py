@@ -32,6 +32,8 @@ PLAN = {
         ("get_members_50", 300, None),
         ("heartbeat", 2000, None),
         ("coordinator_lifecycle", 300, None),
+        ("busy_python_no_heart", 1000, None),
+        ("busy_python_with_heart", 1000, None),
     ],
     "file": [
         ("lock_uncontended", 5000, "floor_fcntl_lock"),
@@ -40,6 +42,8 @@ PLAN = {
         ("get_members_50", 300, None),
         ("heartbeat", 1000, None),
         ("coordinator_lifecycle", 300, None),
+        ("busy_python_no_heart", 1000, None),
+        ("busy_python_with_heart", 1000, None),
     ],
     "ipc": [
         ("lock_uncontended", 5000, None),

@@ -151,6 +151,49 @@ def coordinator_lifecycle(url, ops):
     return _timed(op, ops)
 
 
+def _busy_python(seconds):
+    """Iterations of a pure-Python loop in ``seconds``: what a busy service thread gets done."""
+    n = 0
+    end = time.perf_counter() + seconds
+    while True:
+        for _ in range(1000):
+            n += 1
+        if time.perf_counter() >= end:
+            return n
+
+
+def _busy_with(url, heart, ops):
+    from tooz import coordination
+
+    # A short liveness window makes the heart beat often (upstream's file driver only takes
+    # whole seconds).
+    fast = {"file": "timeout=1", "redis": "membership_timeout=0.02",
+            "memcached": "membership_timeout=0.02", "zookeeper": "timeout=2"}
+    sep = "&" if "?" in url else "?"
+    c = coordination.get_coordinator(url + sep + fast.get(url.split(":")[0], ""), uuid.uuid4().hex.encode())
+    c.start(start_heart=heart)
+    seconds = max(0.2, ops / 1000.0)
+    _busy_python(0.05)
+    began = time.perf_counter()
+    n = _busy_python(seconds)
+    elapsed = time.perf_counter() - began
+    beats = c.heart.beats if heart else 0
+    c.stop()
+    if heart and beats < 1:
+        raise SystemExit("the heart did not beat (%d beats)" % beats)
+    return {"ops": n, "seconds": elapsed, "samples_us": [elapsed * 1e6 / n]}
+
+
+def busy_python_no_heart(url, ops):
+    """Baseline for busy_python_with_heart: a started coordinator without its heart."""
+    return _busy_with(url, False, ops)
+
+
+def busy_python_with_heart(url, ops):
+    """A busy Python thread while the coordinator's heart beats every ~10 ms."""
+    return _busy_with(url, True, ops)
+
+
 def _ring_nodes(n):
     return ["node-%d" % i for i in range(n)]
 
