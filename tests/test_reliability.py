@@ -1,0 +1,137 @@
+"""Reliability under load and failure: mutual exclusion across processes (ours and upstream's),
+crashes, many threads on one coordinator. Marked ``reliability``; part of the default run."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tooz import coordination
+
+from conftest import has, need, new_id, with_options
+
+pytestmark = pytest.mark.reliability
+
+WORKER = r"""
+import sys, time
+from tooz import coordination
+url, name, counter, rounds = sys.argv[1], sys.argv[2].encode(), sys.argv[3], int(sys.argv[4])
+c = coordination.get_coordinator(url, ('w-%d' % __import__('os').getpid()).encode())
+c.start()
+lock = c.get_lock(name)
+for _ in range(rounds):
+    assert lock.acquire(blocking=True)
+    try:
+        with open(counter, 'r+') as f:      # a deliberately non-atomic read-modify-write
+            n = int(f.read() or 0)
+            time.sleep(0)
+            f.seek(0)
+            f.write(str(n + 1))
+            f.truncate()
+    finally:
+        lock.release()
+c.stop()
+print('done', flush=True)
+"""
+
+PROCESSES = 8
+ROUNDS = 40
+
+
+def _fleet(url, pythons, tmp_path):
+    name = new_id("mutex").decode()
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    procs = [subprocess.Popen([py, "-c", WORKER, url, name, str(counter), str(ROUNDS)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for py in pythons]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "done" in out, err
+    return int(counter.read_text())
+
+
+def test_mutual_exclusion_across_processes(backend, tmp_path):
+    total = _fleet(backend[1], [sys.executable] * PROCESSES, tmp_path)
+    assert total == PROCESSES * ROUNDS, "lost updates: %d of %d" % (PROCESSES * ROUNDS - total, PROCESSES * ROUNDS)
+
+
+@pytest.mark.interop
+def test_mutual_exclusion_mixed_fleet(backend, tmp_path, upstream_python):
+    """Half the fleet runs upstream tooz: the two implementations exclude each other."""
+    pythons = [sys.executable, upstream_python] * (PROCESSES // 2)
+    total = _fleet(backend[1], pythons, tmp_path)
+    assert total == PROCESSES * ROUNDS
+
+
+def test_crashed_holder_and_member(backend, make_coordinator, group):
+    """SIGKILL a process holding a lock and a membership: the lock frees (at once for local
+    backends, after lock_timeout for TTL ones) and the membership expires."""
+    url = with_options(backend[1], lock_timeout=2, membership_timeout=2) if backend[0] == "redis" else \
+        with_options(backend[1], timeout=2) if backend[0] == "file" else backend[1]
+    name = new_id("l")
+    watcher = make_coordinator(url=url)
+    if has(backend, "members"):
+        watcher.create_group(group).get()
+    code = ("import sys,time\nfrom tooz import coordination\n"
+            "c = coordination.get_coordinator(%r, b'victim'); c.start()\n"
+            "held = c.get_lock(%r)\nassert held.acquire()\n" % (url, name))
+    if has(backend, "members"):
+        code += "c.join_group(%r).get()\n" % group
+    code += "print('ready', flush=True)\ntime.sleep(600)\n"
+    victim = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert victim.stdout.readline().strip() == "ready"
+    lock = watcher.get_lock(name)
+    assert not lock.acquire(blocking=False)
+    if has(backend, "members"):
+        assert b"victim" in watcher.get_members(group).get()
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    began = time.monotonic()
+    assert lock.acquire(blocking=15)
+    waited = time.monotonic() - began
+    assert waited < (1 if has(backend, "kernel_release") else 10)
+    lock.release()
+    if has(backend, "members"):
+        deadline = time.monotonic() + 10
+        while b"victim" in watcher.get_members(group).get():
+            assert time.monotonic() < deadline, "the dead member never expired"
+            time.sleep(0.2)
+
+
+def test_32_threads_share_one_coordinator(backend, coord):
+    name = new_id("l")
+    groups = [new_id("g") for _ in range(4)]
+    counter = {"n": 0}
+    errors = []
+
+    def work(i):
+        try:
+            lock = coord.get_lock(name)
+            for _ in range(10):
+                with lock:
+                    n = counter["n"]
+                    time.sleep(0)
+                    counter["n"] = n + 1
+                g = groups[i % len(groups)]
+                try:
+                    coord.create_group(g).get()
+                except coordination.GroupAlreadyExist:
+                    pass
+                assert g in coord.get_groups().get()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert errors == []
+    assert counter["n"] == 320
+    for g in groups:
+        coord.delete_group(g).get()
