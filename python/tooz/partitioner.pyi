@@ -1,0 +1,16 @@
+from typing import Any, Iterable, Optional, Set
+
+from tooz import coordination, hashring
+
+class Partitioner:
+    DEFAULT_PARTITION_NUMBER: int
+    partitions: int
+    group_id: Any
+    ring: hashring.HashRing
+    def __init__(self, coordinator: coordination.CoordinationDriver, group_id: Any, partitions: int = 32) -> None: ...
+    def members_for_object(self, obj: object, ignore_members: Optional[Iterable[Any]] = None,
+                           replicas: int = 1) -> Set[Any]: ...
+    def belongs_to_member(self, obj: object, member_id: Any, ignore_members: Optional[Iterable[Any]] = None,
+                          replicas: int = 1) -> bool: ...
+    def belongs_to_self(self, obj: object, ignore_members: Optional[Iterable[Any]] = None, replicas: int = 1) -> bool: ...
+    def stop(self) -> None: ...
