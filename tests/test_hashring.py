@@ -4,6 +4,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 
 import pytest
 
@@ -118,38 +119,23 @@ def _random_cases(seed, count, max_nodes, keys_per_case):
     return cases
 
 
-def _ours(cases):
-    def node(n):
-        return n[1].encode("latin-1") if n[0] == "b" else n[1]
-
-    out = []
-    for case in cases:
-        ring = hashring.HashRing([node(n) for n in case["nodes"]], partitions=case["partitions"],
-                                 hash_function=case["hash"])
-        for op in case["ops"]:
-            if op[0] == "add":
-                ring.add_node(node(op[1]), weight=op[2])
-            elif op[0] == "remove":
-                ring.remove_node(node(op[1]))
-            else:
-                got = ring.get_nodes(bytes.fromhex(op[1]), ignore_nodes=[node(n) for n in op[2]] or None,
-                                     replicas=op[3])
-                out.append(sorted(["b", x.decode("latin-1")] if isinstance(x, bytes) else ["s", x] for x in got))
-        out.append(len(ring))
-    return out
-
-
 @pytest.mark.interop
 @pytest.mark.parametrize("seed,count,max_nodes,keys", [(1, 40, 30, 150), (2, 3, 1000, 500)])
 def test_bit_identical_with_upstream(upstream_python, tmp_path, seed, count, max_nodes, keys):
     cases = _random_cases(seed, count, max_nodes, keys)
-    src, dst = tmp_path / "cases.json", tmp_path / "upstream.json"
+    src = tmp_path / "cases.json"
     src.write_text(json.dumps(cases))
-    done = subprocess.run([upstream_python, "-c", ORACLE, str(src), str(dst)], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    theirs = json.loads(dst.read_text())
-    ours = _ours(cases)
+
+    def run(python, name):
+        dst = tmp_path / name
+        done = subprocess.run([python, "-c", ORACLE, str(src), str(dst)], capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        return json.loads(dst.read_text())
+
+    # The same script under both implementations.
+    theirs = run(upstream_python, "upstream.json")
+    ours = run(sys.executable, "ours.json")
     lookups = sum(1 for c in cases for op in c["ops"] if op[0] == "get")
     assert lookups >= 1500
     mismatches = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]

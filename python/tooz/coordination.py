@@ -291,38 +291,32 @@ class CoordinationDriver:
         """Try to become leader of each group with election callbacks; run them on success."""
         raise tooz.NotImplemented("not implemented")
 
-    def watch_join_group(self, group_id, callback):
-        self._hooks_join_group[group_id].append(callback)
-
-    def unwatch_join_group(self, group_id, callback):
-        hooks = self._hooks_join_group.get(group_id)
+    @staticmethod
+    def _unwatch(hooks_by_group, group_id, callback):
+        hooks = hooks_by_group.get(group_id)
         if hooks is None or callback not in hooks:
             raise WatchCallbackNotFound(group_id, callback)
         hooks.remove(callback)
         if not hooks:
-            del self._hooks_join_group[group_id]
+            del hooks_by_group[group_id]
+
+    def watch_join_group(self, group_id, callback):
+        self._hooks_join_group[group_id].append(callback)
+
+    def unwatch_join_group(self, group_id, callback):
+        self._unwatch(self._hooks_join_group, group_id, callback)
 
     def watch_leave_group(self, group_id, callback):
         self._hooks_leave_group[group_id].append(callback)
 
     def unwatch_leave_group(self, group_id, callback):
-        hooks = self._hooks_leave_group.get(group_id)
-        if hooks is None or callback not in hooks:
-            raise WatchCallbackNotFound(group_id, callback)
-        hooks.remove(callback)
-        if not hooks:
-            del self._hooks_leave_group[group_id]
+        self._unwatch(self._hooks_leave_group, group_id, callback)
 
     def watch_elected_as_leader(self, group_id, callback):
         self._hooks_elected_leader[group_id].append(callback)
 
     def unwatch_elected_as_leader(self, group_id, callback):
-        hooks = self._hooks_elected_leader.get(group_id)
-        if hooks is None or callback not in hooks:
-            raise WatchCallbackNotFound(group_id, callback)
-        hooks.remove(callback)
-        if not hooks:
-            del self._hooks_elected_leader[group_id]
+        self._unwatch(self._hooks_elected_leader, group_id, callback)
 
     def stand_down_group_leader(self, group_id):
         raise tooz.NotImplemented("not implemented")

@@ -271,28 +271,39 @@ impl Shared {
         self.key(&[b"_", name, b"_lock"])
     }
 
+    /// Runs one of the scripts with `keys` and `args`.
+    async fn eval<T: redis::FromRedisValue>(&self, what: &str, script: &Script, keys: &[&[u8]], args: &[&[u8]]) -> Result<T> {
+        self.link
+            .run(what, |mut c| async move {
+                let mut call = script.prepare_invoke();
+                for k in keys {
+                    call.key(*k);
+                }
+                for a in args {
+                    call.arg(*a);
+                }
+                call.invoke_async(&mut c).await
+            })
+            .await
+    }
+
+    /// Runs one command.
+    async fn query<T: redis::FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
+        self.link.run(what, |mut c| async move { cmd.query_async(&mut c).await }).await
+    }
+
     fn px(seconds: f64) -> u64 {
         ((seconds * 1000.0).round() as u64).max(1)
     }
 
     async fn extend(&self, key: &[u8], token: &[u8]) -> Result<bool> {
-        let ms = Self::px(self.lock_timeout);
-        let n: i64 = self
-            .link
-            .run("extend lock", |mut c| async move {
-                self.scripts.extend_lock.key(key).arg(token).arg(ms).invoke_async(&mut c).await
-            })
-            .await?;
+        let ms = Self::px(self.lock_timeout).to_string();
+        let n: i64 = self.eval("extend lock", &self.scripts.extend_lock, &[key], &[token, ms.as_bytes()]).await?;
         Ok(n == 1)
     }
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
-        let n: i64 = self
-            .link
-            .run("release lock", |mut c| async move {
-                self.scripts.release_lock.key(key).arg(token).invoke_async(&mut c).await
-            })
-            .await?;
+        let n: i64 = self.eval("release lock", &self.scripts.release_lock, &[key], &[token]).await?;
         Ok(n == 1)
     }
 }
@@ -472,41 +483,24 @@ impl RedisDriver {
         Id::Bytes(self.member.clone())
     }
 
+    fn beat_key(&self) -> Vec<u8> {
+        [self.shared.beat_prefix(), self.member.clone()].concat()
+    }
+
     async fn beat(&self) -> Result<()> {
-        let key = [self.shared.beat_prefix(), self.member.clone()].concat();
         let ms = Shared::px(self.shared.membership_timeout);
-        self.shared
-            .link
-            .run("heartbeat", |mut c| {
-                let key = key.clone();
-                async move { redis::cmd("SET").arg(key).arg(STILL_ALIVE).arg("PX").arg(ms).query_async::<()>(&mut c).await }
-            })
-            .await
+        let cmd = redis::cmd("SET").arg(self.beat_key()).arg(STILL_ALIVE).arg("PX").arg(ms).to_owned();
+        self.shared.query("heartbeat", &cmd).await
     }
 
     async fn members(&self, group: &Id, with_caps: bool) -> Result<Vec<(Id, Value)>> {
         let g = self.shared.encode(group)?;
         let gkey = self.shared.group_key(&g);
         let prefix = self.shared.beat_prefix();
-        let flag = if with_caps { "1" } else { "0" };
+        let flag: &[u8] = if with_caps { b"1" } else { b"0" };
         let reply: Option<Vec<Vec<u8>>> = self
             .shared
-            .link
-            .run("get members", |mut c| {
-                let (gkey, prefix) = (gkey.clone(), prefix.clone());
-                async move {
-                    self.shared
-                        .scripts
-                        .get_members
-                        .key(gkey)
-                        .arg(prefix)
-                        .arg(&self.member)
-                        .arg(GROUP_EXISTS)
-                        .arg(flag)
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
+            .eval("get members", &self.shared.scripts.get_members, &[&gkey], &[&prefix, &self.member, GROUP_EXISTS, flag])
             .await?;
         let reply = reply.ok_or_else(|| Error::GroupNotCreated(group.clone()))?;
         if with_caps {
@@ -565,11 +559,7 @@ impl Driver for RedisDriver {
 
     async fn start(&self) -> Result<()> {
         self.shared.link.forget();
-        let info: String = self
-            .shared
-            .link
-            .run("INFO", |mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await })
-            .await?;
+        let info: String = self.shared.query("INFO", redis::cmd("INFO").arg("server")).await?;
         let version = info
             .lines()
             .find_map(|l| l.strip_prefix("redis_version:"))
@@ -587,15 +577,7 @@ impl Driver for RedisDriver {
         for (key, token) in held {
             let _ = self.shared.release(&key, &token).await;
         }
-        let key = [self.shared.beat_prefix(), self.member.clone()].concat();
-        let _ = self
-            .shared
-            .link
-            .run("stop", |mut c| {
-                let key = key.clone();
-                async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
-            })
-            .await;
+        let _ = self.shared.query::<i64>("stop", redis::cmd("DEL").arg(self.beat_key())).await;
         self.shared.link.forget();
         Ok(())
     }
@@ -615,13 +597,7 @@ impl Driver for RedisDriver {
         let (gkey, groups) = (self.shared.group_key(&g), self.shared.groups_key());
         let n: i64 = self
             .shared
-            .link
-            .run("create group", |mut c| {
-                let (gkey, groups, g) = (gkey.clone(), groups.clone(), g.clone());
-                async move {
-                    self.shared.scripts.create_group.key(gkey).key(groups).arg(g).arg(GROUP_EXISTS).arg(b"1").invoke_async(&mut c).await
-                }
-            })
+            .eval("create group", &self.shared.scripts.create_group, &[&gkey, &groups], &[&g, GROUP_EXISTS, b"1"])
             .await?;
         if n == 0 {
             return Err(Error::GroupAlreadyExist(group.clone()));
@@ -632,14 +608,7 @@ impl Driver for RedisDriver {
     async fn delete_group(&self, group: &Id) -> Result<()> {
         let g = self.shared.encode(group)?;
         let (gkey, groups) = (self.shared.group_key(&g), self.shared.groups_key());
-        let n: i64 = self
-            .shared
-            .link
-            .run("delete group", |mut c| {
-                let (gkey, groups, g) = (gkey.clone(), groups.clone(), g.clone());
-                async move { self.shared.scripts.delete_group.key(gkey).key(groups).arg(g).invoke_async(&mut c).await }
-            })
-            .await?;
+        let n: i64 = self.shared.eval("delete group", &self.shared.scripts.delete_group, &[&gkey, &groups], &[&g]).await?;
         match n {
             1 => Ok(()),
             -1 | -2 => Err(Error::GroupNotCreated(group.clone())),
@@ -649,15 +618,7 @@ impl Driver for RedisDriver {
     }
 
     async fn get_groups(&self) -> Result<Vec<Id>> {
-        let groups = self.shared.groups_key();
-        let ids: Vec<Vec<u8>> = self
-            .shared
-            .link
-            .run("get groups", |mut c| {
-                let groups = groups.clone();
-                async move { redis::cmd("SMEMBERS").arg(groups).query_async(&mut c).await }
-            })
-            .await?;
+        let ids: Vec<Vec<u8>> = self.shared.query("get groups", redis::cmd("SMEMBERS").arg(self.shared.groups_key())).await?;
         Ok(ids.into_iter().map(Id::Bytes).collect())
     }
 
@@ -666,14 +627,7 @@ impl Driver for RedisDriver {
         let g = self.shared.encode(group)?;
         let gkey = self.shared.group_key(&g);
         let caps = msgpack::encode(capabilities);
-        let n: i64 = self
-            .shared
-            .link
-            .run("join group", |mut c| {
-                let (gkey, member, caps) = (gkey.clone(), member.clone(), caps.clone());
-                async move { self.shared.scripts.join_group.key(gkey).arg(member).arg(caps).invoke_async(&mut c).await }
-            })
-            .await?;
+        let n: i64 = self.shared.eval("join group", &self.shared.scripts.join_group, &[&gkey], &[&member, &caps]).await?;
         match n {
             -2 => Err(Error::MemberAlreadyExist { group: group.clone(), member: self.member_id() }),
             n => script_status(n, group, None),
@@ -683,14 +637,7 @@ impl Driver for RedisDriver {
     async fn leave_group(&self, group: &Id) -> Result<()> {
         let member = self.member_field()?.to_vec();
         let gkey = self.shared.group_key(&self.shared.encode(group)?);
-        let n: i64 = self
-            .shared
-            .link
-            .run("leave group", |mut c| {
-                let (gkey, member) = (gkey.clone(), member.clone());
-                async move { self.shared.scripts.leave_group.key(gkey).arg(member).invoke_async(&mut c).await }
-            })
-            .await?;
+        let n: i64 = self.shared.eval("leave group", &self.shared.scripts.leave_group, &[&gkey], &[&member]).await?;
         script_status(n, group, Some(&self.member_id()))
     }
 
@@ -729,11 +676,7 @@ impl Driver for RedisDriver {
         let caps = msgpack::encode(capabilities);
         let n: i64 = self
             .shared
-            .link
-            .run("update capabilities", |mut c| {
-                let (gkey, member, caps) = (gkey.clone(), member.clone(), caps.clone());
-                async move { self.shared.scripts.update_capabilities.key(gkey).arg(member).arg(caps).invoke_async(&mut c).await }
-            })
+            .eval("update capabilities", &self.shared.scripts.update_capabilities, &[&gkey], &[&member, &caps])
             .await?;
         script_status(n, group, Some(&self.member_id()))
     }
@@ -771,10 +714,7 @@ impl RedisLock {
         let ms = Shared::px(self.shared.lock_timeout);
         let got: Option<String> = self
             .shared
-            .link
-            .run("acquire lock", |mut c| async move {
-                redis::cmd("SET").arg(&self.key).arg(&self.token).arg("NX").arg("PX").arg(ms).query_async(&mut c).await
-            })
+            .query("acquire lock", redis::cmd("SET").arg(&self.key).arg(&self.token).arg("NX").arg("PX").arg(ms))
             .await?;
         Ok(got.is_some())
     }
@@ -824,20 +764,12 @@ impl DriverLock for RedisLock {
     }
 
     async fn break_(&self) -> Result<bool> {
-        let n: i64 = self
-            .shared
-            .link
-            .run("break lock", |mut c| async move { redis::cmd("DEL").arg(&self.key).query_async(&mut c).await })
-            .await?;
+        let n: i64 = self.shared.query("break lock", redis::cmd("DEL").arg(&self.key)).await?;
         Ok(n > 0)
     }
 
     async fn is_still_owner(&self) -> Result<bool> {
-        let owner: Option<Vec<u8>> = self
-            .shared
-            .link
-            .run("check lock owner", |mut c| async move { redis::cmd("GET").arg(&self.key).query_async(&mut c).await })
-            .await?;
+        let owner: Option<Vec<u8>> = self.shared.query("check lock owner", redis::cmd("GET").arg(&self.key)).await?;
         Ok(owner.as_deref() == Some(self.token.as_slice()))
     }
 
