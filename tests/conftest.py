@@ -47,7 +47,8 @@ BACKENDS = {
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
-             "text_ids", "stale_members_revive", "self_expiry", "kernel_release"},
+             "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
+             "watch_elected_as_leader", "get_leader", "stand_down"},
     "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
     "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
               "watch_elected_as_leader", "lock_heartbeat", "expiry"},

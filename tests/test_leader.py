@@ -56,3 +56,55 @@ def test_unwatch_elected_as_leader(backend, coord):
     assert len(coord._hooks_elected_leader) == 0
     with pytest.raises(coordination.WatchCallbackNotFound):
         coord.unwatch_elected_as_leader(group, cb)
+
+
+def test_get_leader_and_stand_down(backend, make_coordinator):
+    need(backend, "election", "get_leader", "stand_down")
+    group = new_id("g")
+    a, b = make_coordinator(), make_coordinator()
+    a.create_group(group).get()
+    assert a.get_leader(group).get() is None
+    assert a.stand_down_group_leader(group) is False
+    elected = []
+    a.watch_elected_as_leader(group, elected.append)
+    a.run_watchers()
+    assert [e.member_id for e in elected] == [a._member_id]
+    assert a.get_leader(group).get() == a._member_id
+    assert b.get_leader(group).get() == a._member_id
+    b.watch_elected_as_leader(group, elected.append)
+    b.run_watchers()
+    assert len(elected) == 1
+    assert a.stand_down_group_leader(group) is True
+    b.run_watchers()
+    assert [e.member_id for e in elected] == [a._member_id, b._member_id]
+    assert a.get_leader(group).get() == b._member_id
+
+
+def test_leader_in_another_process(backend, make_coordinator):
+    """The leader is another interpreter; killing it hands leadership over."""
+    need(backend, "election", "get_leader")
+    import subprocess
+    import sys
+
+    group = new_id("g")
+    code = ("import sys, time\nfrom tooz import coordination\n"
+            "c = coordination.get_coordinator(%r, b'remote-leader'); c.start(start_heart=True)\n"
+            "won = []\nc.watch_elected_as_leader(%r, won.append)\n"
+            "while not won:\n    c.run_watchers(); time.sleep(0.05)\n"
+            "print('leader', flush=True)\ntime.sleep(600)\n" % (backend[1], group))
+    remote = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert remote.stdout.readline().strip() == "leader"
+        local = make_coordinator()
+        assert local.get_leader(group).get() == b"remote-leader"
+        mine = []
+        local.watch_elected_as_leader(group, mine.append)
+        local.run_watchers()
+        assert mine == []
+        remote.kill()
+        remote.wait()
+        assert _run_until([local], lambda: mine, timeout=30)
+        assert local.get_leader(group).get() == local._member_id
+    finally:
+        if remote.poll() is None:
+            remote.kill()

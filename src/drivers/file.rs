@@ -7,6 +7,10 @@
 //! * `<dir>/groups/<sha1(group)>/<sha1(member)>.raw`: msgpack
 //!   `{capabilities, joined_on, member_id, encoded}`; its mtime is the member's heartbeat;
 //! * `<dir>/tmp`: records are written here first and renamed into place.
+//!
+//! Beyond upstream (whose file driver has no election): the leader of a group holds the lock
+//! file `<dir>/.leaders/<sha1(group)>`, whose contents name it (msgpack
+//! `{member_id, encoded}`). Upstream processes never look there.
 
 use std::collections::HashSet;
 use std::fs;
@@ -34,6 +38,8 @@ pub struct FileDriver {
     timeout: f64,
     driver_lock: PathLock,
     joined: Mutex<HashSet<Id>>,
+    /// Groups this coordinator leads, and the lock that makes it so.
+    leading: Mutex<std::collections::HashMap<Id, PathLock>>,
 }
 
 fn hashed(id: &[u8]) -> String {
@@ -106,7 +112,12 @@ impl FileDriver {
             root,
             timeout,
             joined: Mutex::new(HashSet::new()),
+            leading: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    fn leader_path(&self, group: &Id) -> PathBuf {
+        self.root.join(".leaders").join(hashed(group.as_bytes()))
     }
 
     fn group_dir(&self, group: &Id) -> PathBuf {
@@ -214,8 +225,8 @@ impl FileDriver {
 
 #[async_trait]
 impl Driver for FileDriver {
-    fn supports(&self, op: Op) -> bool {
-        !matches!(op, Op::GetLeader | Op::StandDownGroupLeader | Op::Elect)
+    fn supports(&self, _op: Op) -> bool {
+        true
     }
 
     fn requires_beating(&self) -> bool {
@@ -232,6 +243,7 @@ impl Driver for FileDriver {
     }
 
     async fn stop(&self) -> Result<()> {
+        self.leading.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Memberships whose join result nobody fetched are still ours to give up.
         let joined: Vec<Id> = self.joined.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for group in joined {
@@ -417,6 +429,39 @@ impl Driver for FileDriver {
             .await
     }
 
+    async fn elect(&self, group: &Id) -> Result<bool> {
+        if self.leading.lock().unwrap_or_else(|p| p.into_inner()).contains_key(group) {
+            return Ok(false); // already the leader: no second election event
+        }
+        let lock = PathLock::new(&self.leader_path(group));
+        if !lock.acquire(false, Wait::No).await? {
+            return Ok(false);
+        }
+        let record = Value::map_of(vec![
+            ("member_id", Value::Bin(self.member.as_bytes().to_vec())),
+            ("encoded", Value::Bool(self.member.is_text())),
+        ]);
+        lock.barrier().write_contents(&msgpack::encode(&record))?;
+        self.leading.lock().unwrap_or_else(|p| p.into_inner()).insert(group.clone(), lock);
+        Ok(true)
+    }
+
+    async fn get_leader(&self, group: &Id) -> Result<Option<Id>> {
+        let path = self.leader_path(group);
+        let held = super::fslock::barrier(&path).held_in_process()
+            || super::fslock::held_elsewhere(&path).map_err(|e| io_err("cannot inspect", &path, e))?;
+        if !held {
+            return Ok(None);
+        }
+        let record = Self::read_record(&path)?;
+        stored_id(&record, "member_id", &path).map(Some)
+    }
+
+    async fn stand_down_group_leader(&self, group: &Id) -> Result<bool> {
+        // Dropping the lock object gives the lock back.
+        Ok(self.leading.lock().unwrap_or_else(|p| p.into_inner()).remove(group).is_some())
+    }
+
     fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
         let name = std::str::from_utf8(name)
             .map_err(|_| Error::InvalidArgument("file lock names must be valid UTF-8".into()))?;
@@ -431,8 +476,8 @@ impl Driver for FileDriver {
         if !path.starts_with(&root) {
             return Err(Error::InvalidArgument(format!("Path {} is not under {}", path.display(), root.display())));
         }
-        let reserved = [root.clone(), root.join("groups"), root.join("tmp"), root.join(".driver_lock")];
-        if reserved.contains(&path) {
+        let reserved = [root.clone(), root.join("groups"), root.join("tmp"), root.join(".driver_lock"), root.join(".leaders")];
+        if reserved.contains(&path) || path.starts_with(root.join(".leaders")) {
             return Err(Error::InvalidArgument(format!(
                 "Unable to create a lock using reserved path '{}' for lock with name {name}",
                 path.display()

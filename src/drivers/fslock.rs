@@ -181,6 +181,25 @@ impl Barrier {
         }
     }
 
+    /// Whether some lock object of this process holds the lock.
+    pub fn held_in_process(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).holders > 0
+    }
+
+    /// Replaces the lock file's contents, through the descriptor that holds the lock (closing
+    /// any other descriptor of the file would drop the process's record lock).
+    pub fn write_contents(&self, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let file = match (&inner.file, inner.holders) {
+            (Some(f), n) if n > 0 => f,
+            _ => return Err(Error::Tooz(format!("{} is not held", self.path.display()))),
+        };
+        file.set_len(0)
+            .and_then(|_| (&*file).write_all(data))
+            .map_err(|e| Error::io(&format!("cannot write {}", self.path.display()), e))
+    }
+
     /// Gives one hold back; the record lock goes when the last holder leaves.
     pub fn release(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,6 +231,10 @@ impl PathLock {
 
     pub fn path(&self) -> &Path {
         self.barrier.path()
+    }
+
+    pub fn barrier(&self) -> &Barrier {
+        &self.barrier
     }
 
     pub fn is_held(&self) -> bool {

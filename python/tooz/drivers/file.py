@@ -4,7 +4,6 @@ import functools
 import hashlib
 import os
 
-import tooz
 from tooz import coordination
 from tooz import utils
 from tooz.drivers import _native
@@ -45,9 +44,3 @@ class FileDriver(_native.NativeDriver,
     def _make_filesystem_safe(cls, item):
         """The directory/file name of a group or member id: sha1 of its UTF-8 bytes."""
         return hashlib.new(cls.HASH_ROUTINE, utils.to_binary(item, encoding="utf8")).hexdigest()
-
-    def watch_elected_as_leader(self, group_id, callback):
-        raise tooz.NotImplemented("not implemented")
-
-    def unwatch_elected_as_leader(self, group_id, callback):
-        raise tooz.NotImplemented("not implemented")
