@@ -30,11 +30,18 @@ def _ipc_url(request, tmp_path_factory):
     return "ipc://"
 
 
+def _memcached_url(request, tmp_path_factory):
+    # memcached has no namespaces: tests keep apart through their random group/lock ids.
+    return request.getfixturevalue("memcached_server").url
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
-# backends take a session server fixture and a fresh key namespace per test.
+# backends take a session server fixture and a fresh key namespace per test. The URL has no
+# query string: tests append their own options.
 BACKENDS = {
     "file": _file_url,
     "ipc": _ipc_url,
+    "memcached": _memcached_url,
 }
 
 
@@ -42,6 +49,11 @@ BACKENDS = {
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner"},
     "ipc": {"break", "watch_elected_as_leader"},
+    # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
+    # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
+    # coordinator always counts itself among the living.
+    "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
+                  "election", "watch_elected_as_leader", "ttl_locks", "lazy_pruning"},
 }
 
 
@@ -54,6 +66,17 @@ def need(backend, *features):
     missing = [f for f in features if f not in FEATURES[backend[0]]]
     if missing:
         pytest.skip("%s does not offer %s" % (backend[0], ", ".join(missing)))
+
+
+@pytest.fixture(scope="session")
+def memcached_server():
+    """A memcached on a free loopback port for the whole session (``.url``, ``.server``)."""
+    import servers
+
+    server = servers.memcached().start()
+    server.url = "memcached://127.0.0.1:%d" % server.port
+    yield server
+    server.close()
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -3,8 +3,11 @@
 pub mod file;
 pub mod fslock;
 pub mod ipc;
+pub mod memcache;
+pub mod memcached;
 pub mod options;
 pub mod sysv;
+pub mod ttl_lock;
 
 use std::sync::Arc;
 
@@ -25,12 +28,13 @@ pub struct Url {
 }
 
 /// Backends whose Python module exists but whose Rust driver has not landed yet.
-const NOT_YET: &[&str] = &["redis", "zookeeper", "kazoo", "memcached", "postgresql", "mysql", "etcd3+http", "etcd3+https"];
+const NOT_YET: &[&str] = &["redis", "zookeeper", "kazoo", "postgresql", "mysql", "etcd3+http", "etcd3+https"];
 
 pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>> {
     match url.scheme.as_str() {
         "file" => Ok(Arc::new(file::FileDriver::new(member, &url.path, options)?)),
         "ipc" => Ok(Arc::new(ipc::IpcDriver::new())),
+        "memcached" => Ok(Arc::new(memcached::MemcachedDriver::new(member, url, options)?)),
         s if NOT_YET.contains(&s) => Err(Error::Tooz(format!(
             "the {s} backend is not yet available in this version of tooz"
         ))),
