@@ -32,6 +32,14 @@ PLAN = {
         ("heartbeat", 1000, None),
         ("coordinator_lifecycle", 300, None),
     ],
+    "memcached": [
+        ("lock_uncontended", 3000, "floor_memcached_add_delete"),
+        ("lock_contended", 400, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 2000, None),
+        ("coordinator_lifecycle", 300, None),
+    ],
     "ipc": [
         ("lock_uncontended", 5000, None),
         ("lock_contended", 2000, None),
@@ -45,12 +53,25 @@ PLAN = {
     ],
 }
 
+# Floors that need a client library only upstream's virtualenv has run under its interpreter.
+FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream"}
+
+# Servers started for the run (backend -> tests/servers.py Server), stopped at the end.
+SERVERS = {}
+
 
 def url_for(backend, scratch):
     if backend == "file":
         return "file://" + os.path.join(scratch, "file")
     if backend == "ipc":
         return "ipc://"
+    if backend == "memcached":
+        if backend not in SERVERS:
+            sys.path.insert(0, os.path.join(ROOT, "tests"))
+            import servers
+
+            SERVERS[backend] = servers.memcached().start()
+        return "memcached://127.0.0.1:%d" % SERVERS[backend].port
     return "none://"
 
 
@@ -99,6 +120,14 @@ def main():
     print("Machine: %s, %s CPUs, Python %s" % (platform.platform(), os.cpu_count(), platform.python_version()))
     print("Rounds: %d, interleaved ours/upstream; ops/s shown as median (min–max)\n" % args.rounds)
     scratch = tempfile.mkdtemp(prefix="tooz-bench-")
+    try:
+        run_backends(args, only, ours, scratch)
+    finally:
+        for server in SERVERS.values():
+            server.close()
+
+
+def run_backends(args, only, ours, scratch):
     for backend in args.backends.split(","):
         rows = []
         for workload, ops, floor in PLAN[backend]:
@@ -110,7 +139,7 @@ def main():
                 a.append(run_one(ours, workload, url, ops))
                 b.append(run_one(UPSTREAM, workload, url, ops))
                 if floor:
-                    f.append(run_one(ours, floor, url, ops))
+                    f.append(run_one(UPSTREAM if FLOOR_PYTHON.get(floor) == "upstream" else ours, floor, url, ops))
             sa, sb = summarise(a), summarise(b)
             sf = summarise(f) if f else None
             rows.append((workload, sa, sb, sf))
