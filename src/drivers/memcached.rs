@@ -388,7 +388,10 @@ impl Driver for MemcachedDriver {
             let _ = self.leave_group(&group).await;
         }
         for lock in self.held() {
-            let _ = lock.release().await;
+            if lock.release().await.is_err() {
+                // Unreachable server: the key lapses by itself; this coordinator is done with it.
+                lock.forget();
+            }
         }
         let _ = self.client().delete(&Self::beat_key(self.member())).await;
         self.client().close();
