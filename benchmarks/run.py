@@ -22,11 +22,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
 
-# (workload, ops per round, floor workload or None). A floor whose name ends in "@upstream" runs
-# under the upstream interpreter (the raw client libraries live in that virtualenv).
+# (workload, ops per round, floor workload or None).
 PLAN = {
     "redis": [
-        ("lock_uncontended", 3000, "floor_redis_set_del@upstream"),
+        ("lock_uncontended", 3000, "floor_redis_set_del"),
         ("lock_contended", 1000, None),
         ("join_leave", 1000, None),
         ("get_members_50", 300, None),
@@ -45,6 +44,14 @@ PLAN = {
         ("busy_python_no_heart", 1000, None),
         ("busy_python_with_heart", 1000, None),
     ],
+    "memcached": [
+        ("lock_uncontended", 3000, "floor_memcached_add_delete"),
+        ("lock_contended", 400, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 2000, None),
+        ("coordinator_lifecycle", 300, None),
+    ],
     "ipc": [
         ("lock_uncontended", 5000, None),
         ("lock_contended", 2000, None),
@@ -58,18 +65,25 @@ PLAN = {
     ],
 }
 
+# Floors that need a client library only upstream's virtualenv has run under its interpreter.
+FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream", "floor_redis_set_del": "upstream"}
 
+# Servers started for the run (backend -> tests/servers.py Server), stopped at the end.
 SERVERS = {}
 
 
-def url_for(backend, scratch):
-    if backend in ("redis",) and backend not in SERVERS:
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        import servers
+# Backends served by a server from tests/servers.py, started once for the whole run.
+NETWORKED = ("redis", "memcached", "zookeeper")
 
-        SERVERS[backend] = getattr(servers, backend)().start()
-    if backend == "redis":
-        return "redis://127.0.0.1:%d" % SERVERS["redis"].port
+
+def url_for(backend, scratch):
+    if backend in NETWORKED:
+        if backend not in SERVERS:
+            sys.path.insert(0, os.path.join(ROOT, "tests"))
+            import servers
+
+            SERVERS[backend] = getattr(servers, backend)().start()
+        return "%s://127.0.0.1:%d" % (backend, SERVERS[backend].port)
     if backend == "file":
         return "file://" + os.path.join(scratch, "file")
     if backend == "ipc":
@@ -122,6 +136,14 @@ def main():
     print("Machine: %s, %s CPUs, Python %s" % (platform.platform(), os.cpu_count(), platform.python_version()))
     print("Rounds: %d, interleaved ours/upstream; ops/s shown as median (min–max)\n" % args.rounds)
     scratch = tempfile.mkdtemp(prefix="tooz-bench-")
+    try:
+        run_backends(args, only, ours, scratch)
+    finally:
+        for server in SERVERS.values():
+            server.close()
+
+
+def run_backends(args, only, ours, scratch):
     for backend in args.backends.split(","):
         rows = []
         for workload, ops, floor in PLAN[backend]:
@@ -133,8 +155,7 @@ def main():
                 a.append(run_one(ours, workload, url, ops))
                 b.append(run_one(UPSTREAM, workload, url, ops))
                 if floor:
-                    name, _, where = floor.partition("@")
-                    f.append(run_one(UPSTREAM if where == "upstream" else ours, name, url, ops))
+                    f.append(run_one(UPSTREAM if FLOOR_PYTHON.get(floor) == "upstream" else ours, floor, url, ops))
             sa, sb = summarise(a), summarise(b)
             sf = summarise(f) if f else None
             rows.append((workload, sa, sb, sf))
@@ -150,8 +171,6 @@ def main():
                 workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], sb["p50"], sa["p50"],
                 sb["p99"], sa["p99"], floor_cols))
         print()
-    for server in SERVERS.values():
-        server.close()
 
 
 if __name__ == "__main__":

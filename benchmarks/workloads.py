@@ -286,6 +286,27 @@ def floor_redis_set_del(url, ops):
     return _timed(op, ops)
 
 
+def floor_memcached_add_delete(url, ops):
+    """One ``add`` and one ``delete`` with pymemcache (upstream's client; run under upstream's
+    interpreter): the round trips a memcached lock acquire + release cannot do without."""
+    from urllib.parse import urlsplit
+
+    from pymemcache.client.base import Client
+
+    parts = urlsplit(url)
+    client = Client((parts.hostname or "localhost", parts.port or 11211))
+    key = b"bench-floor-" + uuid.uuid4().hex.encode()
+
+    def op():
+        assert client.add(key, b"me", expire=30, noreply=False)
+        client.delete(key, noreply=False)
+
+    _timed(op, min(ops, 200))  # warm up
+    out = _timed(op, ops)
+    client.close()
+    return out
+
+
 WORKLOADS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
              and name not in ("main",)}

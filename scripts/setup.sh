@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine (as root) to build and test tooz; safe to run again.
 #  - backend servers from Debian: redis-server, memcached, zookeeper (tests start their own
-#    instances on loopback; the packaged system services are not used);
+#    instances on loopback; the packaged system services are not used); openssl makes the
+#    certificates of the memcached TLS test;
 #  - the Rust extension, built and installed into python3 with the test tools;
 #  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(redis-server memcached zookeeper python3-venv)
+packages=(redis-server memcached zookeeper python3-venv openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -35,12 +35,21 @@ def _redis_url(request, tmp_path_factory):
     return "redis://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
 
 
+def _memcached_url(request, tmp_path_factory):
+    # memcached has no namespaces: tests keep apart through their random group/lock ids.
+    return request.getfixturevalue("memcached_server").url
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
-# backends take a session server fixture and a fresh key namespace per test.
+# backends take a session server fixture and, where the backend has namespaces, a fresh one per
+# test; tests add their own options with with_options().
 BACKENDS = {
     "file": _file_url,
     "ipc": _ipc_url,
     "redis": _redis_url,
+
+
+    "memcached": _memcached_url,
 }
 
 
@@ -50,8 +59,14 @@ FEATURES = {
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
              "watch_elected_as_leader", "get_leader", "stand_down"},
     "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
+    # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
+    # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
+    # coordinator always counts itself among the living.
     "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
-              "watch_elected_as_leader", "lock_heartbeat", "expiry"},
+              "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning"},
+    "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
+                  "election", "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning",
+                  "text_ids"},
 }
 
 
@@ -64,6 +79,17 @@ def need(backend, *features):
     missing = [f for f in features if f not in FEATURES[backend[0]]]
     if missing:
         pytest.skip("%s does not offer %s" % (backend[0], ", ".join(missing)))
+
+
+@pytest.fixture(scope="session")
+def memcached_server():
+    """A memcached on a free loopback port for the whole session (``.url``, ``.server``)."""
+    import servers
+
+    server = servers.memcached().start()
+    server.url = "memcached://127.0.0.1:%d" % server.port
+    yield server
+    server.close()
 
 
 @pytest.fixture(params=sorted(BACKENDS))

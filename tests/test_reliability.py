@@ -70,8 +70,12 @@ def test_mutual_exclusion_mixed_fleet(backend, tmp_path, upstream_python):
 def test_crashed_holder_and_member(backend, make_coordinator, group):
     """SIGKILL a process holding a lock and a membership: the lock frees (at once for local
     backends, after lock_timeout for TTL ones) and the membership expires."""
-    url = with_options(backend[1], lock_timeout=2, membership_timeout=2) if backend[0] == "redis" else \
-        with_options(backend[1], timeout=2) if backend[0] == "file" else backend[1]
+    if has(backend, "ttl_locks"):
+        url = with_options(backend[1], lock_timeout=2, membership_timeout=2)
+    elif has(backend, "members"):
+        url = with_options(backend[1], timeout=2)  # file: the liveness window
+    else:
+        url = backend[1]
     name = new_id("l")
     watcher = make_coordinator(url=url)
     if has(backend, "members"):
@@ -146,9 +150,17 @@ def _redis_fault_target():
     return server, "redis://127.0.0.1:%d?timeout=2" % server.port
 
 
+def _memcached_fault_target():
+    from servers import memcached
+
+    server = memcached()
+    return server, "memcached://127.0.0.1:%d?timeout=2" % server.port
+
+
 # Networked backends: name -> () -> (unstarted dedicated Server, URL with short timeouts).
 FAULT_TARGETS = {
     "redis": _redis_fault_target,
+    "memcached": _memcached_fault_target,
 }
 
 

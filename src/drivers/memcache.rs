@@ -1,0 +1,780 @@
+//! A small asynchronous memcached client (text protocol) for the memcached driver.
+//!
+//! Only what the driver needs: `get`/`gets` (several keys per request), `set`, `add`, `cas`,
+//! `delete`, `touch`, with flags and expiry. Requests go out on a pooled connection (plain TCP
+//! or TLS), one request at a time per connection; a connection that fails, times out or
+//! hears something unexpected is dropped, never reused, so the pool heals by itself once the
+//! server is back. An idle connection the server has closed (a restart) is noticed before it
+//! is reused and replaced, so the first request after a restart does not fail.
+//!
+//! Replies are parsed by [`parse_reply`], a pure function over the bytes received so far, so
+//! the parser is unit-tested without a server and cannot panic on whatever arrives.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+use crate::runtime;
+
+/// Longest key memcached accepts.
+pub const MAX_KEY_LEN: usize = 250;
+/// Largest value block this client agrees to read (memcached's own ceiling is 1 GiB).
+const MAX_VALUE_LEN: usize = 1 << 30;
+/// Longest reply line (a `VALUE` header or a status) before the reply counts as garbage.
+const MAX_LINE_LEN: usize = 8 << 10;
+/// Keys per `get`/`gets` request line (memcached reads long retrieval lines, but keep it sane).
+const MAX_KEYS_PER_GET: usize = 64;
+
+/// A stored item as the server returned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub key: Vec<u8>,
+    pub flags: u32,
+    pub data: Vec<u8>,
+    /// The CAS unique, for `gets`.
+    pub cas: Option<u64>,
+}
+
+/// One reply of the text protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `VALUE ...` blocks up to `END` (no blocks: none of the keys exist).
+    Values(Vec<Item>),
+    Stored,
+    NotStored,
+    Exists,
+    NotFound,
+    Deleted,
+    Touched,
+}
+
+/// The server refused the request (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`), or sent
+/// something that is not the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyError {
+    Server(String),
+    Garbage(String),
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| p + from)
+}
+
+fn garbage(what: &str, line: &[u8]) -> ReplyError {
+    let shown: Vec<u8> = line.iter().copied().take(80).collect();
+    ReplyError::Garbage(format!("{what}: {:?}", String::from_utf8_lossy(&shown)))
+}
+
+fn parse_num<T: std::str::FromStr>(token: Option<&[u8]>, line: &[u8]) -> std::result::Result<T, ReplyError> {
+    token
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| t.parse::<T>().ok())
+        .ok_or_else(|| garbage("malformed VALUE line", line))
+}
+
+/// Parses one complete reply at the start of `buf`.
+///
+/// `Ok(None)`: more bytes are needed. `Ok(Some((reply, n)))`: the reply took the first `n`
+/// bytes. `Err`: an error reply or bytes that are not the protocol; either way the connection
+/// must not be used again.
+pub fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(Reply, usize)>, ReplyError> {
+    let mut items = Vec::new();
+    let mut pos = 0;
+    loop {
+        let Some(end) = find_crlf(buf, pos) else {
+            if buf.len() - pos > MAX_LINE_LEN {
+                return Err(garbage("reply line too long", &buf[pos..]));
+            }
+            return Ok(None);
+        };
+        let line = &buf[pos..end];
+        let next = end + 2;
+        if let Some(rest) = line.strip_prefix(b"VALUE ") {
+            let mut tokens = rest.split(|b| *b == b' ').filter(|t| !t.is_empty());
+            let key = tokens.next().ok_or_else(|| garbage("malformed VALUE line", line))?.to_vec();
+            let flags: u32 = parse_num(tokens.next(), line)?;
+            let len: usize = parse_num(tokens.next(), line)?;
+            let cas = match tokens.next() {
+                Some(t) => Some(parse_num::<u64>(Some(t), line)?),
+                None => None,
+            };
+            if tokens.next().is_some() {
+                return Err(garbage("malformed VALUE line", line));
+            }
+            if len > MAX_VALUE_LEN {
+                return Err(garbage("value too large", line));
+            }
+            let data_end = next.checked_add(len).ok_or_else(|| garbage("value too large", line))?;
+            if buf.len() < data_end + 2 {
+                return Ok(None);
+            }
+            if &buf[data_end..data_end + 2] != b"\r\n" {
+                return Err(garbage("value block not terminated", line));
+            }
+            items.push(Item { key, flags, data: buf[next..data_end].to_vec(), cas });
+            pos = data_end + 2;
+            continue;
+        }
+        if !items.is_empty() && line != b"END" {
+            return Err(garbage("unexpected line among values", line));
+        }
+        let reply = match line {
+            b"END" => Reply::Values(std::mem::take(&mut items)),
+            b"STORED" => Reply::Stored,
+            b"NOT_STORED" => Reply::NotStored,
+            b"EXISTS" => Reply::Exists,
+            b"NOT_FOUND" => Reply::NotFound,
+            b"DELETED" => Reply::Deleted,
+            b"TOUCHED" => Reply::Touched,
+            b"ERROR" => return Err(ReplyError::Server("memcached: ERROR (unknown command)".into())),
+            _ if line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR") => {
+                return Err(ReplyError::Server(format!("memcached: {}", String::from_utf8_lossy(line))));
+            }
+            _ => return Err(garbage("unexpected reply", line)),
+        };
+        return Ok(Some((reply, next)));
+    }
+}
+
+/// A key memcached (and pymemcache, which upstream uses) accepts: 1 to 250 bytes, no
+/// whitespace, no control characters.
+pub fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("memcached keys cannot be empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "Key is too long ({} bytes, memcached allows {MAX_KEY_LEN}): {:?}",
+            key.len(),
+            String::from_utf8_lossy(&key[..40])
+        )));
+    }
+    if key.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || *b == 0x0b) {
+        return Err(Error::InvalidArgument(format!(
+            "Key contains whitespace or control characters: {:?}",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
+}
+
+/// The expiry field of a storage/touch command: whole seconds, never 0 (0 means "never
+/// expires" to memcached) and never past 30 days (larger values are read as a unix time).
+pub fn expiry(seconds: f64) -> u32 {
+    const MAX_RELATIVE: f64 = 60.0 * 60.0 * 24.0 * 30.0;
+    if !seconds.is_finite() {
+        return MAX_RELATIVE as u32;
+    }
+    seconds.ceil().clamp(1.0, MAX_RELATIVE) as u32
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Set,
+    Add,
+}
+
+/// Encodes a storage request (`set`/`add`, or `cas` when `cas` is given).
+pub fn storage_request(kind: Store, key: &[u8], flags: u32, exptime: u32, data: &[u8], cas: Option<u64>) -> Vec<u8> {
+    let verb: &[u8] = match (cas, kind) {
+        (Some(_), _) => b"cas",
+        (None, Store::Set) => b"set",
+        (None, Store::Add) => b"add",
+    };
+    let mut req = Vec::with_capacity(key.len() + data.len() + 64);
+    req.extend_from_slice(verb);
+    req.push(b' ');
+    req.extend_from_slice(key);
+    req.extend_from_slice(format!(" {flags} {exptime} {}", data.len()).as_bytes());
+    if let Some(cas) = cas {
+        req.extend_from_slice(format!(" {cas}").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(data);
+    req.extend_from_slice(b"\r\n");
+    req
+}
+
+// ------------------------------------------------------------------------ connections
+
+/// How to reach the server.
+#[derive(Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// Budget of one request, connecting included; `None`: no limit.
+    pub timeout: Option<Duration>,
+    pub max_pool_size: Option<usize>,
+    pub tls: Option<Arc<tls::TlsSettings>>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How long a request on a plain connection watches the socket for its reply before going
+/// to sleep on the runtime. A local or same-rack server answers within this; waking a parked
+/// thread through the runtime's I/O driver costs more than the wait itself.
+const SPIN: Duration = Duration::from_micros(50);
+
+struct Conn {
+    /// Requests go out in one write and replies are read into `buf`: no buffering layers.
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    /// The socket of a plain (not TLS) connection, read directly while spinning.
+    fd: Option<std::os::fd::RawFd>,
+    /// Requests in a row whose reply did not come within the spin (a distant server): past
+    /// a few, the spin is only tried now and then, so it costs next to nothing there.
+    spin_misses: u32,
+}
+
+fn conn_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Connection(format!("{what}: {e}"))
+}
+
+impl Conn {
+    async fn open(cfg: &Config) -> Result<Conn> {
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| conn_err(&format!("cannot connect to memcached at {addr}"), e))?;
+        tcp.set_nodelay(true).ok();
+        let fd = cfg.tls.is_none().then(|| std::os::fd::AsRawFd::as_raw_fd(&tcp));
+        let io: Box<dyn Io> = match &cfg.tls {
+            None => Box::new(tcp),
+            Some(settings) => Box::new(settings.connect(&cfg.host, tcp).await?),
+        };
+        Ok(Conn { io, buf: Vec::new(), fd, spin_misses: 0 })
+    }
+
+    /// Reads what arrives on the socket for up to [`SPIN`], until a whole reply is in.
+    /// Bytes go to `self.buf` as the async path would put them; anything unusual (EOF, an
+    /// error) is left for the async path to find and report.
+    fn spin_for_reply(&mut self, fd: std::os::fd::RawFd) {
+        let began = std::time::Instant::now();
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            // SAFETY: `fd` is the socket owned by `self.io`, alive for this call; the buffer
+            // is a live local array of the given length.
+            let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                self.buf.extend_from_slice(&chunk[..n as usize]);
+                if !matches!(parse_reply(&self.buf), Ok(None)) {
+                    return;
+                }
+                continue;
+            }
+            let would_block = n < 0 && {
+                let e = std::io::Error::last_os_error().raw_os_error();
+                e == Some(libc::EAGAIN) || e == Some(libc::EWOULDBLOCK) || e == Some(libc::EINTR)
+            };
+            if !would_block || began.elapsed() >= SPIN {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Whether the server has closed this idle connection (or sent something unasked).
+    fn is_stale(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut probe = [0u8; 64];
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        match Pin::new(&mut self.io).poll_read(&mut cx, &mut probe) {
+            Poll::Pending => false,
+            Poll::Ready(_) => true,
+        }
+    }
+
+    async fn roundtrip(&mut self, request: &[u8]) -> Result<Reply> {
+        self.io.write_all(request).await.map_err(|e| conn_err("memcached write failed", e))?;
+        self.io.flush().await.map_err(|e| conn_err("memcached write failed", e))?;
+        self.buf.clear();
+        if let Some(fd) = self.fd {
+            self.spin_misses = self.spin_misses.saturating_add(1);
+            if self.spin_misses <= 16 || self.spin_misses % 32 == 0 {
+                self.spin_for_reply(fd);
+                if !matches!(parse_reply(&self.buf), Ok(None)) {
+                    self.spin_misses = 0;
+                }
+            }
+        }
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    if used != self.buf.len() {
+                        return Err(Error::Tooz("memcached sent more than one reply".into()));
+                    }
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(ReplyError::Server(m)) => return Err(Error::Tooz(m)),
+                Err(ReplyError::Garbage(m)) => return Err(Error::Tooz(format!("memcached protocol error: {m}"))),
+            }
+            let n = self.io.read(&mut chunk).await.map_err(|e| conn_err("memcached read failed", e))?;
+            if n == 0 {
+                return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+struct Idle {
+    generation: u64,
+    conns: Vec<Conn>,
+}
+
+/// A pool of connections to one memcached server.
+pub struct Client {
+    cfg: Config,
+    idle: Mutex<Idle>,
+    slots: Option<Arc<Semaphore>>,
+}
+
+impl Client {
+    pub fn new(cfg: Config) -> Client {
+        let slots = cfg.max_pool_size.map(|n| Arc::new(Semaphore::new(n.max(1))));
+        Client { cfg, idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }), slots }
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = runtime::generation();
+        if idle.generation != generation {
+            // Inherited across fork(): those sockets are the parent's. Never touch them
+            // (not even to deregister them from a runtime that does not exist here).
+            for conn in idle.conns.drain(..) {
+                std::mem::forget(conn);
+            }
+            idle.generation = generation;
+        }
+        idle.conns.pop()
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.generation == runtime::generation() {
+            idle.conns.push(conn);
+        } else {
+            std::mem::forget(conn);
+        }
+    }
+
+    /// Drops every idle connection (busy ones are dropped when their request ends).
+    pub fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.generation == runtime::generation() {
+            idle.conns.clear();
+        } else {
+            for conn in idle.conns.drain(..) {
+                std::mem::forget(conn);
+            }
+            idle.generation = runtime::generation();
+        }
+    }
+
+    async fn with_timeout<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match self.cfg.timeout {
+            None => fut.await,
+            Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                Err(Error::Connection(format!(
+                    "memcached at {}:{} did not answer {what} within {:.3}s",
+                    self.cfg.host,
+                    self.cfg.port,
+                    limit.as_secs_f64()
+                )))
+            }),
+        }
+    }
+
+    /// Sends one request and reads its reply.
+    pub async fn request(&self, what: &str, request: &[u8]) -> Result<Reply> {
+        self.with_timeout(what, async {
+            let _slot = match &self.slots {
+                Some(s) => Some(s.clone().acquire_owned().await.map_err(|e| Error::Tooz(e.to_string()))?),
+                None => None,
+            };
+            let mut conn = loop {
+                match self.take_idle() {
+                    Some(mut c) => {
+                        if !c.is_stale() {
+                            break c;
+                        }
+                    }
+                    None => break Conn::open(&self.cfg).await?,
+                }
+            };
+            let reply = conn.roundtrip(request).await?;
+            self.put_idle(conn);
+            Ok(reply)
+        })
+        .await
+    }
+
+    fn unexpected(what: &str, reply: Reply) -> Error {
+        Error::Tooz(format!("unexpected memcached reply to {what}: {reply:?}"))
+    }
+
+    /// `get` (or `gets`) of several keys; the items found, in no particular order.
+    pub async fn get_many(&self, keys: &[&[u8]], with_cas: bool) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(MAX_KEYS_PER_GET) {
+            let mut req = Vec::with_capacity(8 + chunk.iter().map(|k| k.len() + 1).sum::<usize>());
+            req.extend_from_slice(if with_cas { b"gets" } else { b"get" });
+            for key in chunk {
+                check_key(key)?;
+                req.push(b' ');
+                req.extend_from_slice(key);
+            }
+            req.extend_from_slice(b"\r\n");
+            match self.request("get", &req).await? {
+                Reply::Values(items) => out.extend(items),
+                other => return Err(Self::unexpected("get", other)),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Item>> {
+        Ok(self.get_many(&[key], false).await?.into_iter().find(|i| i.key == key))
+    }
+
+    pub async fn gets(&self, key: &[u8]) -> Result<Option<Item>> {
+        Ok(self.get_many(&[key], true).await?.into_iter().find(|i| i.key == key))
+    }
+
+    /// `set` (always stores) or `add` (stores only if absent); true when stored.
+    pub async fn store(&self, kind: Store, key: &[u8], flags: u32, exptime: u32, data: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let what = if kind == Store::Set { "set" } else { "add" };
+        match self.request(what, &storage_request(kind, key, flags, exptime, data, None)).await? {
+            Reply::Stored => Ok(true),
+            Reply::NotStored => Ok(false),
+            other => Err(Self::unexpected(what, other)),
+        }
+    }
+
+    /// `cas`: true when stored; false when the item changed or vanished since `gets`.
+    pub async fn cas(&self, key: &[u8], flags: u32, exptime: u32, data: &[u8], cas: u64) -> Result<bool> {
+        check_key(key)?;
+        match self.request("cas", &storage_request(Store::Set, key, flags, exptime, data, Some(cas))).await? {
+            Reply::Stored => Ok(true),
+            Reply::Exists | Reply::NotFound => Ok(false),
+            other => Err(Self::unexpected("cas", other)),
+        }
+    }
+
+    /// True when the key existed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let mut req = b"delete ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(b"\r\n");
+        match self.request("delete", &req).await? {
+            Reply::Deleted => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(Self::unexpected("delete", other)),
+        }
+    }
+
+    /// Resets the key's expiry; true when the key existed.
+    pub async fn touch(&self, key: &[u8], exptime: u32) -> Result<bool> {
+        check_key(key)?;
+        let mut req = b"touch ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(format!(" {exptime}\r\n").as_bytes());
+        match self.request("touch", &req).await? {
+            Reply::Touched => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(Self::unexpected("touch", other)),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ TLS
+
+pub mod tls {
+    //! TLS as upstream sets it up with `ssl.create_default_context(SERVER_AUTH, cafile=...)`:
+    //! the server's chain is verified (against `ca_cert`, else the system's roots), the host
+    //! name only when `ssl_check_hostname` is true; an optional client certificate.
+
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::TlsConnector;
+
+    use crate::error::{Error, Result};
+
+    pub struct TlsSettings {
+        connector: TlsConnector,
+    }
+
+    pub struct Options<'a> {
+        pub ca_cert: Option<&'a str>,
+        pub cert: Option<&'a str>,
+        pub key: Option<&'a str>,
+        pub key_password: Option<&'a str>,
+        pub check_hostname: bool,
+    }
+
+    fn bad(what: &str, e: impl std::fmt::Display) -> Error {
+        Error::InvalidArgument(format!("{what}: {e}"))
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Verifies the chain; a certificate for another name passes unless names are checked.
+    #[derive(Debug)]
+    struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+                | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
+                    Ok(ServerCertVerified::assertion())
+                }
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    impl TlsSettings {
+        pub fn new(o: &Options<'_>) -> Result<TlsSettings> {
+            let mut roots = RootCertStore::empty();
+            match o.ca_cert {
+                Some(path) => {
+                    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&format!("cannot read ca_cert {path}"), e))? {
+                        let cert = cert.map_err(|e| bad(&format!("cannot read ca_cert {path}"), e))?;
+                        roots.add(cert).map_err(|e| bad(&format!("unusable certificate in {path}"), e))?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    for cert in found.certs {
+                        let _ = roots.add(cert);
+                    }
+                }
+            }
+            let roots = Arc::new(roots);
+            let builder = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad("TLS set-up failed", e))?;
+            let builder = if o.check_hostname {
+                builder.with_root_certificates(roots)
+            } else {
+                let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| bad("TLS set-up failed", e))?;
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+            };
+            let config = match (o.cert, o.key) {
+                (None, None) => builder.with_no_client_auth(),
+                (Some(cert_path), key_path) => {
+                    if o.key_password.is_some() {
+                        return Err(Error::InvalidArgument(
+                            "ssl_key_password: encrypted private keys are not supported; give an unencrypted ssl_key".into(),
+                        ));
+                    }
+                    let certs = CertificateDer::pem_file_iter(cert_path)
+                        .map_err(|e| bad(&format!("cannot read ssl_cert {cert_path}"), e))?
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(|e| bad(&format!("cannot read ssl_cert {cert_path}"), e))?;
+                    // Like Python's load_cert_chain: without a key file the key is in the cert file.
+                    let key_path = key_path.unwrap_or(cert_path);
+                    let key = PrivateKeyDer::from_pem_file(key_path)
+                        .map_err(|e| bad(&format!("cannot read ssl_key {key_path}"), e))?;
+                    builder.with_client_auth_cert(certs, key).map_err(|e| bad("unusable client certificate", e))?
+                }
+                (None, Some(_)) => {
+                    return Err(Error::InvalidArgument("ssl_key given without ssl_cert".into()));
+                }
+            };
+            Ok(TlsSettings { connector: TlsConnector::from(Arc::new(config)) })
+        }
+
+        pub async fn connect(&self, host: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| Error::InvalidArgument(format!("invalid TLS server name {host:?}: {e}")))?;
+            self.connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Connection(format!("TLS handshake with memcached at {host} failed: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(buf: &[u8]) -> Reply {
+        let (reply, used) = parse_reply(buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        reply
+    }
+
+    #[test]
+    fn status_replies() {
+        assert_eq!(parse_all(b"STORED\r\n"), Reply::Stored);
+        assert_eq!(parse_all(b"NOT_STORED\r\n"), Reply::NotStored);
+        assert_eq!(parse_all(b"EXISTS\r\n"), Reply::Exists);
+        assert_eq!(parse_all(b"NOT_FOUND\r\n"), Reply::NotFound);
+        assert_eq!(parse_all(b"DELETED\r\n"), Reply::Deleted);
+        assert_eq!(parse_all(b"TOUCHED\r\n"), Reply::Touched);
+        assert_eq!(parse_all(b"END\r\n"), Reply::Values(vec![]));
+    }
+
+    #[test]
+    fn values_with_and_without_cas() {
+        let buf = b"VALUE k1 2 3 77\r\nab\r\r\nVALUE k2 1 0\r\n\r\nEND\r\n";
+        match parse_all(buf) {
+            Reply::Values(items) => {
+                assert_eq!(items.len(), 2);
+                assert_eq!(items[0], Item { key: b"k1".to_vec(), flags: 2, data: b"ab\r".to_vec(), cas: Some(77) });
+                assert_eq!(items[1], Item { key: b"k2".to_vec(), flags: 1, data: vec![], cas: None });
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_may_contain_protocol_words() {
+        let data = b"END\r\nSTORED\r\n";
+        let mut buf = format!("VALUE k 1 {}\r\n", data.len()).into_bytes();
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(b"\r\nEND\r\n");
+        assert_eq!(parse_all(&buf), Reply::Values(vec![Item { key: b"k".to_vec(), flags: 1, data: data.to_vec(), cas: None }]));
+    }
+
+    #[test]
+    fn incomplete_input_asks_for_more() {
+        let full = b"VALUE k 1 5 9\r\nhello\r\nEND\r\n";
+        for cut in 0..full.len() {
+            assert_eq!(parse_reply(&full[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert!(parse_reply(full).unwrap().is_some());
+        assert_eq!(parse_reply(b"STORED\r"), Ok(None));
+    }
+
+    #[test]
+    fn error_replies() {
+        assert!(matches!(parse_reply(b"ERROR\r\n"), Err(ReplyError::Server(_))));
+        assert!(matches!(parse_reply(b"CLIENT_ERROR bad data chunk\r\n"), Err(ReplyError::Server(m)) if m.contains("bad data chunk")));
+        assert!(matches!(parse_reply(b"SERVER_ERROR object too large for cache\r\n"), Err(ReplyError::Server(_))));
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        for bad in [
+            &b"HELLO\r\n"[..],
+            b"VALUE\r\n",
+            b"VALUE k\r\n",
+            b"VALUE k x 1\r\n",
+            b"VALUE k 1 -1\r\n",
+            b"VALUE k 1 99999999999999999999999\r\n",
+            b"VALUE k 1 1 2 3\r\n",
+            b"VALUE k 1 2\r\nabcd\r\n",
+            b"VALUE k 1 1\r\na\r\nSTORED\r\n",
+            b"VALUE k 4294967296 1\r\na\r\nEND\r\n",
+        ] {
+            assert!(matches!(parse_reply(bad), Err(ReplyError::Garbage(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // No line end within a sane length.
+        assert!(parse_reply(&vec![b'x'; MAX_LINE_LEN + 10]).is_err());
+        // A huge announced block is refused up front rather than waited for.
+        assert!(parse_reply(format!("VALUE k 1 {}\r\n", usize::MAX).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: every prefix of some mangled replies.
+        let seeds: [&[u8]; 4] = [b"VALUE k 1 3 5\r\nabc\r\nEND\r\n", b"STORED\r\n", b"VALUE \xff\xfe 1 1\r\n\x00\r\nEND\r\n", b"\r\n\r\n"];
+        let mut x: u32 = 12345;
+        for seed in seeds {
+            for _ in 0..500 {
+                let mut v = seed.to_vec();
+                x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                let i = (x as usize) % v.len();
+                v[i] = (x >> 24) as u8;
+                for cut in 0..=v.len() {
+                    let _ = parse_reply(&v[..cut]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys() {
+        assert!(check_key(b"_TOOZ_GROUP_abc").is_ok());
+        assert!(check_key(&[b'a'; 250]).is_ok());
+        assert!(check_key(&[b'a'; 251]).is_err());
+        assert!(check_key(b"").is_err());
+        for bad in [&b"a b"[..], b"a\nb", b"a\rb", b"a\tb", b"a\x00b", b"a\x0bb", b" a", b"a\x7f"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_key("clé".as_bytes()).is_ok(), "non-ASCII bytes are fine for the server");
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(storage_request(Store::Add, b"k", 1, 30, b"me", None), b"add k 1 30 2\r\nme\r\n");
+        assert_eq!(storage_request(Store::Set, b"k", 2, 5, b"\xc0", None), b"set k 2 5 1\r\n\xc0\r\n");
+        assert_eq!(storage_request(Store::Set, b"k", 2, 5, b"", Some(42)), b"cas k 2 5 0 42\r\n\r\n");
+    }
+
+    #[test]
+    fn expiries() {
+        assert_eq!(expiry(30.0), 30);
+        assert_eq!(expiry(2.5), 3);
+        assert_eq!(expiry(0.0), 1, "0 would mean never");
+        assert_eq!(expiry(1e12), 2_592_000, "larger would be read as a unix time");
+        assert_eq!(expiry(f64::NAN), 2_592_000);
+    }
+}
