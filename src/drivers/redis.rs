@@ -20,9 +20,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
-use tokio::time::Instant;
 
 use super::options::Options;
+use super::ttl_lock;
 use super::Url;
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
@@ -225,6 +225,8 @@ struct Shared {
     /// Locks currently held through this coordinator: extended by heartbeats, released at stop.
     held: Mutex<HashMap<u64, (Vec<u8>, Vec<u8>)>>,
     next_lock: AtomicU64,
+    /// Names this server for the in-process wake-ups of lock waiters.
+    scope: String,
 }
 
 #[derive(Clone, Copy)]
@@ -463,6 +465,7 @@ impl RedisDriver {
             membership_timeout,
             held: Mutex::new(HashMap::new()),
             next_lock: AtomicU64::new(0),
+            scope: format!("redis:{}:{}:{}", url.host.as_deref().unwrap_or(""), url.port.unwrap_or(0), url.path),
         };
         shared.namespace = shared.encode(&namespace_id)?;
         let member = shared.encode(&member)?;
@@ -702,9 +705,6 @@ pub struct RedisLock {
     token: Vec<u8>,
 }
 
-const FIRST_POLL: Duration = Duration::from_millis(2);
-const LONGEST_POLL: Duration = Duration::from_millis(100);
-
 impl RedisLock {
     fn held_here(&self) -> bool {
         self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&self.id)
@@ -730,29 +730,11 @@ impl DriverLock for RedisLock {
         if shared {
             return Err(Error::NotImplemented("shared redis locks are not supported".into()));
         }
-        let deadline = wait.deadline();
-        let mut pause = FIRST_POLL;
-        loop {
-            if self.try_once().await? {
-                self.shared
-                    .held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(self.id, (self.key.clone(), self.token.clone()));
-                return Ok(true);
-            }
-            if wait == Wait::No {
-                return Ok(false);
-            }
-            let wake = Instant::now() + pause;
-            match deadline {
-                Some(d) if Instant::now() >= d => return Ok(false),
-                // The last attempt happens at the deadline itself.
-                Some(d) => tokio::time::sleep_until(wake.min(d)).await,
-                None => tokio::time::sleep_until(wake).await,
-            }
-            pause = (pause * 2).min(LONGEST_POLL);
+        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, || self.try_once()).await?;
+        if got {
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, (self.key.clone(), self.token.clone()));
         }
+        Ok(got)
     }
 
     async fn release(&self) -> Result<bool> {
@@ -760,11 +742,14 @@ impl DriverLock for RedisLock {
         if !was_held {
             return Ok(false);
         }
-        self.shared.release(&self.key, &self.token).await
+        let released = self.shared.release(&self.key, &self.token).await;
+        ttl_lock::wake(&self.shared.scope, &self.key);
+        released
     }
 
     async fn break_(&self) -> Result<bool> {
         let n: i64 = self.shared.query("break lock", redis::cmd("DEL").arg(&self.key)).await?;
+        ttl_lock::wake(&self.shared.scope, &self.key);
         Ok(n > 0)
     }
 
