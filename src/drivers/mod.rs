@@ -6,6 +6,7 @@ pub mod ipc;
 pub mod options;
 pub mod redis;
 pub mod sysv;
+pub mod zookeeper;
 
 use std::sync::Arc;
 
@@ -26,13 +27,14 @@ pub struct Url {
 }
 
 /// Backends whose Python module exists but whose Rust driver has not landed yet.
-const NOT_YET: &[&str] = &["zookeeper", "kazoo", "memcached", "postgresql", "mysql", "etcd3+http", "etcd3+https"];
+const NOT_YET: &[&str] = &["memcached", "postgresql", "mysql", "etcd3+http", "etcd3+https"];
 
 pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>> {
     match url.scheme.as_str() {
         "file" => Ok(Arc::new(file::FileDriver::new(member, &url.path, options)?)),
         "ipc" => Ok(Arc::new(ipc::IpcDriver::new())),
         "redis" => Ok(Arc::new(redis::RedisDriver::new(member, url, options)?)),
+        "zookeeper" | "kazoo" => Ok(Arc::new(zookeeper::ZooKeeperDriver::new(member, url, options)?)),
         s if NOT_YET.contains(&s) => Err(Error::Tooz(format!(
             "the {s} backend is not yet available in this version of tooz"
         ))),
