@@ -35,22 +35,34 @@ def _redis_url(request, tmp_path_factory):
     return "redis://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
 
 
+def _zookeeper_url(request, tmp_path_factory):
+    server = request.getfixturevalue("zookeeper_server")
+    return "zookeeper://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
 # backends take a session server fixture and a fresh key namespace per test.
 BACKENDS = {
     "file": _file_url,
     "ipc": _ipc_url,
     "redis": _redis_url,
+    "zookeeper": _zookeeper_url,
 }
 
 
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
+# "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
-             "text_ids", "stale_members_revive", "self_expiry", "kernel_release"},
+             "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "beat_liveness"},
     "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
     "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
-              "watch_elected_as_leader", "lock_heartbeat", "expiry"},
+              "watch_elected_as_leader", "lock_heartbeat", "expiry", "beat_liveness"},
+    # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
+    # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
+    # without contact), not when heartbeat() stops being called ("session_release").
+    "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
+                  "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
 }
 
 
@@ -82,6 +94,15 @@ def redis_server():
     from servers import redis
 
     server = redis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server():
+    from servers import zookeeper
+
+    server = zookeeper().start()
     yield server
     server.close()
 

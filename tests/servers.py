@@ -82,3 +82,27 @@ def memcached(port=None):
         return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64"]
 
     return Server("memcached", argv, port=port)
+
+
+ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+
+
+def zookeeper(port=None, extra_config=""):
+    """A standalone ZooKeeper from the Debian package, on loopback, data in its work dir.
+
+    tickTime 500 ms lets sessions be as short as 1 s (ZooKeeper's floor is two ticks), so
+    session-expiry tests run quickly; the admin HTTP server is off."""
+    java = shutil.which("java") or "/usr/bin/java"
+
+    def argv(port, workdir):
+        data = os.path.join(workdir, "data")
+        os.makedirs(data, exist_ok=True)
+        conf = os.path.join(workdir, "zoo.cfg")
+        with open(conf, "w") as f:
+            f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
+                    "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
+                    "4lw.commands.whitelist=*\n%s" % (data, port, extra_config))
+        return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
+                "-cp", ZOOKEEPER_CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
+
+    return Server("zookeeper", argv, port=port, ready_timeout=60.0)

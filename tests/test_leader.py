@@ -56,3 +56,25 @@ def test_unwatch_elected_as_leader(backend, coord):
     assert len(coord._hooks_elected_leader) == 0
     with pytest.raises(coordination.WatchCallbackNotFound):
         coord.unwatch_elected_as_leader(group, cb)
+
+
+def test_get_leader_and_stand_down(backend, make_coordinator):
+    need(backend, "election", "get_leader", "stand_down")
+    group = new_id("g")
+    a, b = make_coordinator(), make_coordinator()
+    a.create_group(group).get()
+    assert a.get_leader(group).get() is None, "no election yet"
+    assert a.stand_down_group_leader(group) is False, "never stood for election"
+    elected = []
+    a.watch_elected_as_leader(group, elected.append)
+    a.run_watchers()
+    assert [e.member_id for e in elected] == [a._member_id]
+    b.watch_elected_as_leader(group, elected.append)
+    b.run_watchers()
+    assert len(elected) == 1
+    assert a.get_leader(group).get() == a._member_id
+    assert b.get_leader(group).get() == a._member_id
+    assert a.stand_down_group_leader(group) is True
+    assert _run_until([b], lambda: len(elected) == 2)
+    assert elected[1].member_id == b._member_id
+    assert a.get_leader(group).get() == b._member_id
