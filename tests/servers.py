@@ -34,8 +34,9 @@ def wait_for_port(port, timeout=30.0, proc=None):
 class Server:
     """One server process; ``stop()``/``start()`` again simulate an outage on the same port."""
 
-    def __init__(self, name, argv_for_port, port=None, workdir=None, ready_timeout=30.0):
+    def __init__(self, name, argv_for_port, port=None, workdir=None, ready_timeout=30.0, ready=None):
         self.name = name
+        self._ready = ready
         self.port = port or free_port()
         self.workdir = workdir or tempfile.mkdtemp(prefix="tooz-%s-" % name)
         self._argv_for_port = argv_for_port
@@ -48,6 +49,12 @@ class Server:
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                      start_new_session=True)
         wait_for_port(self.port, self._ready_timeout, self.proc)
+        if self._ready is not None:
+            deadline = time.monotonic() + self._ready_timeout
+            while not self._ready(self.port):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("%s on port %d never became ready" % (self.name, self.port))
+                time.sleep(0.05)
         return self
 
     def stop(self, sig=signal.SIGTERM):
@@ -105,4 +112,21 @@ def zookeeper(port=None, extra_config=""):
         return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
                 "-cp", ZOOKEEPER_CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
 
-    return Server("zookeeper", argv, port=port, ready_timeout=60.0)
+    return Server("zookeeper", argv, port=port, ready_timeout=60.0, ready=_zookeeper_serving)
+
+
+def _zookeeper_serving(port):
+    """Whether the server answers the `srvr` four-letter command as a serving server (it
+    accepts connections before it has loaded its data)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"srvr")
+            reply = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return b"Mode:" in reply
+    except OSError:
+        return False
