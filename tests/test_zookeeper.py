@@ -491,3 +491,29 @@ def test_digest_auth_and_acl(zookeeper_server, upstream, make_coordinator, ns):
     with pytest.raises(tooz.ToozError) as e:
         wrong.get_groups().get()
     assert secret not in str(e.value) and secret not in repr(wrong)
+
+
+def test_parents_coordinator_in_a_forked_child(make_coordinator):
+    """A child may go on using a coordinator made before fork(): it gets a session of its own
+    (the parent's stays the parent's)."""
+    c = make_coordinator()
+    group = new_id("g")
+    c.create_group(group).get()
+    c.join_group(group).get()
+    held = c.get_lock(new_id("held"))
+    assert held.acquire()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            ok = group in c.get_groups().get()
+            ok = ok and held.is_still_owner() is False  # the parent's session holds it
+            ok = ok and c.get_lock(b"child-lock").acquire(blocking=5)
+            code = 0 if ok else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert held.is_still_owner() is True
+    assert c.get_members(group).get() == {c._member_id}
+    assert held.release() is True

@@ -30,6 +30,7 @@ use crate::driver::{Driver, DriverLock, MemberInfo, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
+use crate::runtime;
 use client::{Client, Config, Ended, Host, State, ZkError};
 use lock::ZkLock;
 use proto::{code, mode, Acl};
@@ -57,7 +58,8 @@ pub(crate) struct Link {
     acls: Vec<Acl>,
     /// How long one call may take (option `timeout`).
     budget: Duration,
-    current: Mutex<Option<Client>>,
+    /// The session and the fork generation (`runtime::generation`) it was opened in.
+    current: Mutex<Option<(u64, Client)>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -76,7 +78,15 @@ impl Link {
 
     /// The current session, if there is one that has not ended (never connects).
     pub(crate) fn peek(&self) -> Option<Client> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|c| !c.is_ended())
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(generation, _)| *generation != runtime::generation()) {
+            // Forked: the session's task stayed in the parent. Leave its handle alone (the
+            // parent still uses the session) and let this process open its own.
+            if let Some(inherited) = current.take() {
+                std::mem::forget(inherited);
+            }
+        }
+        current.as_ref().map(|(_, c)| c.clone()).filter(|c| !c.is_ended())
     }
 
     /// A connected session: the current one once it is connected, or a new one.
@@ -105,7 +115,7 @@ impl Link {
                 ZkError::SessionEnded(Ended::AuthFailed) => Error::Connection(format!("ZooKeeper ({}) refused the credentials", self.describe())),
                 e => Error::Connection(format!("cannot connect to ZooKeeper ({}): {e}", self.describe())),
             })?;
-            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((runtime::generation(), c.clone()));
             return Ok(c);
         }
     }
@@ -168,7 +178,8 @@ impl Link {
     }
 
     async fn close(&self) {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let current = self.peek();
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(c) = current {
             c.close(Instant::now() + self.budget.min(Duration::from_secs(5))).await;
         }
