@@ -33,6 +33,14 @@ PLAN = {
         ("heartbeat", 2000, None),
         ("coordinator_lifecycle", 300, None),
     ],
+    "zookeeper": [
+        ("lock_uncontended", 1000, "floor_zk_create_delete@upstream"),
+        ("lock_contended", 400, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 2000, None),
+        ("coordinator_lifecycle", 100, None),
+    ],
     "file": [
         ("lock_uncontended", 5000, "floor_fcntl_lock"),
         ("lock_contended", 2000, None),
@@ -59,13 +67,15 @@ SERVERS = {}
 
 
 def url_for(backend, scratch):
-    if backend in ("redis",) and backend not in SERVERS:
+    if backend in ("redis", "zookeeper") and backend not in SERVERS:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
         import servers
 
         SERVERS[backend] = getattr(servers, backend)().start()
     if backend == "redis":
         return "redis://127.0.0.1:%d" % SERVERS["redis"].port
+    if backend == "zookeeper":
+        return "zookeeper://127.0.0.1:%d" % SERVERS["zookeeper"].port
     if backend == "file":
         return "file://" + os.path.join(scratch, "file")
     if backend == "ipc":
