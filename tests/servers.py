@@ -94,12 +94,25 @@ def memcached(port=None):
 ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 
 
-def zookeeper(port=None, extra_config=""):
+def zookeeper(port=None, tls=None):
     """A standalone ZooKeeper from the Debian package, on loopback, data in its work dir.
 
     tickTime 500 ms lets sessions be as short as 1 s (ZooKeeper's floor is two ticks), so
-    session-expiry tests run quickly; the admin HTTP server is off."""
+    session-expiry tests run quickly; the admin HTTP server is off. ``tls`` =
+    ``{"key_pem": <key+cert PEM>, "ca_pem": <CA PEM>, "client_auth": "none"|"need"}`` adds a
+    TLS port (``server.secure_port``) served by Netty."""
     java = shutil.which("java") or "/usr/bin/java"
+    secure_port = free_port() if tls else None
+    extra_config = ""
+    classpath = ZOOKEEPER_CLASSPATH
+    if tls:
+        # Debian's zookeeper.jar manifest leaves netty-codec out of its class path.
+        classpath += ":/usr/share/java/netty-codec.jar"
+        extra_config = ("secureClientPort=%d\nsecureClientPortAddress=127.0.0.1\n"
+                        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+                        "ssl.keyStore.location=%s\nssl.keyStore.type=PEM\n"
+                        "ssl.trustStore.location=%s\nssl.trustStore.type=PEM\nssl.clientAuth=%s\n"
+                        % (secure_port, tls["key_pem"], tls["ca_pem"], tls.get("client_auth", "none")))
 
     def argv(port, workdir):
         data = os.path.join(workdir, "data")
@@ -110,9 +123,11 @@ def zookeeper(port=None, extra_config=""):
                     "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
                     "4lw.commands.whitelist=*\n%s" % (data, port, extra_config))
         return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
-                "-cp", ZOOKEEPER_CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
+                "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
 
-    return Server("zookeeper", argv, port=port, ready_timeout=60.0, ready=_zookeeper_serving)
+    server = Server("zookeeper", argv, port=port, ready_timeout=60.0, ready=_zookeeper_serving)
+    server.secure_port = secure_port
+    return server
 
 
 def _zookeeper_serving(port):

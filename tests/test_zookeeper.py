@@ -2,7 +2,9 @@
 server outages, options, digest authentication."""
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -517,3 +519,63 @@ def test_parents_coordinator_in_a_forked_child(make_coordinator):
     assert held.is_still_owner() is True
     assert c.get_members(group).get() == {c._member_id}
     assert held.release() is True
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A test CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    d = str(tmp_path_factory.mktemp("zk-tls"))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=tooz test CA", cwd=d)
+    with open(os.path.join(d, "san.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for who in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", who + ".key", "-out", who + ".csr",
+                 "-subj", "/CN=" + ("localhost" if who == "server" else "tooz client"), cwd=d)
+        _openssl("x509", "-req", "-in", who + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", who + ".crt", "-days", "2", "-extfile", "san.cnf", cwd=d)
+    with open(os.path.join(d, "server.pem"), "w") as out:
+        for part in ("server.key", "server.crt"):
+            with open(os.path.join(d, part)) as f:
+                out.write(f.read())
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files):
+    server = zookeeper(tls={"key_pem": os.path.join(tls_files, "server.pem"),
+                            "ca_pem": os.path.join(tls_files, "ca.pem"), "client_auth": "want"}).start()
+    yield server
+    server.close()
+
+
+def test_tls(tls_server, tls_files, make_coordinator, upstream_python, peers, ns):
+    ca = os.path.join(tls_files, "ca.pem")
+    url = "zookeeper://localhost:%d?use_ssl=true&ca=%s&namespace=%s" % (tls_server.secure_port, ca, ns)
+    c = make_coordinator(url=url)
+    c.create_group(b"g").get()
+    c.join_group(b"g", {"over": "tls"}).get()
+    # With a client certificate too, and without checking the server's.
+    with_cert = make_coordinator(url=url + "&certfile=%s&keyfile=%s" % (
+        os.path.join(tls_files, "client.crt"), os.path.join(tls_files, "client.key")))
+    assert with_cert.get_members(b"g").get() == {c._member_id}
+    unchecked = make_coordinator(url="zookeeper://127.0.0.1:%d?use_ssl=true&verify_certs=false&namespace=%s" % (
+        tls_server.secure_port, ns))
+    assert unchecked.get_groups().get() == [b"g"]
+    # Upstream (kazoo over TLS) sees the same data.
+    up = peers(url, python=upstream_python)
+    assert up.call("c.get_member_capabilities(b'g', %r).get()" % c._member_id) == {"over": "tls"}
+    # An unknown CA, or TLS against the plain port, is a connection error.
+    for bad in ("zookeeper://127.0.0.1:%d?use_ssl=true&timeout=2" % tls_server.secure_port,
+                "zookeeper://127.0.0.1:%d?use_ssl=true&ca=%s&timeout=2" % (tls_server.port, ca)):
+        with pytest.raises(coordination.ToozConnectionError):
+            make_coordinator(url=bad)
