@@ -407,7 +407,7 @@ def test_blocking_acquire_during_outage_fails_cleanly(own_server, make_coordinat
 # ------------------------------------------------------------------ options, ids, data
 
 
-@pytest.mark.parametrize("query", ["timeout=x", "timeout=0", "handler=gevent", "hosts=a:0", "hosts=[::1",
+@pytest.mark.parametrize("query", ["timeout=x", "timeout=0", "timeout=1e300", "handler=gevent", "hosts=a:0", "hosts=[::1",
                                    "use_ssl=true&keyfile_password=p", "use_ssl=true&certfile=/x",
                                    "use_ssl=true&ca=/no/such/file", "namespace=a/../b"])
 def test_bad_options(query):

@@ -422,8 +422,8 @@ pub struct ZooKeeperDriver {
 impl ZooKeeperDriver {
     pub fn new(member: Id, url: &Url, options: &Options) -> Result<ZooKeeperDriver> {
         let timeout = options.float("timeout", 10.0)?;
-        if timeout <= 0.0 {
-            return Err(Error::InvalidArgument("option timeout must be positive".into()));
+        if timeout <= 0.0 || timeout > 1e6 {
+            return Err(Error::InvalidArgument(format!("option timeout={timeout} must be positive and at most 1e6 seconds")));
         }
         match options.str("handler") {
             None | Some("threading") | Some("eventlet") => {}
