@@ -579,3 +579,40 @@ def test_tls(tls_server, tls_files, make_coordinator, upstream_python, peers, ns
                 "zookeeper://127.0.0.1:%d?use_ssl=true&ca=%s&timeout=2" % (tls_server.port, ca)):
         with pytest.raises(coordination.ToozConnectionError):
             make_coordinator(url=bad)
+
+
+def test_garbage_from_the_server_is_a_connection_error():
+    """Something on the port that does not speak ZooKeeper: a prompt ToozConnectionError."""
+    import itertools
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    replies = itertools.cycle([b"\xff\xff\xff\xff", b"\x00\x00\x00\x02ab", b"\x00\x00\x00\x30" + os.urandom(48),
+                               os.urandom(200), b""])
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(100)
+                    conn.sendall(next(replies))
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        for _ in range(3):
+            began = time.monotonic()
+            c = coordination.get_coordinator("zookeeper://127.0.0.1:%d?timeout=1" % port, b"me")
+            with pytest.raises(coordination.ToozConnectionError):
+                c.start()
+            assert time.monotonic() - began < 5
+    finally:
+        srv.close()

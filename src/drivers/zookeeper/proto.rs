@@ -394,6 +394,27 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic() {
+        // A small deterministic generator: every decoder must return, whatever it is fed.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..300usize {
+            let mut data = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                data.push((x >> 24) as u8);
+            }
+            let _ = ConnectResponse::decode(&data);
+            let mut r = Reader::new(&data);
+            let _ = ReplyHeader::decode(&mut r).and_then(|_| WatcherEvent::decode(&mut r));
+            let _ = Reader::new(&data).strings();
+            let _ = Reader::new(&data).stat();
+            let _ = Reader::new(&data).string();
+        }
+    }
+
+    #[test]
     fn round_trips() {
         let mut w = Writer::new();
         w.int(2).string("a").string("bé").long(-5).boolean(true).buffer(&[]).int(-1);
