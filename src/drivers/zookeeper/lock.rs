@@ -272,7 +272,7 @@ impl ZkLock {
                 Ok(Err(e)) => return Err(zk_error("acquire lock", e)),
                 Ok(Ok(c)) => c,
             };
-            if !children.iter().any(|c| *c == node) {
+            if !children.contains(&node) {
                 return Err(Error::Connection(format!(
                     "the lock node {path} disappeared (was the ZooKeeper session lost?)"
                 )));
