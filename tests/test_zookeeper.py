@@ -616,3 +616,46 @@ def test_garbage_from_the_server_is_a_connection_error():
             assert time.monotonic() - began < 5
     finally:
         srv.close()
+
+
+INTERRUPTED_WAITER = r"""
+import sys
+from tooz import coordination
+c = coordination.get_coordinator(sys.argv[1], b"waiter")
+c.start()
+lock = c.get_lock(b"res")
+print("waiting", flush=True)
+try:
+    lock.acquire(blocking=True)
+    print("acquired", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+sys.stdin.readline()
+c.stop()
+"""
+
+
+@pytest.mark.interop
+def test_interrupted_wait_withdraws_its_node(ns_url, ns, upstream, make_coordinator):
+    """Ctrl-C during a blocking acquire: the waiter's contender node is removed (it would
+    otherwise queue ahead of later waiters for as long as the session lives)."""
+    holder = make_coordinator().get_lock(b"res")
+    assert holder.acquire()
+    up = upstream()
+    children = "c._coord.get_children('/%s/locks/res')" % ns
+    waiter = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WAITER, ns_url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline().strip() == "waiting"
+        assert _wait_for(lambda: len(up.call(children)) == 2, timeout=10)
+        waiter.send_signal(signal.SIGINT)
+        assert waiter.stdout.readline().strip() == "interrupted"
+        assert _wait_for(lambda: len(up.call(children)) == 1, timeout=10), up.call(children)
+        assert holder.release()
+        other = make_coordinator().get_lock(b"res")
+        assert other.acquire(blocking=5)
+        other.release()
+    finally:
+        waiter.stdin.write("\n")
+        waiter.stdin.flush()
+        waiter.wait(10)
