@@ -34,6 +34,14 @@ PLAN = {
         ("busy_python_no_heart", 1000, None),
         ("busy_python_with_heart", 1000, None),
     ],
+    "zookeeper": [
+        ("lock_uncontended", 1000, "floor_zk_create_delete"),
+        ("lock_contended", 400, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 2000, None),
+        ("coordinator_lifecycle", 100, None),
+    ],
     "file": [
         ("lock_uncontended", 5000, "floor_fcntl_lock"),
         ("lock_contended", 2000, None),
@@ -66,7 +74,8 @@ PLAN = {
 }
 
 # Floors that need a client library only upstream's virtualenv has run under its interpreter.
-FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream", "floor_redis_set_del": "upstream"}
+FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream", "floor_redis_set_del": "upstream",
+                "floor_zk_create_delete": "upstream"}
 
 # Servers started for the run (backend -> tests/servers.py Server), stopped at the end.
 SERVERS = {}

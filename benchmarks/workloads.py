@@ -307,6 +307,30 @@ def floor_memcached_add_delete(url, ops):
     return out
 
 
+def floor_zk_create_delete(url, ops):
+    """Create + delete of an ephemeral node with kazoo (runs under the upstream virtualenv,
+    which has it): the round trips a ZooKeeper lock cannot avoid, minus its children listing."""
+    import urllib.parse
+
+    from kazoo.client import KazooClient
+
+    parsed = urllib.parse.urlsplit(url)
+    client = KazooClient(hosts="%s:%d" % (parsed.hostname, parsed.port))
+    client.start(timeout=10)
+    base = "/bench-floor-" + uuid.uuid4().hex
+    client.ensure_path(base)
+
+    def op():
+        client.create(base + "/node", b"member", ephemeral=True)
+        client.delete(base + "/node")
+
+    _timed(op, min(ops, 200))
+    out = _timed(op, ops)
+    client.delete(base, recursive=True)
+    client.stop()
+    return out
+
+
 WORKLOADS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
              and name not in ("main",)}

@@ -40,6 +40,11 @@ def _memcached_url(request, tmp_path_factory):
     return request.getfixturevalue("memcached_server").url
 
 
+def _zookeeper_url(request, tmp_path_factory):
+    server = request.getfixturevalue("zookeeper_server")
+    return "zookeeper://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
 # backends take a session server fixture and, where the backend has namespaces, a fresh one per
 # test; tests add their own options with with_options().
@@ -50,23 +55,30 @@ BACKENDS = {
 
 
     "memcached": _memcached_url,
+    "zookeeper": _zookeeper_url,
 }
 
 
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
+# "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
-             "watch_elected_as_leader", "get_leader", "stand_down"},
+             "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness"},
     "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
     # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
     # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
     # coordinator always counts itself among the living.
     "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
-              "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning"},
+              "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning", "beat_liveness"},
     "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
                   "election", "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning",
-                  "text_ids"},
+                  "text_ids", "beat_liveness"},
+    # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
+    # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
+    # without contact), not when heartbeat() stops being called ("session_release").
+    "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
+                  "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
 }
 
 
@@ -109,6 +121,15 @@ def redis_server():
     from servers import redis
 
     server = redis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server():
+    from servers import zookeeper
+
+    server = zookeeper().start()
     yield server
     server.close()
 

@@ -34,8 +34,9 @@ def wait_for_port(port, timeout=30.0, proc=None):
 class Server:
     """One server process; ``stop()``/``start()`` again simulate an outage on the same port."""
 
-    def __init__(self, name, argv_for_port, port=None, workdir=None, ready_timeout=30.0):
+    def __init__(self, name, argv_for_port, port=None, workdir=None, ready_timeout=30.0, ready=None):
         self.name = name
+        self._ready = ready
         self.port = port or free_port()
         self.workdir = workdir or tempfile.mkdtemp(prefix="tooz-%s-" % name)
         self._argv_for_port = argv_for_port
@@ -48,6 +49,12 @@ class Server:
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                      start_new_session=True)
         wait_for_port(self.port, self._ready_timeout, self.proc)
+        if self._ready is not None:
+            deadline = time.monotonic() + self._ready_timeout
+            while not self._ready(self.port):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("%s on port %d never became ready" % (self.name, self.port))
+                time.sleep(0.05)
         return self
 
     def stop(self, sig=signal.SIGTERM):
@@ -82,3 +89,59 @@ def memcached(port=None):
         return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64"]
 
     return Server("memcached", argv, port=port)
+
+
+ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+
+
+def zookeeper(port=None, tls=None):
+    """A standalone ZooKeeper from the Debian package, on loopback, data in its work dir.
+
+    tickTime 500 ms lets sessions be as short as 1 s (ZooKeeper's floor is two ticks), so
+    session-expiry tests run quickly; the admin HTTP server is off. ``tls`` =
+    ``{"key_pem": <key+cert PEM>, "ca_pem": <CA PEM>, "client_auth": "none"|"need"}`` adds a
+    TLS port (``server.secure_port``) served by Netty."""
+    java = shutil.which("java") or "/usr/bin/java"
+    secure_port = free_port() if tls else None
+    extra_config = ""
+    classpath = ZOOKEEPER_CLASSPATH
+    if tls:
+        # Debian's zookeeper.jar manifest leaves netty-codec out of its class path.
+        classpath += ":/usr/share/java/netty-codec.jar"
+        extra_config = ("secureClientPort=%d\nsecureClientPortAddress=127.0.0.1\n"
+                        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+                        "ssl.keyStore.location=%s\nssl.keyStore.type=PEM\n"
+                        "ssl.trustStore.location=%s\nssl.trustStore.type=PEM\nssl.clientAuth=%s\n"
+                        % (secure_port, tls["key_pem"], tls["ca_pem"], tls.get("client_auth", "none")))
+
+    def argv(port, workdir):
+        data = os.path.join(workdir, "data")
+        os.makedirs(data, exist_ok=True)
+        conf = os.path.join(workdir, "zoo.cfg")
+        with open(conf, "w") as f:
+            f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
+                    "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
+                    "4lw.commands.whitelist=*\n%s" % (data, port, extra_config))
+        return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
+                "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
+
+    server = Server("zookeeper", argv, port=port, ready_timeout=60.0, ready=_zookeeper_serving)
+    server.secure_port = secure_port
+    return server
+
+
+def _zookeeper_serving(port):
+    """Whether the server answers the `srvr` four-letter command as a serving server (it
+    accepts connections before it has loaded its data)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"srvr")
+            reply = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return b"Mode:" in reply
+    except OSError:
+        return False

@@ -41,7 +41,7 @@ def test_heartbeat_returns_interval(backend, coord):
 
 
 def test_heart_keeps_membership_alive(backend, make_coordinator):
-    need(backend, "members", "heartbeat")
+    need(backend, "members", "heartbeat", "beat_liveness")
     url = with_options(backend[1], timeout=1)
     group = new_id("g")
     beating = make_coordinator(url=url, start=False)

@@ -174,6 +174,15 @@ def test_killed_holder_frees_lock(backend, coord):
         assert not lock.acquire(blocking=False)
         holder.kill()
         assert lock.acquire(blocking=5), "the kernel frees a dead process's lock at once"
+    elif has(backend, "session_release"):
+        holder = OtherProcessHolder(with_options(backend[1], timeout=2), name)
+        lock = coord.get_lock(name)
+        assert not lock.acquire(blocking=False)
+        holder.kill()
+        began = time.monotonic()
+        assert not lock.acquire(blocking=False), "the killed holder's session outlives it for a while"
+        assert lock.acquire(blocking=10), "then the server expires it"
+        assert time.monotonic() - began < 5
     else:
         holder = OtherProcessHolder(with_options(backend[1], lock_timeout=2), name)
         lock = coord.get_lock(name)

@@ -511,11 +511,23 @@ def test_server_down_then_back(private_server, make_coordinator):
     assert c.get_members(group).get() == {c._member_id}
 
 
+def _wait_stopped(pid, timeout=5):
+    """Signals are asynchronous: wait until the kernel shows the process stopped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.01)
+    raise AssertionError("process %d did not stop" % pid)
+
+
 def test_hung_server_times_out(private_server, make_coordinator):
     c = make_coordinator(url=private_server.url + "?timeout=1")
     assert c.get_groups().get() == []
     os.killpg(private_server.proc.pid, signal.SIGSTOP)
     try:
+        _wait_stopped(private_server.proc.pid)
         began = time.monotonic()
         with pytest.raises(coordination.ToozConnectionError):
             c.get_groups().get(timeout=10)

@@ -73,7 +73,7 @@ def test_watch_missing_group(watched):
 
 def test_expired_member_leaves(backend, make_coordinator, group):
     """A member that stops beating is reported gone once its membership expires."""
-    need(backend, "members", "heartbeat")
+    need(backend, "members", "heartbeat", "beat_liveness")
     url = with_options(backend[1], timeout=1)
     watcher = make_coordinator(url=url, start=False)
     watcher.start(start_heart=True)

@@ -9,6 +9,7 @@ pub mod options;
 pub mod redis;
 pub mod sysv;
 pub mod ttl_lock;
+pub mod zookeeper;
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub struct Url {
 }
 
 /// Backends whose Python module exists but whose Rust driver has not landed yet.
-const NOT_YET: &[&str] = &["zookeeper", "kazoo", "postgresql", "mysql", "etcd3+http", "etcd3+https"];
+const NOT_YET: &[&str] = &["postgresql", "mysql", "etcd3+http", "etcd3+https"];
 
 pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>> {
     match url.scheme.as_str() {
@@ -37,6 +38,7 @@ pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>
         "ipc" => Ok(Arc::new(ipc::IpcDriver::new())),
         "redis" => Ok(Arc::new(redis::RedisDriver::new(member, url, options)?)),
         "memcached" => Ok(Arc::new(memcached::MemcachedDriver::new(member, url, options)?)),
+        "zookeeper" | "kazoo" => Ok(Arc::new(zookeeper::ZooKeeperDriver::new(member, url, options)?)),
         s if NOT_YET.contains(&s) => Err(Error::Tooz(format!(
             "the {s} backend is not yet available in this version of tooz"
         ))),
