@@ -46,10 +46,12 @@ option_values = st.one_of(st.text(max_size=30), st.integers(), st.floats(allow_n
 
 
 @FUZZ
-@given(st.sampled_from(["file:///tmp/tooz-fuzz-opts", "ipc://", "redis://127.0.0.1:1"]),
+@given(st.sampled_from(["file:///tmp/tooz-fuzz-opts", "ipc://", "redis://127.0.0.1:1", "memcached://127.0.0.1:1",
+                        "zookeeper://127.0.0.1:1", "kazoo://127.0.0.1:1"]),
        st.dictionaries(st.sampled_from(["timeout", "lock_timeout", "membership_timeout", "namespace", "db",
                                         "encoding", "sentinel", "sentinel_fallback", "ssl", "ssl_certfile",
-                                        "executor", "socket_timeout", "hosts", "bogus"]), option_values, max_size=5))
+                                        "executor", "socket_timeout", "hosts", "bogus", "leader_timeout",
+                                        "max_pool_size", "use_ssl", "ca", "randomize_hosts"]), option_values, max_size=5))
 def test_options(url, options):
     _expect_ok_or_tooz(lambda: coordination.get_coordinator(url, b"fuzz", **options))
 
@@ -63,6 +65,10 @@ def started(tmp_path_factory, request):
     namespace = "fuzz-%s" % uuid.uuid4().hex
     coords["redis"] = coordination.get_coordinator("redis://127.0.0.1:%d?namespace=%s" % (server.port, namespace),
                                                    b"fuzzer")
+    coords["memcached"] = coordination.get_coordinator(request.getfixturevalue("memcached_server").url, b"fuzzer")
+    coords["zookeeper"] = coordination.get_coordinator(
+        "zookeeper://127.0.0.1:%d?namespace=%s" % (request.getfixturevalue("zookeeper_server").port, namespace),
+        b"fuzzer")
     for c in coords.values():
         c.start()
     yield dict(coords, redis_namespace=namespace)
@@ -70,8 +76,11 @@ def started(tmp_path_factory, request):
         c.stop()
 
 
+BACKENDS = ["file", "ipc", "redis", "memcached", "zookeeper"]
+
+
 @FUZZ
-@given(st.sampled_from(["file", "ipc", "redis"]), ids, ids)
+@given(st.sampled_from(BACKENDS), ids, ids)
 @example("file", b"../../etc", "\x00")
 @example("redis", b"__created__", b"__created__")
 def test_group_and_member_ids(started, backend, group, member):
@@ -95,7 +104,7 @@ def test_group_and_member_ids(started, backend, group, member):
 
 
 @FUZZ
-@given(st.sampled_from(["file", "ipc", "redis"]), ids)
+@given(st.sampled_from(BACKENDS), ids)
 @example("file", b"a" * 300)
 @example("file", b"groups")
 @example("ipc", b"\x00")
