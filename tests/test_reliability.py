@@ -234,3 +234,26 @@ def test_server_stopped_and_restarted_under_load(name):
         c.stop()
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ secrets
+
+@pytest.mark.parametrize("scheme", ["redis", "zookeeper", "memcached"])
+def test_passwords_stay_out_of_errors_and_reprs(scheme, caplog):
+    """A password in the URL shows up in no exception text, repr or log record, even when
+    the server cannot be reached."""
+    import logging
+
+    from servers import free_port
+
+    secret = "pw-" + new_id().decode()
+    url = "%s://user:%s@127.0.0.1:%d?timeout=1" % (scheme, secret, free_port())
+    caplog.set_level(logging.DEBUG)
+    c = coordination.get_coordinator(url, b"me")
+    assert secret not in repr(c) and secret not in str(vars(c))
+    with pytest.raises(Exception) as e:
+        c.start()
+    assert isinstance(e.value, (coordination.ToozConnectionError, coordination.OperationTimedOut))
+    for text in (str(e.value), repr(e.value), repr(getattr(e.value, "cause", None))):
+        assert secret not in text
+    assert secret not in caplog.text
