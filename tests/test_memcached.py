@@ -17,6 +17,7 @@ from tooz import utils
 from tooz.drivers import memcached as memcached_driver
 
 import servers
+from certs import make_pki
 from conftest import Peer, PeerError, new_id
 
 
@@ -635,20 +636,7 @@ def test_garbage_in_the_group_list_and_lock_keys(raw, memcached_server, make_coo
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-
-    def ssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem")
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=memcached.invalid", "-keyout", "server.key",
-        "-out", "server.csr")
-    with open(d / "ext.cnf", "w") as f:
-        f.write("subjectAltName=DNS:memcached.invalid\nbasicConstraints=CA:FALSE\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "server.pem")
-    return d
+    return make_pki(tmp_path_factory.mktemp("tls"), san="DNS:memcached.invalid")
 
 
 @pytest.fixture
@@ -659,7 +647,7 @@ def tls_server(tls_files):
 
     def argv(port, workdir):
         return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64", "-Z",
-                "-o", "ssl_chain_cert=%s,ssl_key=%s" % (tls_files / "server.pem", tls_files / "server.key")]
+                "-o", "ssl_chain_cert=%s,ssl_key=%s" % (tls_files / "server.crt", tls_files / "server.key")]
 
     server = servers.Server("memcached-tls", argv).start()
     yield server
@@ -694,7 +682,7 @@ def test_tls(tls_server, tls_files, make_coordinator):
 def test_tls_interop_with_upstream(tls_server, tls_files, make_coordinator, upstream_python):
     # Upstream insists on a client certificate with use_ssl (the server does not ask for one).
     url = "memcached://127.0.0.1:%d?timeout=5&use_ssl=true&ca_cert=%s&ssl_cert=%s&ssl_key=%s" % (
-        tls_server.port, tls_files / "ca.pem", tls_files / "server.pem", tls_files / "server.key")
+        tls_server.port, tls_files / "ca.pem", tls_files / "server.crt", tls_files / "server.key")
     ours = make_coordinator(url=url)
     up = Peer(url, new_id("up"), python=upstream_python)
     try:

@@ -332,3 +332,50 @@ def test_sentinel_and_failover(sentinel_setup, make_coordinator):
             time.sleep(0.2)
     assert group in c.get_groups().get(), "the data followed (it was replicated)"
     assert redis_cli(replica.port, "ROLE").startswith("master")
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def test_tls(tmp_path, make_coordinator, upstream_python):
+    """redis over TLS (rustls): verified against our CA, with a client certificate; upstream
+    (redis-py) talks to the same TLS server and sees our lock."""
+    from certs import make_pki
+
+    pki = make_pki(tmp_path)
+    server = redis(extra=("--port", "0", "--tls-port", "PORT", "--tls-cert-file", str(pki / "server.crt"),
+                          "--tls-key-file", str(pki / "server.key"), "--tls-ca-cert-file", str(pki / "ca.pem"),
+                          "--tls-auth-clients", "optional"))
+    server._argv_for_port = _tls_port(server._argv_for_port)
+    server.start()
+    try:
+        base = "redis://127.0.0.1:%d?ssl=true&timeout=5&ssl_ca_certs=%s" % (server.port, pki / "ca.pem")
+        c = make_coordinator(url=base + "&ssl_certfile=%s&ssl_keyfile=%s" % (pki / "client.crt", pki / "client.key"))
+        lock = c.get_lock(b"tls-lock")
+        assert lock.acquire(blocking=False)
+        up = Peer(base, new_id("up"), python=upstream_python)
+        try:
+            up.call("l = c.get_lock(b'tls-lock')")
+            assert up.call("l.acquire(blocking=False)") is False
+            lock.release()
+            assert up.call("l.acquire(blocking=False)") is True
+            up.call("l.release()")
+        finally:
+            up.close()
+        # Without our CA the server's certificate is not trusted.
+        untrusted = coordination.get_coordinator("redis://127.0.0.1:%d?ssl=true&timeout=2" % server.port, b"x")
+        with pytest.raises(coordination.ToozConnectionError):
+            untrusted.start()
+    finally:
+        server.close()
+
+
+def _tls_port(argv_for_port):
+    """Serve TLS on the launcher's port (plain port off)."""
+    def argv(port, workdir):
+        out = argv_for_port(port, workdir)
+        out[out.index("--port") + 1] = "0"
+        out[out.index("PORT")] = str(port)
+        return out
+
+    return argv

@@ -17,6 +17,7 @@ from tooz import locking
 from tooz.drivers import zookeeper as zk_driver
 
 from conftest import Peer, PeerError, new_id, with_options
+from certs import make_pki
 from servers import free_port, zookeeper
 
 
@@ -524,35 +525,15 @@ def test_parents_coordinator_in_a_forked_child(make_coordinator):
 # ------------------------------------------------------------------ TLS
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
     """A test CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
-    d = str(tmp_path_factory.mktemp("zk-tls"))
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=tooz test CA", cwd=d)
-    with open(os.path.join(d, "san.cnf"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for who in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", who + ".key", "-out", who + ".csr",
-                 "-subj", "/CN=" + ("localhost" if who == "server" else "tooz client"), cwd=d)
-        _openssl("x509", "-req", "-in", who + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", who + ".crt", "-days", "2", "-extfile", "san.cnf", cwd=d)
-    with open(os.path.join(d, "server.pem"), "w") as out:
-        for part in ("server.key", "server.crt"):
-            with open(os.path.join(d, part)) as f:
-                out.write(f.read())
-    return d
+    return str(make_pki(tmp_path_factory.mktemp("zk-tls")))
 
 
 @pytest.fixture(scope="module")
 def tls_server(tls_files):
-    server = zookeeper(tls={"key_pem": os.path.join(tls_files, "server.pem"),
+    server = zookeeper(tls={"key_pem": os.path.join(tls_files, "server-bundle.pem"),
                             "ca_pem": os.path.join(tls_files, "ca.pem"), "client_auth": "want"}).start()
     yield server
     server.close()
