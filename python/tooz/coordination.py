@@ -164,7 +164,8 @@ class Heart:
     def __init__(self, driver, thread_cls=threading.Thread, event_cls=threading.Event):
         self._driver = driver
         self._thread_cls = thread_cls
-        self._dead = event_cls()
+        self._event_cls = event_cls
+        self._dead = None  # made by start(): most coordinators never start a Python heart
         self._runner = None
         self._beats = 0
 
@@ -197,14 +198,15 @@ class Heart:
     def start(self, thread_cls=None):
         if self.is_alive():
             return
-        self._dead.clear()
+        self._dead = self._event_cls()
         self._beats = 0
         self._runner = (thread_cls or self._thread_cls)(target=self._beat_forever_until_stopped)
         self._runner.daemon = True
         self._runner.start()
 
     def stop(self):
-        self._dead.set()
+        if self._dead is not None:
+            self._dead.set()
 
     def wait(self, timeout=None):
         if self._runner is None:
@@ -536,6 +538,9 @@ def _backend_entry_points():
     return table
 
 
+_LOADED = {}
+
+
 def _load_driver_class(name):
     ep = _backend_entry_points().get(name)
     if ep is None:
@@ -543,7 +548,10 @@ def _load_driver_class(name):
         ep = _backend_entry_points().get(name)
     if ep is None:
         raise NoMatches("No '%s' driver found, looking for '%s'" % (TOOZ_BACKENDS_NAMESPACE, name))
-    return ep.load()
+    loaded = _LOADED.get(ep)
+    if loaded is None:
+        loaded = _LOADED[ep] = ep.load()
+    return loaded
 
 
 def get_coordinator(backend_url, member_id, characteristics=None, **kwargs):

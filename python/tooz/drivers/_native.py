@@ -59,8 +59,8 @@ coordination.CoordAsyncResult.register(_tooz.AsyncResult)
 class NativeHeart(coordination.Heart):
     """The heartbeat, run as a task on the Rust runtime (no Python thread, no GIL)."""
 
-    def __init__(self, driver, core):
-        super().__init__(driver)
+    def __init__(self, driver, core):  # no thread, no event: the beating is done in Rust
+        self._driver = driver
         self._core = core
         self._started_once = False
 
@@ -130,6 +130,14 @@ class NativeDriver:
 
     def __repr__(self):
         return "<%s member_id=%r started=%s>" % (type(self).__name__, self._member_id, self._started)
+
+    # The calls run on the Rust runtime: the executor upstream's drivers start (and the
+    # ``executor`` option still selects and validates) is never needed, so it is not started.
+    def start(self, start_heart=False):
+        coordination.CoordinationDriver.start(self, start_heart)
+
+    def stop(self):
+        coordination.CoordinationDriver.stop(self)
 
     def _start(self):
         self._core.start()
