@@ -503,17 +503,12 @@ impl Client {
 // ------------------------------------------------------------------------ TLS
 
 pub mod tls {
-    //! TLS as upstream sets it up with `ssl.create_default_context(SERVER_AUTH, cafile=...)`:
-    //! the server's chain is verified (against `ca_cert`, else the system's roots), the host
-    //! name only when `ssl_check_hostname` is true; an optional client certificate.
+    //! A TLS connection to memcached; the client configuration comes from
+    //! [`crate::drivers::tls::client_config`].
 
     use std::sync::Arc;
 
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-    use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use rustls::pki_types::ServerName;
     use tokio::net::TcpStream;
     use tokio_rustls::client::TlsStream;
     use tokio_rustls::TlsConnector;
@@ -524,119 +519,9 @@ pub mod tls {
         connector: TlsConnector,
     }
 
-    pub struct Options<'a> {
-        pub ca_cert: Option<&'a str>,
-        pub cert: Option<&'a str>,
-        pub key: Option<&'a str>,
-        pub key_password: Option<&'a str>,
-        pub check_hostname: bool,
-    }
-
-    fn bad(what: &str, e: impl std::fmt::Display) -> Error {
-        Error::InvalidArgument(format!("{what}: {e}"))
-    }
-
-    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
-    }
-
-    /// Verifies the chain; a certificate for another name passes unless names are checked.
-    #[derive(Debug)]
-    struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-    impl ServerCertVerifier for ChainOnly {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp: &[u8],
-            now: UnixTime,
-        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-                Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-                | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
-                    Ok(ServerCertVerified::assertion())
-                }
-                other => other,
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_verify_schemes()
-        }
-    }
-
     impl TlsSettings {
-        pub fn new(o: &Options<'_>) -> Result<TlsSettings> {
-            let mut roots = RootCertStore::empty();
-            match o.ca_cert {
-                Some(path) => {
-                    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&format!("cannot read ca_cert {path}"), e))? {
-                        let cert = cert.map_err(|e| bad(&format!("cannot read ca_cert {path}"), e))?;
-                        roots.add(cert).map_err(|e| bad(&format!("unusable certificate in {path}"), e))?;
-                    }
-                }
-                None => {
-                    let found = rustls_native_certs::load_native_certs();
-                    for cert in found.certs {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
-            let roots = Arc::new(roots);
-            let builder = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| bad("TLS set-up failed", e))?;
-            let builder = if o.check_hostname {
-                builder.with_root_certificates(roots)
-            } else {
-                let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                    .build()
-                    .map_err(|e| bad("TLS set-up failed", e))?;
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
-            };
-            let config = match (o.cert, o.key) {
-                (None, None) => builder.with_no_client_auth(),
-                (Some(cert_path), key_path) => {
-                    if o.key_password.is_some() {
-                        return Err(Error::InvalidArgument(
-                            "ssl_key_password: encrypted private keys are not supported; give an unencrypted ssl_key".into(),
-                        ));
-                    }
-                    let certs = CertificateDer::pem_file_iter(cert_path)
-                        .map_err(|e| bad(&format!("cannot read ssl_cert {cert_path}"), e))?
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                        .map_err(|e| bad(&format!("cannot read ssl_cert {cert_path}"), e))?;
-                    // Like Python's load_cert_chain: without a key file the key is in the cert file.
-                    let key_path = key_path.unwrap_or(cert_path);
-                    let key = PrivateKeyDer::from_pem_file(key_path)
-                        .map_err(|e| bad(&format!("cannot read ssl_key {key_path}"), e))?;
-                    builder.with_client_auth_cert(certs, key).map_err(|e| bad("unusable client certificate", e))?
-                }
-                (None, Some(_)) => {
-                    return Err(Error::InvalidArgument("ssl_key given without ssl_cert".into()));
-                }
-            };
-            Ok(TlsSettings { connector: TlsConnector::from(Arc::new(config)) })
+        pub fn new(config: Arc<rustls::ClientConfig>) -> TlsSettings {
+            TlsSettings { connector: TlsConnector::from(config) }
         }
 
         pub async fn connect(&self, host: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {

@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::memcache::{self, tls, Client, Config, Item, Store};
+use super::memcache::{self, Client, Config, Item, Store};
 use super::options::Options;
+use super::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use super::ttl_lock;
 use super::Url;
 use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};
@@ -166,6 +167,29 @@ fn ttl(seconds: f64) -> u32 {
     memcache::expiry(seconds + 1.0)
 }
 
+/// TLS as upstream sets it up with `ssl.create_default_context(SERVER_AUTH, cafile=ca_cert)`:
+/// the server's chain is verified (against `ca_cert`, else the system's roots), its host name
+/// only when `ssl_check_hostname` is true; an optional client certificate `ssl_cert`, whose key
+/// is `ssl_key` or else in the same file (as Python's `load_cert_chain`). `ssl_ciphers` (an
+/// OpenSSL cipher string) has no rustls equivalent and is not used: rustls offers only modern
+/// AEAD suites.
+fn tls_config(options: &Options) -> Result<Arc<rustls::ClientConfig>> {
+    let cert = Named::lookup(options, "ssl_cert");
+    let key = Named::lookup(options, "ssl_key");
+    let client_cert = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), key) => Some(ClientCert { cert, key: key.unwrap_or(cert) }),
+        (None, Some(_)) => return Err(Error::InvalidArgument("ssl_key given without ssl_cert".into())),
+    };
+    tls::client_config(&TlsOptions {
+        ca_file: Named::lookup(options, "ca_cert"),
+        // A key password only matters with a client certificate (where it is refused).
+        key_password: client_cert.and(Named::lookup(options, "ssl_key_password")),
+        client_cert,
+        verify: if options.bool("ssl_check_hostname", false) { Verify::Full } else { Verify::ChainOnly },
+    })
+}
+
 impl MemcachedDriver {
     pub fn new(member: Id, url: &Url, options: &Options) -> Result<MemcachedDriver> {
         let timeout = options.float("timeout", DEFAULT_TIMEOUT)?;
@@ -183,15 +207,7 @@ impl MemcachedDriver {
             ),
         };
         let tls = if options.bool("use_ssl", false) {
-            // `ssl_ciphers` (an OpenSSL cipher string) has no rustls equivalent and is not
-            // used: rustls offers only modern AEAD suites.
-            Some(Arc::new(tls::TlsSettings::new(&tls::Options {
-                ca_cert: options.str("ca_cert"),
-                cert: options.str("ssl_cert"),
-                key: options.str("ssl_key"),
-                key_password: options.str("ssl_key_password"),
-                check_hostname: options.bool("ssl_check_hostname", false),
-            })?))
+            Some(Arc::new(memcache::tls::TlsSettings::new(tls_config(options)?)))
         } else {
             None
         };

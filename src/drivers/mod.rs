@@ -8,6 +8,7 @@ pub mod memcached;
 pub mod options;
 pub mod redis;
 pub mod sysv;
+pub mod tls;
 pub mod ttl_lock;
 pub mod zookeeper;
 

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use tokio::time::{timeout_at, Instant};
 
 use super::options::Options;
+use super::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use super::Url;
 use crate::driver::{Driver, DriverLock, MemberInfo, Op, Wait};
 use crate::error::{Error, Result};
@@ -298,115 +299,24 @@ fn parse_hosts(entries: &[String]) -> Result<(Vec<Host>, String)> {
     Ok((hosts, chroot))
 }
 
-mod tls {
-    //! TLS settings from kazoo's options: `ca`, `certfile`, `keyfile`, `verify_certs`.
-    use std::sync::Arc;
-
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    use crate::drivers::options::Options;
-    use crate::error::{Error, Result};
-
-    fn invalid(msg: String) -> Error {
-        Error::InvalidArgument(msg)
+/// TLS from kazoo's options: `use_ssl`, `ca`, `certfile` with `keyfile`, `verify_certs`;
+/// `None` without `use_ssl`. `keyfile_password` is refused (encrypted keys are not supported).
+fn tls_config(options: &Options) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    if !options.bool("use_ssl", false) {
+        return Ok(None);
     }
-
-    fn certs(option: &str, path: &str) -> Result<Vec<CertificateDer<'static>>> {
-        let found: Vec<_> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| invalid(format!("{option}: cannot read {path}: {e}")))?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| invalid(format!("{option}: bad certificate in {path}: {e}")))?;
-        if found.is_empty() {
-            return Err(invalid(format!("{option}: no certificate in {path}")));
-        }
-        Ok(found)
-    }
-
-    /// Accepts any server certificate (`verify_certs=false`, as kazoo allows).
-    #[derive(Debug)]
-    struct TrustAnything(Arc<rustls::crypto::CryptoProvider>);
-
-    impl ServerCertVerifier for TrustAnything {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    pub fn config(options: &Options) -> Result<Option<Arc<rustls::ClientConfig>>> {
-        let use_ssl = options.bool("use_ssl", false);
-        if !use_ssl {
-            return Ok(None);
-        }
-        if options.str("keyfile_password").is_some() {
-            return Err(invalid(
-                "keyfile_password: encrypted private keys are not supported; give an unencrypted keyfile".into(),
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(format!("TLS set-up failed: {e}")))?;
-        let builder = if options.bool("verify_certs", true) {
-            let mut roots = rustls::RootCertStore::empty();
-            match options.str("ca") {
-                Some(ca) => {
-                    for cert in certs("ca", ca)? {
-                        roots.add(cert).map_err(|e| invalid(format!("ca: unusable certificate in {ca}: {e}")))?;
-                    }
-                }
-                None => {
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
-            builder.with_root_certificates(roots)
-        } else {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(TrustAnything(provider)))
-        };
-        let config = match (options.str("certfile"), options.str("keyfile")) {
-            (Some(cert), Some(key)) => {
-                let chain = certs("certfile", cert)?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(format!("keyfile: cannot read a key from {key}: {e}")))?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| invalid(format!("certfile/keyfile: {e}")))?
-            }
-            (None, None) => builder.with_no_client_auth(),
-            _ => return Err(invalid("certfile and keyfile go together".into())),
-        };
-        Ok(Some(Arc::new(config)))
-    }
+    let client_cert = match (Named::lookup(options, "certfile"), Named::lookup(options, "keyfile")) {
+        (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+        (None, None) => None,
+        _ => return Err(Error::InvalidArgument("certfile and keyfile go together".into())),
+    };
+    let config = tls::client_config(&TlsOptions {
+        ca_file: Named::lookup(options, "ca"),
+        client_cert,
+        key_password: Named::lookup(options, "keyfile_password"),
+        verify: if options.bool("verify_certs", true) { Verify::Full } else { Verify::Nothing },
+    })?;
+    Ok(Some(config))
 }
 
 pub struct ZooKeeperDriver {
@@ -458,7 +368,7 @@ impl ZooKeeperDriver {
                 hosts.swap(i, j);
             }
         }
-        let tls = tls::config(options)?;
+        let tls = tls_config(options)?;
         let (auth, acls) = match (url.username.as_deref(), url.password.as_deref()) {
             (Some(u), Some(p)) if !u.is_empty() => {
                 (vec![("digest".to_owned(), format!("{u}:{p}").into_bytes())], vec![digest_acl(u, p)])
