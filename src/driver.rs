@@ -150,6 +150,8 @@ pub trait Driver: Send + Sync + 'static {
 pub trait DriverLock: Send + Sync + 'static {
     /// The name upstream reports as `Lock.name` (a backend key or a path).
     fn name(&self) -> Id;
+    /// Whether this lock object believes it holds the lock (no I/O; upstream's `acquired`).
+    fn acquired(&self) -> bool;
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool>;
     async fn release(&self) -> Result<bool>;
     async fn break_(&self) -> Result<bool> {

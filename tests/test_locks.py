@@ -55,6 +55,16 @@ def test_acquire_release(coord):
     assert lock.release() is True
 
 
+def test_acquired_reflects_this_lock_object(coord):
+    name = new_id("l")
+    lock, other = coord.get_lock(name), coord.get_lock(name)
+    assert lock.acquired is False
+    assert lock.acquire()
+    assert lock.acquired is True and other.acquired is False
+    lock.release()
+    assert lock.acquired is False
+
+
 def test_release_unheld_lock_returns_false(coord):
     lock = coord.get_lock(new_id("l"))
     assert lock.release() is False

@@ -208,6 +208,16 @@ def test_bad_options(query):
         coordination.get_coordinator("redis://127.0.0.1?%s" % query, b"me")
 
 
+def test_namespace_and_running(ns_url):
+    c = coordination.get_coordinator(ns_url, b"me")
+    assert c.namespace == ns_url.split("namespace=")[1].encode()
+    assert coordination.get_coordinator("redis://127.0.0.1", b"me").namespace == b"_tooz"
+    assert c.running is False
+    c.start()
+    assert c.running is True
+    c.stop()
+
+
 def test_reserved_member_id(ns_url):
     c = coordination.get_coordinator(ns_url, b"__created__")
     c.start()

@@ -74,12 +74,13 @@ def convert_blocking(blocking, timeout=None):
     return True, float(blocking)
 
 
-def safe_abs_path(rooted_path, *paths):
+def safe_abs_path(rooted_at, *pieces):
     """``abspath(join(root, *paths))``, refusing anything that escapes ``root``."""
-    rooted_path = os.path.abspath(rooted_path)
-    joined = os.path.abspath(os.path.join(rooted_path, *paths))
-    if not joined.startswith(rooted_path):
-        raise ValueError("Unable to create path that is outside of parent directory '%s' using segments %s" % (rooted_path, list(paths)))
+    rooted_at = os.path.abspath(rooted_at)
+    joined = os.path.abspath(os.path.join(rooted_at, *pieces))
+    if not joined.startswith(rooted_at):
+        raise ValueError("Unable to create path that is outside of parent directory '%s' using segments %s"
+                         % (rooted_at, list(pieces)))
     return joined
 
 

@@ -509,6 +509,10 @@ impl DriverLock for FileLock {
         Id::Text(self.lock.path().to_string_lossy().into_owned())
     }
 
+    fn acquired(&self) -> bool {
+        self.lock.is_held()
+    }
+
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
         self.lock.acquire(shared, wait).await
     }

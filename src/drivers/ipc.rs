@@ -194,6 +194,10 @@ impl DriverLock for IpcLock {
         Id::Bytes(self.name.clone())
     }
 
+    fn acquired(&self) -> bool {
+        self.held().is_some()
+    }
+
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
         if shared {
             return Err(Error::NotImplemented("shared ipc locks are not supported".into()));

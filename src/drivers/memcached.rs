@@ -653,6 +653,10 @@ impl DriverLock for MemcachedLock {
         Id::Bytes(self.0.key.clone())
     }
 
+    fn acquired(&self) -> bool {
+        self.0.is_acquired()
+    }
+
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
         if shared {
             return unsupported("shared locks");

@@ -726,6 +726,10 @@ impl DriverLock for RedisLock {
         Id::Bytes(self.key.clone())
     }
 
+    fn acquired(&self) -> bool {
+        self.held_here()
+    }
+
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
         if shared {
             return Err(Error::NotImplemented("shared redis locks are not supported".into()));

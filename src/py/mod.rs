@@ -335,6 +335,12 @@ impl PyLock {
         id_to_py(py, &self.lock.name())
     }
 
+    /// Whether this lock object holds the lock, as far as it knows (no I/O).
+    #[getter]
+    fn acquired(&self) -> bool {
+        self.lock.acquired()
+    }
+
     #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
     fn acquire(&self, py: Python<'_>, blocking: Option<&Bound<'_, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<bool> {
         let wait = match blocking {

@@ -91,6 +91,11 @@ class NativeLock(locking.Lock):
         super().__init__(native.name)
         self._native = native
 
+    @property
+    def acquired(self):
+        """Whether this lock object holds the lock, as far as it knows (no I/O)."""
+        return self._native.acquired
+
     def acquire(self, blocking=True, shared=False, timeout=None):
         return self._native.acquire(blocking, shared, timeout)
 

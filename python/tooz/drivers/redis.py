@@ -40,9 +40,21 @@ class RedisDriver(_native.NativeDriver,
     SCHEME = "redis"
     LOCK_CLASS = RedisLock
     LIST_OPTIONS = ("sentinel_fallback",)
+    DEFAULT_ENCODING = "utf8"
     MIN_VERSION = "2.6.0"
     DEFAULT_NAMESPACE = b"_tooz"
     GROUP_EXISTS = b"__created__"
     GROUP_EXISTS_VALUE = b"1"
     NAMESPACE_SEP = b":"
     STILL_ALIVE = b"Not dead!"
+
+    @property
+    def namespace(self):
+        """The key namespace, encoded (``namespace`` option, default ``_tooz``)."""
+        value = self._options.get("namespace", self.DEFAULT_NAMESPACE)
+        encoding = self._options.get("encoding", self.DEFAULT_ENCODING)
+        return value if isinstance(value, bytes) else str(value).encode(encoding)
+
+    @property
+    def running(self):
+        return self._started

@@ -321,6 +321,10 @@ impl DriverLock for ZkLock {
         self.name.clone()
     }
 
+    fn acquired(&self) -> bool {
+        self.is_held()
+    }
+
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
         if shared {
             return Err(Error::NotImplemented("shared zookeeper locks are not supported".into()));
