@@ -135,11 +135,6 @@ impl Coordinator {
         pending
     }
 
-    /// Runs `call` now on the calling thread and waits for it (for start/stop/locks).
-    pub fn run<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
-        runtime::block_on(call)
-    }
-
     // ------------------------------------------------------------ heartbeat
 
     pub fn heart_alive(&self) -> bool {

@@ -183,6 +183,31 @@ def group(coord):
             pass
 
 
+def count_under_lock(coordinator, name, threads, rounds):
+    """``threads`` threads each do ``rounds`` non-atomic increments under one lock of
+    ``coordinator``; returns the final count (threads * rounds when nothing was lost)."""
+    import threading
+    import time
+
+    counter = {"n": 0}
+
+    def work():
+        lock = coordinator.get_lock(name)
+        for _ in range(rounds):
+            with lock:
+                n = counter["n"]
+                time.sleep(0)
+                counter["n"] = n + 1
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    assert not any(t.is_alive() for t in workers), "deadlock"
+    return counter["n"]
+
+
 def run_python(code, python=sys.executable, timeout=60, env=None):
     """Run ``code`` in a fresh interpreter; returns the CompletedProcess (text)."""
     full_env = dict(os.environ)

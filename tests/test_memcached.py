@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from tooz.drivers import memcached as memcached_driver
 
 import servers
 from certs import make_pki
-from conftest import Peer, PeerError, new_id
+from conftest import Peer, PeerError, count_under_lock, new_id
 
 
 # ---------------------------------------------------------------- helpers
@@ -155,23 +154,7 @@ def test_unusable_ids_and_names(mc_url, make_coordinator):
 
 def test_pool_of_one_connection_serves_many_threads(mc_url, make_coordinator):
     c = make_coordinator(url=mc_url + "?max_pool_size=1")
-    name = new_id("l")
-    counter = {"n": 0}
-
-    def work():
-        lock = c.get_lock(name)
-        for _ in range(20):
-            with lock:
-                n = counter["n"]
-                time.sleep(0)
-                counter["n"] = n + 1
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert counter["n"] == 80
+    assert count_under_lock(c, new_id("l"), threads=4, rounds=20) == 80
 
 
 # ---------------------------------------------------------------- the keys on the wire

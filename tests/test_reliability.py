@@ -12,7 +12,7 @@ import pytest
 
 from tooz import coordination
 
-from conftest import has, need, new_id, with_options
+from conftest import has, new_id, with_options
 
 pytestmark = pytest.mark.reliability
 

@@ -2,7 +2,6 @@
 server outages, options, digest authentication."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
