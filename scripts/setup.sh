@@ -26,12 +26,16 @@ done
 
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
 
-python3 -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "hypothesis>=6" "tenacity>=6"
+# Test tools; fixtures, testtools and oslo.utils are what upstream's own test suite imports
+# (scripts/compat.py runs it against this package).
+python3 -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "hypothesis>=6" "tenacity>=6" \
+    "fixtures>=3" "testtools>=2.2" "oslo.utils>=4.7"
 python3 -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
 
-if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc, redis, pymemcache, kazoo" 2>/dev/null; then
+if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc, redis, pymemcache, kazoo, etcd3gw, pytest, fixtures, testtools, oslo_utils" 2>/dev/null; then
     rm -rf .venv-upstream
     python3 -m venv .venv-upstream
-    .venv-upstream/bin/pip install -q --disable-pip-version-check "tooz[redis,memcached,zookeeper]==9.1.0" sysv_ipc
+    .venv-upstream/bin/pip install -q --disable-pip-version-check "tooz[redis,memcached,zookeeper,etcd3gw]==9.1.0" sysv_ipc \
+        pytest fixtures testtools oslo.utils
 fi
 echo "set-up done"

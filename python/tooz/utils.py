@@ -2,7 +2,6 @@
 
 import base64
 import collections
-import concurrent.futures
 import datetime
 import itertools
 import operator
@@ -100,35 +99,27 @@ def raise_with_cause(exc_cls, message, *args, **kwargs):
     raise exc_cls(message, *args, cause=cause, **kwargs) from cause
 
 
-class _SynchronousExecutor(concurrent.futures.Executor):
-    """Runs each submitted call at once, in the caller's thread."""
+def _thread_pool():
+    import futurist  # imported when an executor is built: most drivers never need one
 
-    def __init__(self):
-        self._shutdown = False
+    return futurist.ThreadPoolExecutor(max_workers=1)
 
-    def submit(self, fn, *args, **kwargs):
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        fut = concurrent.futures.Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: B902 - handed to the future
-            fut.set_exception(e)
-        return fut
 
-    def shutdown(self, wait=True, **kwargs):
-        self._shutdown = True
+def _synchronous():
+    import futurist
+
+    return futurist.SynchronousExecutor()
 
 
 class ProxyExecutor:
     """The executor a driver runs its calls on, chosen by the ``executor`` option."""
 
     KIND_TO_FACTORY = {
-        "threaded": lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1),
-        "thread": lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1),
-        "threading": lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1),
-        "synchronous": _SynchronousExecutor,
-        "sync": _SynchronousExecutor,
+        "threaded": _thread_pool,
+        "thread": _thread_pool,
+        "threading": _thread_pool,
+        "synchronous": _synchronous,
+        "sync": _synchronous,
     }
     DEFAULT_KIND = "threaded"
 

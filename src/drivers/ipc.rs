@@ -6,8 +6,9 @@
 //!   that see it vanish start over;
 //! * groups = segment `ftok("GROUP_LIST", "_TOOZ_INTERNAL")`, 1024 bytes: a native-endian
 //!   u16 length, then a msgpack array of the ids; changed under lock `TOOZ_INTERNAL_LOCK`.
-//!   A started coordinator stays attached; the last one to stop removes the segment (upstream
-//!   removes it whenever any coordinator stops, wiping the list under everybody else).
+//!   A process attaches the segment once, shared by its started coordinators; a coordinator
+//!   that stops while no other process is attached removes the segment (upstream removes it
+//!   whenever any coordinator stops, wiping the list under every other process too).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +31,24 @@ fn ipc_err(what: &str, e: std::io::Error) -> Error {
 
 pub struct IpcDriver {
     internal_lock: IpcLock,
-    attached: Mutex<Option<Shm>>,
+    attached: Mutex<Option<Arc<Shm>>>,
+}
+
+/// This process's one attachment of the group list, shared by its coordinators, so that the
+/// segment's attachment count counts processes (a coordinator that was never stopped does not
+/// keep the segment alive for ever).
+static PROCESS_ATTACHMENT: Mutex<Option<std::sync::Weak<Shm>>> = Mutex::new(None);
+
+fn attach_shared(id: i32) -> Result<Arc<Shm>> {
+    let mut shared = PROCESS_ATTACHMENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shm) = shared.as_ref().and_then(std::sync::Weak::upgrade) {
+        if shm.id() == id {
+            return Ok(shm);
+        }
+    }
+    let shm = Arc::new(Shm::attach(id, GROUP_LIST_SIZE).map_err(|e| ipc_err("cannot attach the group list", e))?);
+    *shared = Some(Arc::downgrade(&shm));
+    Ok(shm)
 }
 
 impl IpcDriver {
@@ -43,8 +61,8 @@ impl IpcDriver {
         let id = sysv::shm_id(sysv::ftok(b"GROUP_LIST", b"_TOOZ_INTERNAL"), GROUP_LIST_SIZE)
             .map_err(|e| ipc_err("cannot open the group list", e))?;
         let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
-        if attached.as_ref().map(Shm::id) != Some(id) {
-            *attached = Some(Shm::attach(id, GROUP_LIST_SIZE).map_err(|e| ipc_err("cannot attach the group list", e))?);
+        if attached.as_ref().map(|shm| shm.id()) != Some(id) {
+            *attached = Some(attach_shared(id)?);
         }
         f(attached.as_ref().expect("attached above"))
     }

@@ -110,8 +110,11 @@ pub struct Shm {
     size: usize,
 }
 
-// SAFETY: the mapping is process-wide; all access goes through `&self` copies of bytes.
+// SAFETY: the mapping is process-wide; all access goes through `&self` copies of bytes. The
+// memory is shared with other processes anyway, so callers already serialise writers (the
+// ipc driver does so under a SysV semaphore); sharing it between threads adds nothing.
 unsafe impl Send for Shm {}
+unsafe impl Sync for Shm {}
 
 /// The id of the segment with `key`, created (zero-filled) when missing.
 pub fn shm_id(key: libc::key_t, size: usize) -> io::Result<i32> {
