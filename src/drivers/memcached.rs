@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::memcache::{self, Client, Config, Item, Store};
+use crate::clients::memcache::{self, Client, Config, Item, Store};
 use super::options::Options;
-use super::tls::{self, ClientCert, Named, TlsOptions, Verify};
+use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use super::ttl_lock;
 use super::Url;
 use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};

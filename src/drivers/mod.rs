@@ -3,12 +3,10 @@
 pub mod file;
 pub mod fslock;
 pub mod ipc;
-pub mod memcache;
 pub mod memcached;
 pub mod options;
 pub mod redis;
 pub mod sysv;
-pub mod tls;
 pub mod ttl_lock;
 pub mod zookeeper;
 

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use super::client::{Client, ZkError};
-use super::proto::{code, mode};
+use crate::clients::zookeeper::proto::{code, mode};
+use crate::clients::zookeeper::{Client, ZkError};
 use super::{zk_error, Link};
 use crate::driver::{DriverLock, Wait};
 use crate::error::{Error, Result};

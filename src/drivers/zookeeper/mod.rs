@@ -9,13 +9,11 @@
 //! * leader of `g`: the same recipe under `/<ns>/<g>/leader` (which therefore shows up as a
 //!   member `leader`, as it does upstream).
 //!
-//! The protocol client is our own (`client.rs`, `proto.rs`) and runs on the shared tokio
+//! The protocol client is our own (`crate::clients::zookeeper`) and runs on the shared tokio
 //! runtime: the session survives dropped connections while the server keeps it, and a
 //! forked child gets working sessions of its own.
 
-mod client;
 mod lock;
-mod proto;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,16 +23,16 @@ use async_trait::async_trait;
 use tokio::time::{timeout_at, Instant};
 
 use super::options::Options;
-use super::tls::{self, ClientCert, Named, TlsOptions, Verify};
+use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use super::Url;
 use crate::driver::{Driver, DriverLock, MemberInfo, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime;
-use client::{Client, Config, Ended, Host, State, ZkError};
+use crate::clients::zookeeper::{Client, Config, Ended, Host, State, ZkError};
 use lock::ZkLock;
-use proto::{code, mode, Acl};
+use crate::clients::zookeeper::proto::{self, code, mode, Acl};
 
 const DEFAULT_PORT: u16 = 2181;
 

@@ -504,7 +504,7 @@ impl Client {
 
 pub mod tls {
     //! A TLS connection to memcached; the client configuration comes from
-    //! [`crate::drivers::tls::client_config`].
+    //! [`crate::clients::tls::client_config`].
 
     use std::sync::Arc;
 

@@ -12,6 +12,8 @@
 //! behind its back after a reconnect. (One in flight when the connection drops may or may
 //! not have been applied, as with any ZooKeeper client.)
 
+pub mod proto;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use super::proto::{self, code, op, xid, Acl, ConnectRequest, ConnectResponse, Reader, ReplyHeader, Stat, WatcherEvent};
+use proto::{code, op, xid, Acl, ConnectRequest, ConnectResponse, Reader, ReplyHeader, Stat, WatcherEvent};
 
 /// Largest frame accepted from a server (ZooKeeper's own default limit is about 1 MiB).
 const MAX_FRAME: usize = 64 << 20;

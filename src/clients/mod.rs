@@ -1,0 +1,7 @@
+//! Our own wire clients, for servers whose maintained Rust crates did not fit (blocking I/O,
+//! no fork safety, a parser that could panic): they speak a protocol and know nothing of
+//! tooz's data model, which the drivers in `crate::drivers` lay over them.
+
+pub mod memcache;
+pub mod tls;
+pub mod zookeeper;
