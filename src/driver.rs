@@ -110,6 +110,12 @@ pub trait Driver: Send + Sync + 'static {
     async fn get_groups(&self) -> Result<Vec<Id>> {
         unsupported("get_groups")
     }
+    /// Removes a group's record with its members behind their backs, as an operator or an
+    /// expiry would (upstream's `_destroy_group`, which its test suite calls); the group list
+    /// is left alone.
+    async fn destroy_group(&self, _group: &Id) -> Result<()> {
+        unsupported("_destroy_group")
+    }
     async fn join_group(&self, _group: &Id, _capabilities: &Value) -> Result<()> {
         unsupported("join_group")
     }
@@ -162,5 +168,9 @@ pub trait DriverLock: Send + Sync + 'static {
     }
     async fn heartbeat(&self) -> Result<bool> {
         unsupported("heartbeat")
+    }
+    /// Who holds the lock now, as the backend says (`None`: nobody).
+    async fn get_owner(&self) -> Result<Option<Id>> {
+        unsupported("get_owner")
     }
 }

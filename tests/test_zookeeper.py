@@ -363,6 +363,30 @@ def test_short_outage_keeps_the_session(own_server, make_coordinator):
     assert lock.release() is True
 
 
+def test_waiter_is_woken_through_a_watch_set_again_after_reconnecting(own_server, make_coordinator):
+    """A lock waiter's watch on its predecessor outlives a dropped connection: the client sets
+    it again on the new connection (SetWatches), so a release after the outage wakes it."""
+    url = "zookeeper://127.0.0.1:%d?timeout=10" % own_server.port
+    holder = make_coordinator(url=url)
+    name = new_id("l")
+    held = holder.get_lock(name)
+    assert held.acquire()
+    waiter = make_coordinator(url=url).get_lock(name)
+    outcome = []
+    t = threading.Thread(target=lambda: outcome.append(waiter.acquire(blocking=20)))
+    t.start()
+    time.sleep(0.5)
+    own_server.stop()
+    time.sleep(1)
+    own_server.start()
+    assert _wait_for(lambda: _ok(lambda: holder.heartbeat()), timeout=15)
+    assert outcome == [], "still waiting: the holder's session survived"
+    assert held.release() is True
+    t.join(25)
+    assert outcome == [True]
+    assert waiter.release() is True
+
+
 def _ok(call):
     try:
         call()

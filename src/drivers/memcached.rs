@@ -466,6 +466,10 @@ impl Driver for MemcachedDriver {
         Err(Error::Tooz(format!("group {group} kept changing under us; gave up")))
     }
 
+    async fn destroy_group(&self, group: &Id) -> Result<()> {
+        self.client().delete(&Self::group_key(group)).await.map(|_| ())
+    }
+
     async fn get_groups(&self) -> Result<Vec<Id>> {
         let Some(item) = self.client().get(GROUP_LIST_KEY).await? else {
             return Ok(Vec::new());
@@ -685,6 +689,10 @@ impl DriverLock for MemcachedLock {
 
     async fn heartbeat(&self) -> Result<bool> {
         self.0.touch().await
+    }
+
+    async fn get_owner(&self) -> Result<Option<Id>> {
+        self.0.owner().await
     }
 }
 

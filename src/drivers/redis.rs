@@ -620,6 +620,11 @@ impl Driver for RedisDriver {
         }
     }
 
+    async fn destroy_group(&self, group: &Id) -> Result<()> {
+        let gkey = self.shared.group_key(&self.shared.encode(group)?);
+        self.shared.query::<i64>("destroy group", redis::cmd("DEL").arg(gkey)).await.map(|_| ())
+    }
+
     async fn get_groups(&self) -> Result<Vec<Id>> {
         let ids: Vec<Vec<u8>> = self.shared.query("get groups", redis::cmd("SMEMBERS").arg(self.shared.groups_key())).await?;
         Ok(ids.into_iter().map(Id::Bytes).collect())

@@ -192,6 +192,13 @@ impl PyCoordinator {
         self.submit(Op::DeleteGroup, move |d| async move { d.delete_group(&g).await.map(|_| Reply::Unit) })
     }
 
+    /// Upstream's `_destroy_group` (a test helper): blocks until done.
+    fn destroy_group(&self, py: Python<'_>, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        let g = id_from_py(group_id, "group_id")?;
+        let pending = self.core.submit(move |d| async move { d.destroy_group(&g).await });
+        py.detach(move || pending.wait(None)).unwrap_or(Ok(())).map_err(to_py)
+    }
+
     fn get_groups(&self) -> PyResult<PyAsyncResult> {
         self.submit(Op::GetGroups, move |d| async move { d.get_groups().await.map(Reply::List) })
     }
@@ -390,6 +397,12 @@ impl PyLock {
     fn heartbeat(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
         py.detach(|| runtime::block_on(lock.heartbeat())).map_err(to_py)
+    }
+
+    fn get_owner<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let lock = self.lock.clone();
+        let owner = py.detach(|| runtime::block_on(lock.get_owner())).map_err(to_py)?;
+        Ok(owner.map(|id| id_to_py(py, &id)))
     }
 }
 

@@ -295,8 +295,8 @@ impl ZkLock {
                 Ok(Ok((false, _))) => continue,
                 Ok(Ok((true, watch))) => watch,
             };
-            // Woken by the predecessor's change, a dropped connection (the watch goes with
-            // it: look again once reconnected) or the deadline.
+            // Woken by the predecessor's change (the watch outlives dropped connections: the
+            // client sets it again on the next one), the end of the session, or the deadline.
             match deadline {
                 Some(d) => {
                     tokio::select! {

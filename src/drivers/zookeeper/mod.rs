@@ -357,15 +357,7 @@ impl ZooKeeperDriver {
         if let Some(extra) = options.str("hosts") {
             entries.extend(extra.split(',').filter(|s| !s.trim().is_empty()).map(str::to_owned));
         }
-        let (mut hosts, chroot) = parse_hosts(&entries)?;
-        if options.bool("randomize_hosts", true) {
-            // Spread clients over the ensemble (a cheap shuffle is plenty for that).
-            let seed = uuid::Uuid::new_v4().as_u128();
-            for i in (1..hosts.len()).rev() {
-                let j = ((seed >> (i % 64)) as usize ^ i.wrapping_mul(0x9e37_79b9)) % (i + 1);
-                hosts.swap(i, j);
-            }
-        }
+        let (hosts, chroot) = parse_hosts(&entries)?;
         let tls = tls_config(options)?;
         let (auth, acls) = match (url.username.as_deref(), url.password.as_deref()) {
             (Some(u), Some(p)) if !u.is_empty() => {
@@ -378,6 +370,7 @@ impl ZooKeeperDriver {
         let member_node = id_text(&member, "member id");
         let config = Config {
             hosts,
+            randomize_hosts: options.bool("randomize_hosts", true),
             chroot,
             session_timeout: Duration::from_secs_f64(timeout),
             auth,
