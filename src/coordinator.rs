@@ -1,6 +1,7 @@
 //! What sits above every driver: calls run in the order they were made (upstream runs a
 //! driver's calls on a one-worker executor, and callers rely on that order), results are
-//! waited on from any thread, and the heartbeat runs as a task on the shared runtime.
+//! waited on from any thread, the heartbeat runs as a task on the shared runtime, and
+//! memberships are kept and healed (`membership.rs`) between calls.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::driver::Driver;
 use crate::error::Result;
+use crate::membership::Membership;
 use crate::runtime;
 
 /// The result of a call that is running on the runtime.
@@ -59,11 +61,16 @@ impl<T> Clone for Pending<T> {
 }
 
 pub struct Coordinator {
+    inner: Arc<Inner>,
+    heart: Arc<HeartState>,
+}
+
+struct Inner {
     driver: Arc<dyn Driver>,
+    membership: Arc<Membership>,
     /// Completion signal of the most recently submitted call, and the fork generation it
     /// belongs to (a call in flight in the parent never completes in a forked child).
     tail: Mutex<(u64, Option<oneshot::Receiver<()>>)>,
-    heart: Arc<HeartState>,
 }
 
 struct HeartState {
@@ -76,10 +83,13 @@ struct HeartState {
 }
 
 impl Coordinator {
-    pub fn new(driver: Arc<dyn Driver>) -> Self {
+    pub fn new(driver: Arc<dyn Driver>, membership: Membership) -> Self {
         Coordinator {
-            driver,
-            tail: Mutex::new((runtime::generation(), None)),
+            inner: Arc::new(Inner {
+                driver,
+                membership: Arc::new(membership),
+                tail: Mutex::new((runtime::generation(), None)),
+            }),
             heart: Arc::new(HeartState {
                 running: Mutex::new(false),
                 stopped: Condvar::new(),
@@ -92,11 +102,28 @@ impl Coordinator {
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
-        &self.driver
+        &self.inner.driver
     }
 
-    /// Runs `call` on the runtime after every call submitted before it has finished.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.inner.membership
+    }
+
+    /// Runs `call` on the runtime after every call submitted before it has finished; then,
+    /// if the backend may have lost this coordinator's memberships meanwhile, heals them
+    /// before the next call runs.
     pub fn submit<T, F, Fut>(&self, call: F) -> Pending<T>
+    where
+        T: Clone + Send + 'static,
+        F: FnOnce(Arc<dyn Driver>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        self.inner.submit(call)
+    }
+}
+
+impl Inner {
+    fn submit<T, F, Fut>(&self, call: F) -> Pending<T>
     where
         T: Clone + Send + 'static,
         F: FnOnce(Arc<dyn Driver>) -> Fut + Send + 'static,
@@ -112,12 +139,16 @@ impl Coordinator {
             previous
         };
         let driver = self.driver.clone();
+        let membership = self.membership.clone();
         let out = pending.clone();
         let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            out.complete(call(driver).await);
+            out.complete(call(driver.clone()).await);
+            if membership.heal_due(driver.as_ref()) {
+                membership.heal(driver.as_ref()).await;
+            }
             drop(done_tx);
         });
         // Poll once right here: calls that finish without waiting on I/O (all of a local
@@ -134,7 +165,9 @@ impl Coordinator {
         }
         pending
     }
+}
 
+impl Coordinator {
     // ------------------------------------------------------------ heartbeat
 
     pub fn heart_alive(&self) -> bool {
@@ -159,13 +192,18 @@ impl Coordinator {
         heart.generation.store(runtime::generation(), Ordering::SeqCst);
         heart.stop_requested.store(false, Ordering::SeqCst);
         heart.beats.store(0, Ordering::SeqCst);
-        let driver = self.driver.clone();
+        let inner = self.inner.clone();
         runtime::runtime().spawn(async move {
+            let driver = inner.driver.clone();
             while !heart.stop_requested.load(Ordering::SeqCst) {
                 let began = Instant::now();
                 let pause = match driver.heartbeat().await {
                     Ok(next) => {
                         heart.beats.fetch_add(1, Ordering::SeqCst);
+                        if inner.membership.heal_due(driver.as_ref()) {
+                            // In call order, like any call: a no-op call, healed after.
+                            let _ = inner.submit(|_| async { Ok(()) });
+                        }
                         let next = next.unwrap_or(1.0).max(0.0);
                         let left = (next - began.elapsed().as_secs_f64()).max(0.0);
                         Duration::from_secs_f64(left / 2.0)

@@ -96,6 +96,14 @@ pub trait Driver: Send + Sync + 'static {
     async fn start(&self) -> Result<()>;
     async fn stop(&self) -> Result<()>;
 
+    /// A number that changes whenever the backend may have lost what this coordinator wrote
+    /// (a new connection after one was lost, a new session after one expired): the
+    /// coordinator then checks its memberships and heals them. Constant for backends whose
+    /// state cannot be lost that way.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
     /// Refreshes liveness; returns the seconds until the next beat is due.
     async fn heartbeat(&self) -> Result<Option<f64>> {
         Ok(None)

@@ -8,6 +8,8 @@ pub mod drivers;
 pub mod error;
 pub mod hashring;
 pub mod id;
+pub mod log;
+pub mod membership;
 pub mod msgpack;
 pub mod runtime;
 

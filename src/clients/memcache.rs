@@ -338,12 +338,29 @@ pub struct Client {
     cfg: Config,
     idle: Mutex<Idle>,
     slots: Option<Arc<Semaphore>>,
+    /// Connections found closed by the server or dropped on a failure (the server may have
+    /// restarted and forgotten everything).
+    lost: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
     pub fn new(cfg: Config) -> Client {
         let slots = cfg.max_pool_size.map(|n| Arc::new(Semaphore::new(n.max(1))));
-        Client { cfg, idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }), slots }
+        Client {
+            cfg,
+            idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }),
+            slots,
+            lost: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many connections were lost so far (see `lost`).
+    pub fn connections_lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn note_lost(&self) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn take_idle(&self) -> Option<Conn> {
@@ -398,7 +415,7 @@ impl Client {
 
     /// Sends one request and reads its reply.
     pub async fn request(&self, what: &str, request: &[u8]) -> Result<Reply> {
-        self.with_timeout(what, async {
+        let out = self.with_timeout(what, async {
             let _slot = match &self.slots {
                 Some(s) => Some(s.clone().acquire_owned().await.map_err(|e| Error::Tooz(e.to_string()))?),
                 None => None,
@@ -409,6 +426,7 @@ impl Client {
                         if !c.is_stale() {
                             break c;
                         }
+                        self.note_lost();
                     }
                     None => break Conn::open(&self.cfg).await?,
                 }
@@ -417,7 +435,11 @@ impl Client {
             self.put_idle(conn);
             Ok(reply)
         })
-        .await
+        .await;
+        if matches!(out, Err(Error::Connection(_))) {
+            self.note_lost();
+        }
+        out
     }
 
     fn unexpected(what: &str, reply: Reply) -> Error {

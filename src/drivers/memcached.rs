@@ -386,6 +386,10 @@ impl Driver for MemcachedDriver {
         !matches!(op, Op::GetMemberInfo | Op::StandDownGroupLeader)
     }
 
+    fn epoch(&self) -> u64 {
+        self.client().connections_lost()
+    }
+
     fn requires_beating(&self) -> bool {
         true
     }

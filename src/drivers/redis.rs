@@ -146,6 +146,9 @@ struct Link {
     config: AsyncConnectionConfig,
     call_timeout: Duration,
     current: Mutex<Option<MultiplexedConnection>>,
+    /// Connections made so far: a new one after the first means the old one was lost (and
+    /// with it, maybe, the server's memory).
+    connections: AtomicU64,
 }
 
 impl Link {
@@ -164,6 +167,7 @@ impl Link {
             .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
             .map_err(|e| redis_err("cannot connect to Redis", e))?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        self.connections.fetch_add(1, Ordering::SeqCst);
         Ok(conn)
     }
 
@@ -457,6 +461,7 @@ impl RedisDriver {
                 config,
                 call_timeout: Duration::from_secs_f64(socket_timeout.max(0.001)),
                 current: Mutex::new(None),
+                connections: AtomicU64::new(0),
             },
             scripts: Scripts::new(),
             namespace: Vec::new(),
@@ -554,6 +559,10 @@ fn script_status(n: i64, group: &Id, member: Option<&Id>) -> Result<()> {
 impl Driver for RedisDriver {
     fn supports(&self, op: Op) -> bool {
         !matches!(op, Op::GetMemberInfo | Op::GetLeader | Op::StandDownGroupLeader)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.shared.link.connections.load(Ordering::SeqCst)
     }
 
     fn requires_beating(&self) -> bool {

@@ -3,6 +3,7 @@
 mod convert;
 mod errors;
 mod hashring;
+mod logging;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::driver::{DriverLock, MemberInfo, Op, Wait};
 use crate::drivers::{self, Options, Url};
 use crate::error::Error;
 use crate::id::Id;
+use crate::membership::Membership;
 use crate::msgpack::{self, Value};
 use crate::runtime;
 use convert::{id_from_py, id_to_py, value_from_py, value_to_py};
@@ -143,9 +145,12 @@ impl PyCoordinator {
         options: HashMap<String, String>,
     ) -> PyResult<Self> {
         let member = id_from_py(member_id, "member_id")?;
+        let options = Options::new(options);
+        // Beyond upstream: memberships the backend lost are re-joined (`rejoin=false`: not).
+        let membership = Membership::new(member.clone(), &scheme, options.bool("rejoin", true));
         let url = Url { scheme, host, port, path, username, password };
-        let driver = drivers::build(&url, member.clone(), &Options::new(options)).map_err(to_py)?;
-        Ok(PyCoordinator { core: Coordinator::new(driver), member })
+        let driver = drivers::build(&url, member.clone(), &options).map_err(to_py)?;
+        Ok(PyCoordinator { core: Coordinator::new(driver, membership), member })
     }
 
     #[getter]
@@ -168,7 +173,54 @@ impl PyCoordinator {
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let driver = self.core.driver().clone();
-        self.run(py, async move { driver.start().await })
+        self.run(py, async move { driver.start().await })?;
+        self.core.membership().started(self.core.driver().as_ref());
+        Ok(())
+    }
+
+    /// The groups this coordinator has joined and not left, as far as it knows (no I/O).
+    fn joined_groups<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        self.core.membership().groups().iter().map(|g| id_to_py(py, g)).collect()
+    }
+
+    fn is_joined(&self, group_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.core.membership().contains(&id_from_py(group_id, "group_id")?))
+    }
+
+    /// Records a membership made behind the core's back (``_joined_groups.add``).
+    fn note_joined(&self, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        let g = id_from_py(group_id, "group_id")?;
+        self.core.membership().add(&g, self.core.driver().epoch());
+        Ok(())
+    }
+
+    fn forget_joined(&self, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.core.membership().forget(&id_from_py(group_id, "group_id")?);
+        Ok(())
+    }
+
+    fn clear_joined(&self) {
+        self.core.membership().clear()
+    }
+
+    /// A watcher saw this member missing from the group: after any pending heal, look again
+    /// and forget the group if it is really gone. Returns whether it was.
+    fn booted_out(&self, py: Python<'_>, group_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let g = id_from_py(group_id, "group_id")?;
+        let membership = self.core.membership().clone();
+        let pending = self.core.submit(move |d| async move { membership.confirm_absent(d.as_ref(), &g).await });
+        py.detach(move || pending.wait(None)).unwrap_or(Ok(true)).map_err(to_py)
+    }
+
+    /// Leaves every joined group, after every call submitted before; failures are ignored
+    /// (stop's clean-up, as upstream's).
+    fn leave_joined(&self, py: Python<'_>) {
+        let membership = self.core.membership().clone();
+        let pending = self.core.submit(move |d| async move {
+            membership.leave_all(d.as_ref()).await;
+            Ok(())
+        });
+        let _ = py.detach(move || pending.wait(None));
     }
 
     /// Stops the driver once every call submitted before has finished.
@@ -207,12 +259,14 @@ impl PyCoordinator {
     fn join_group(&self, group_id: &Bound<'_, PyAny>, capabilities: Option<&Bound<'_, PyAny>>) -> PyResult<PyAsyncResult> {
         let g = id_from_py(group_id, "group_id")?;
         let caps = capabilities.map(value_from_py).transpose()?.unwrap_or(Value::Nil);
-        self.submit(Op::JoinGroup, move |d| async move { d.join_group(&g, &caps).await.map(|_| Reply::Unit) })
+        let m = self.core.membership().clone();
+        self.submit(Op::JoinGroup, move |d| async move { m.join(d.as_ref(), &g, &caps).await.map(|_| Reply::Unit) })
     }
 
     fn leave_group(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
         let g = id_from_py(group_id, "group_id")?;
-        self.submit(Op::LeaveGroup, move |d| async move { d.leave_group(&g).await.map(|_| Reply::Unit) })
+        let m = self.core.membership().clone();
+        self.submit(Op::LeaveGroup, move |d| async move { m.leave(d.as_ref(), &g).await.map(|_| Reply::Unit) })
     }
 
     fn get_members(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
@@ -238,8 +292,9 @@ impl PyCoordinator {
     fn update_capabilities(&self, group_id: &Bound<'_, PyAny>, capabilities: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
         let g = id_from_py(group_id, "group_id")?;
         let caps = value_from_py(capabilities)?;
+        let m = self.core.membership().clone();
         self.submit(Op::UpdateCapabilities, move |d| async move {
-            d.update_capabilities(&g, &caps).await.map(|_| Reply::Unit)
+            m.update_capabilities(d.as_ref(), &g, &caps).await.map(|_| Reply::Unit)
         })
     }
 
@@ -421,6 +476,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 
 #[pymodule]
 fn _tooz(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    crate::log::on_emit(logging::ensure_drainer);
     m.add_class::<PyCoordinator>()?;
     m.add_class::<PyAsyncResult>()?;
     m.add_class::<PyLock>()?;

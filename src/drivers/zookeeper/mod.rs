@@ -60,6 +60,9 @@ pub(crate) struct Link {
     /// The session and the fork generation (`runtime::generation`) it was opened in.
     current: Mutex<Option<(u64, Client)>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Sessions opened so far: a new one means the previous one ended, and its ephemeral
+    /// nodes (members, locks, leaders) with it.
+    sessions: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -115,6 +118,7 @@ impl Link {
                 e => Error::Connection(format!("cannot connect to ZooKeeper ({}): {e}", self.describe())),
             })?;
             *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((runtime::generation(), c.clone()));
+            self.sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Ok(c);
         }
     }
@@ -385,6 +389,7 @@ impl ZooKeeperDriver {
                 budget: Duration::from_secs_f64(timeout),
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                sessions: std::sync::atomic::AtomicU64::new(0),
             }),
             base,
             timeout,
@@ -444,6 +449,10 @@ impl Driver for ZooKeeperDriver {
     fn supports(&self, op: Op) -> bool {
         let _ = op;
         true
+    }
+
+    fn epoch(&self) -> u64 {
+        self.link.sessions.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn requires_beating(&self) -> bool {
