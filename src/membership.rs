@@ -129,6 +129,14 @@ impl Membership {
             return;
         }
         let epoch = driver.epoch();
+        // Liveness first (a beat key, member keys): a member re-joined without it would be
+        // pruned as dead by the next coordinator that lists the group.
+        if driver.requires_beating() {
+            if let Err(e) = driver.heartbeat().await {
+                log::emit(Level::Debug, LOGGER, format!("heartbeat before re-joining failed, will retry: {e}"));
+                return;
+            }
+        }
         let todo: Vec<(Id, Value)> =
             self.joined().iter().filter(|(_, j)| j.epoch != epoch).map(|(g, j)| (g.clone(), j.capabilities.clone())).collect();
         for (group, capabilities) in todo {
