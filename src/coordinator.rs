@@ -25,16 +25,35 @@ pub struct Pending<T> {
 struct PendingState<T> {
     value: Mutex<Option<Result<T>>>,
     ready: Condvar,
+    /// Wakes async waiters (`tooz.aio`).
+    ready_async: Notify,
 }
 
 impl<T: Clone> Pending<T> {
     fn new() -> Self {
-        Pending { state: Arc::new(PendingState { value: Mutex::new(None), ready: Condvar::new() }) }
+        Pending {
+            state: Arc::new(PendingState { value: Mutex::new(None), ready: Condvar::new(), ready_async: Notify::new() }),
+        }
     }
 
     fn complete(&self, value: Result<T>) {
         *self.state.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
         self.state.ready.notify_all();
+        self.state.ready_async.notify_waiters();
+    }
+
+    /// Waits for the result without blocking a thread. Dropping this wait leaves the call
+    /// running (calls run in order and are not withdrawn, as upstream's).
+    pub async fn wait_async(&self) -> Result<T> {
+        loop {
+            let notified = self.state.ready_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = self.state.value.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return v;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_done(&self) -> bool {

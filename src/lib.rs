@@ -1,6 +1,7 @@
 //! The Rust core of tooz: drivers behind one async trait, the shared runtime, and (with the
 //! `python` feature) the PyO3 binding that the `tooz` Python package wraps.
 
+pub mod acquire;
 pub mod clients;
 pub mod coordinator;
 pub mod driver;

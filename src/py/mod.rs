@@ -1,5 +1,6 @@
 //! The PyO3 binding: `tooz._tooz`. Everything Python-facing lives under `src/py/`.
 
+mod aio;
 mod convert;
 mod errors;
 mod hashring;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet};
 
+use crate::acquire::Acquire;
 use crate::coordinator::{Coordinator, Pending};
 use crate::driver::{DriverLock, MemberInfo, Op, Wait};
 use crate::drivers::{self, Options, Url};
@@ -35,6 +37,8 @@ enum Reply {
     MembersCaps(Vec<(Id, Value)>),
     Info(MemberInfo),
     Leader(Option<Id>),
+    Bool(bool),
+    Float(Option<f64>),
 }
 
 impl Reply {
@@ -63,6 +67,8 @@ impl Reply {
                 Some(id) => id_to_py(py, &id).unbind(),
                 None => py.None(),
             },
+            Reply::Bool(b) => pyo3::types::PyBool::new(py, b).to_owned().into_any().unbind(),
+            Reply::Float(f) => f.into_pyobject(py)?.unbind(),
         })
     }
 }
@@ -97,6 +103,15 @@ impl PyAsyncResult {
 
     fn done(&self) -> bool {
         self.pending.is_done()
+    }
+
+    /// An asyncio future of the running loop with the call's value (``tooz.aio``).
+    fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let pending = self.pending.clone();
+        aio::awaitable(py, async move {
+            let reply = pending.wait_async().await.map_err(to_py)?;
+            Python::attach(|py| reply.into_py(py))
+        })
     }
 }
 
@@ -176,6 +191,53 @@ impl PyCoordinator {
         self.run(py, async move { driver.start().await })?;
         self.core.membership().started(self.core.driver().as_ref());
         Ok(())
+    }
+
+    // ---------------------------------------- calls of the blocking API, as results (tooz.aio)
+
+    fn start_async(&self) -> PyAsyncResult {
+        let m = self.core.membership().clone();
+        PyAsyncResult {
+            pending: self.core.submit(move |d| async move {
+                d.start().await?;
+                m.started(d.as_ref());
+                Ok(Reply::Unit)
+            }),
+        }
+    }
+
+    /// Leaves what is joined (failures ignored), then stops the driver.
+    fn stop_async(&self) -> PyAsyncResult {
+        let m = self.core.membership().clone();
+        PyAsyncResult {
+            pending: self.core.submit(move |d| async move {
+                m.leave_all(d.as_ref()).await;
+                d.stop().await.map(|_| Reply::Unit)
+            }),
+        }
+    }
+
+    fn heartbeat_async(&self) -> PyAsyncResult {
+        PyAsyncResult { pending: self.core.submit(|d| async move { d.heartbeat().await.map(Reply::Float) }) }
+    }
+
+    fn stand_down_group_leader_async(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
+        let g = id_from_py(group_id, "group_id")?;
+        self.submit(Op::StandDownGroupLeader, move |d| async move { d.stand_down_group_leader(&g).await.map(Reply::Bool) })
+    }
+
+    /// One election attempt per group; the result lists the groups just won.
+    fn elect_async(&self, group_ids: Vec<Bound<'_, PyAny>>) -> PyResult<PyAsyncResult> {
+        let groups = group_ids.iter().map(|g| id_from_py(g, "group_id")).collect::<PyResult<Vec<_>>>()?;
+        self.submit(Op::Elect, move |d| async move {
+            let mut won = Vec::new();
+            for g in groups {
+                if d.elect(&g).await? {
+                    won.push(g);
+                }
+            }
+            Ok(Reply::List(won))
+        })
     }
 
     /// The groups this coordinator has joined and not left, as far as it knows (no I/O).
@@ -415,23 +477,55 @@ impl PyLock {
         if first || wait == Wait::No {
             return Ok(first);
         }
-        // Wait on the runtime, waking regularly so Ctrl-C reaches Python.
-        let task_lock = lock.clone();
-        let mut task = runtime::runtime().spawn(async move { task_lock.acquire(wait, shared).await });
+        // Wait on the runtime, waking regularly so Ctrl-C reaches Python; an interrupted
+        // wait is withdrawn (dropping the acquire).
+        let mut acquire = Acquire::start(lock, wait, shared);
         loop {
-            let done = py.detach(|| runtime::block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut task).await.ok() }));
-            if let Some(joined) = done {
-                return joined.map_err(|e| to_py(Error::Tooz(format!("lock wait failed: {e}"))))?.map_err(to_py);
+            if let Some(outcome) = py.detach(|| runtime::block_on(acquire.finish_within(SIGNAL_CHECK))) {
+                return outcome.map_err(to_py);
             }
-            if let Err(interrupted) = py.check_signals() {
-                task.abort();
-                let outcome = py.detach(|| runtime::block_on(&mut task));
-                if let Ok(Ok(true)) = outcome {
-                    let _ = py.detach(|| runtime::block_on(lock.release()));
-                }
-                return Err(interrupted);
-            }
+            py.check_signals()?;
         }
+    }
+
+    /// ``acquire`` for asyncio; cancelling the awaiting task withdraws the attempt.
+    #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
+    fn acquire_async<'py>(&self, py: Python<'py>, blocking: Option<&Bound<'py, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let wait = match blocking {
+            None => wait_from(&pyo3::types::PyBool::new(py, true).to_owned().into_any(), timeout)?,
+            Some(b) => wait_from(b, timeout)?,
+        };
+        let acquire = Acquire::start(self.lock.clone(), wait, shared);
+        aio::awaitable(py, async move { acquire.finish().await.map_err(to_py) })
+    }
+
+    /// ``release`` for asyncio: runs to the end even if the awaiting task is cancelled.
+    fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let lock = self.lock.clone();
+        let task = runtime::runtime().spawn(async move { lock.release().await });
+        aio::awaitable(py, async move {
+            task.await.map_err(|e| to_py(Error::Tooz(format!("release failed: {e}"))))?.map_err(to_py)
+        })
+    }
+
+    /// The other lock calls for asyncio: ``what`` is one of ``is_still_owner``, ``break_``,
+    /// ``heartbeat``.
+    fn call_async<'py>(&self, py: Python<'py>, what: &str) -> PyResult<Bound<'py, PyAny>> {
+        let lock = self.lock.clone();
+        let op = match what {
+            "is_still_owner" => 0,
+            "break_" => 1,
+            "heartbeat" => 2,
+            other => return Err(to_py(Error::InvalidArgument(format!("no lock call {other:?}")))),
+        };
+        aio::awaitable(py, async move {
+            match op {
+                0 => lock.is_still_owner().await,
+                1 => lock.break_().await,
+                _ => lock.heartbeat().await,
+            }
+            .map_err(to_py)
+        })
     }
 
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
