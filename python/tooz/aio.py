@@ -37,8 +37,8 @@ def get_coordinator(backend_url, member_id, characteristics=None, **options):
     return AsyncCoordinator(driver)
 
 
-async def _value(result):
-    return await result.wait_async()
+def _value(result):
+    return result.wait_async()
 
 
 class AsyncLock:
@@ -59,7 +59,12 @@ class AsyncLock:
     async def acquire(self, blocking=True, shared=False, timeout=None):
         """As ``Lock.acquire``: True once held, False when ``blocking`` is False or the time
         runs out first. Cancelled while waiting, the attempt is withdrawn."""
-        return await self._native.acquire_async(blocking, shared, timeout)
+        future, cancel = self._native.acquire_async(blocking, shared, timeout)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            cancel()
+            raise
 
     async def release(self):
         """True if this object held the lock and released it; completes even if cancelled."""

@@ -1,81 +1,164 @@
-//! Rust futures as asyncio awaitables (`tooz.aio`), through pyo3-async-runtimes' generic
-//! layer on *our* runtime: `runtime::runtime()` is rebuilt in a forked child, so the adapter
-//! asks for it on every spawn instead of keeping one.
+//! Rust futures as asyncio futures (`tooz.aio`).
+//!
+//! A call creates an `asyncio.Future` on the running loop and runs its Rust future on our
+//! runtime (`runtime::runtime()`, rebuilt in a forked child). Outcomes come back in batches:
+//! a finished future queues its outcome on the loop's [`Bridge`] without the GIL, and only
+//! the first outcome of a batch takes the GIL, to schedule one `drain` on the loop
+//! (`call_soon_threadsafe`); `drain` then sets every queued result on the loop's own thread.
+//! Under load that is one cross-thread wake-up for many results, where one per result (what
+//! `pyo3_async_runtimes::generic::future_into_py` does) costs more than a local round trip.
+//! A future that is ready at once (no I/O) is resolved on the spot, without the runtime.
+//!
+//! The running loop is found with `pyo3_async_runtimes::get_running_loop`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Context;
 
 use pyo3::prelude::*;
-use pyo3_async_runtimes::generic::{self, ContextExt, JoinError, Runtime};
-use pyo3_async_runtimes::TaskLocals;
 
+use super::errors::to_py;
+use super::Reply;
+use crate::driver::DriverLock;
+use crate::error::Error;
 use crate::runtime;
 
-pub struct Rt;
+/// What a Rust future gives back to Python.
+pub enum Outcome {
+    Value(Reply),
+    /// A lock was won: if nobody awaits the result any more (cancelled), it is released.
+    Acquired(bool, Arc<dyn DriverLock>),
+    Failed(Error),
+}
 
-pub struct Join(tokio::task::JoinError);
-
-impl JoinError for Join {
-    fn is_panic(&self) -> bool {
-        self.0.is_panic()
+impl Outcome {
+    fn resolve(self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("done")?.is_truthy()? {
+            if let Outcome::Acquired(true, lock) = self {
+                runtime::runtime().spawn(async move {
+                    let _ = lock.release().await;
+                });
+            }
+            return Ok(());
+        }
+        match self {
+            Outcome::Value(reply) => future.call_method1("set_result", (reply.into_py(py)?,))?,
+            Outcome::Acquired(won, _) => future.call_method1("set_result", (won,))?,
+            Outcome::Failed(e) => future.call_method1("set_exception", (to_py(e).into_value(py),))?,
+        };
+        Ok(())
     }
 
-    fn into_panic(self) -> Box<dyn std::any::Any + Send + 'static> {
-        self.0.into_panic()
+    /// Nobody will read it (the loop is gone): undo what must not be left behind.
+    fn discard(self) {
+        if let Outcome::Acquired(true, lock) = self {
+            runtime::runtime().spawn(async move {
+                let _ = lock.release().await;
+            });
+        }
     }
 }
 
-pub struct Handle(tokio::task::JoinHandle<()>);
+/// One event loop's queue of finished outcomes.
+pub struct Bridge {
+    event_loop: Py<PyAny>,
+    queue: Mutex<Vec<(Py<PyAny>, Outcome)>>,
+    scheduled: AtomicBool,
+}
 
-impl Future for Handle {
-    type Output = Result<(), Join>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map_err(Join)
+impl Bridge {
+    fn complete(self: &Arc<Self>, future: Py<PyAny>, outcome: Outcome) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((future, outcome));
+        if self.scheduled.swap(true, Ordering::SeqCst) {
+            return; // a drain is already on its way and will take this one too
+        }
+        let scheduled = Python::try_attach(|py| {
+            let drain = Drain { bridge: self.clone() };
+            self.event_loop.call_method1(py, "call_soon_threadsafe", (drain,)).is_ok()
+        });
+        if scheduled != Some(true) {
+            // The loop is closed (or the interpreter is going): nobody will drain.
+            let items = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            for (_, outcome) in items {
+                outcome.discard();
+            }
+        }
     }
 }
 
-impl Runtime for Rt {
-    type JoinError = Join;
-    type JoinHandle = Handle;
+#[pyclass(module = "tooz._tooz")]
+struct Drain {
+    bridge: Arc<Bridge>,
+}
 
-    fn spawn<F>(fut: F) -> Handle
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        Handle(runtime::runtime().spawn(fut))
+#[pymethods]
+impl Drain {
+    fn __call__(&self, py: Python<'_>) {
+        self.bridge.scheduled.store(false, Ordering::SeqCst);
+        let items = std::mem::take(&mut *self.bridge.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        for (future, outcome) in items {
+            if let Err(e) = outcome.resolve(py, future.bind(py)) {
+                e.print(py);
+            }
+        }
     }
 }
 
-tokio::task_local! {
-    static TASK_LOCALS: std::cell::OnceCell<TaskLocals>;
+/// The last loop's bridge (the common case: one loop per process or thread at a time).
+static LAST: Mutex<Option<Arc<Bridge>>> = Mutex::new(None);
+
+fn bridge(py: Python<'_>) -> PyResult<Arc<Bridge>> {
+    let event_loop = pyo3_async_runtimes::get_running_loop(py)?;
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = last.as_ref() {
+        if b.event_loop.bind(py).is(&event_loop) {
+            return Ok(b.clone());
+        }
+    }
+    let fresh = Arc::new(Bridge { event_loop: event_loop.unbind(), queue: Mutex::new(Vec::new()), scheduled: AtomicBool::new(false) });
+    *last = Some(fresh.clone());
+    Ok(fresh)
 }
 
-impl ContextExt for Rt {
-    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
-    where
-        F: Future<Output = R> + Send + 'static,
-    {
-        let cell = std::cell::OnceCell::new();
-        let _ = cell.set(locals);
-        Box::pin(TASK_LOCALS.scope(cell, fut))
-    }
-
-    fn get_task_locals() -> Option<TaskLocals> {
-        TASK_LOCALS
-            .try_with(|cell| cell.get().map(|locals| Python::attach(|py| locals.clone_ref(py))))
-            .unwrap_or_default()
-    }
-}
-
-/// An asyncio future of the running loop that resolves to what `fut` gives. Cancelling it
-/// drops `fut` (which must leave nothing behind when dropped: see `crate::acquire`).
-pub fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// An `asyncio.Future` of the running loop resolved with what `fut` gives, and the handle
+/// of the runtime task (`None` when it was ready at once): aborting the task drops `fut`.
+pub fn spawn<'py, F>(py: Python<'py>, fut: F) -> PyResult<(Bound<'py, PyAny>, Option<tokio::task::AbortHandle>)>
 where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
 {
-    let locals = generic::get_current_locals::<Rt>(py)?;
-    generic::future_into_py_with_locals::<Rt, F, T>(py, locals, fut)
+    let bridge = bridge(py)?;
+    let future = bridge.event_loop.bind(py).call_method0("create_future")?;
+    let mut fut: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(fut);
+    let rt = runtime::runtime();
+    let ready = {
+        let _context = rt.enter();
+        fut.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()))
+    };
+    if let std::task::Poll::Ready(outcome) = ready {
+        outcome.resolve(py, &future)?;
+        return Ok((future, None));
+    }
+    let target = future.clone().unbind();
+    let task = rt.spawn(async move {
+        let outcome = fut.await;
+        bridge.complete(target, outcome);
+    });
+    Ok((future, Some(task.abort_handle())))
+}
+
+/// Cancels a call's runtime task (an acquire is withdrawn by its drop).
+#[pyclass(module = "tooz._tooz", name = "Cancel")]
+pub struct Cancel {
+    pub task: Option<tokio::task::AbortHandle>,
+}
+
+#[pymethods]
+impl Cancel {
+    fn __call__(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }

@@ -29,7 +29,7 @@ use errors::to_py;
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
-enum Reply {
+pub(crate) enum Reply {
     Unit,
     List(Vec<Id>),
     Set(Vec<Id>),
@@ -42,7 +42,7 @@ enum Reply {
 }
 
 impl Reply {
-    fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(match self {
             Reply::Unit => py.None(),
             Reply::List(ids) => PyList::new(py, ids.iter().map(|i| id_to_py(py, i)))?.into_any().unbind(),
@@ -108,10 +108,13 @@ impl PyAsyncResult {
     /// An asyncio future of the running loop with the call's value (``tooz.aio``).
     fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let pending = self.pending.clone();
-        aio::awaitable(py, async move {
-            let reply = pending.wait_async().await.map_err(to_py)?;
-            Python::attach(|py| reply.into_py(py))
-        })
+        let (future, _) = aio::spawn(py, async move {
+            match pending.wait_async().await {
+                Ok(reply) => aio::Outcome::Value(reply),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok(future)
     }
 }
 
@@ -488,24 +491,36 @@ impl PyLock {
         }
     }
 
-    /// ``acquire`` for asyncio; cancelling the awaiting task withdraws the attempt.
+    /// ``acquire`` for asyncio: (an asyncio future of the outcome, a cancel function).
+    /// Cancelling withdraws the attempt (and releases the lock if it was won meanwhile).
     #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
-    fn acquire_async<'py>(&self, py: Python<'py>, blocking: Option<&Bound<'py, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn acquire_async<'py>(&self, py: Python<'py>, blocking: Option<&Bound<'py, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<(Bound<'py, PyAny>, aio::Cancel)> {
         let wait = match blocking {
             None => wait_from(&pyo3::types::PyBool::new(py, true).to_owned().into_any(), timeout)?,
             Some(b) => wait_from(b, timeout)?,
         };
-        let acquire = Acquire::start(self.lock.clone(), wait, shared);
-        aio::awaitable(py, async move { acquire.finish().await.map_err(to_py) })
+        let lock = self.lock.clone();
+        // Dropped (cancelled) before it finishes, the Acquire withdraws the attempt.
+        let acquire = Acquire::start(lock.clone(), wait, shared);
+        let (future, task) = aio::spawn(py, async move {
+            match acquire.finish().await {
+                Ok(won) => aio::Outcome::Acquired(won, lock),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok((future, aio::Cancel { task }))
     }
 
     /// ``release`` for asyncio: runs to the end even if the awaiting task is cancelled.
     fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let lock = self.lock.clone();
-        let task = runtime::runtime().spawn(async move { lock.release().await });
-        aio::awaitable(py, async move {
-            task.await.map_err(|e| to_py(Error::Tooz(format!("release failed: {e}"))))?.map_err(to_py)
-        })
+        let (future, _) = aio::spawn(py, async move {
+            match lock.release().await {
+                Ok(b) => aio::Outcome::Value(Reply::Bool(b)),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok(future)
     }
 
     /// The other lock calls for asyncio: ``what`` is one of ``is_still_owner``, ``break_``,
@@ -518,14 +533,17 @@ impl PyLock {
             "heartbeat" => 2,
             other => return Err(to_py(Error::InvalidArgument(format!("no lock call {other:?}")))),
         };
-        aio::awaitable(py, async move {
-            match op {
+        let (future, _) = aio::spawn(py, async move {
+            match match op {
                 0 => lock.is_still_owner().await,
                 1 => lock.break_().await,
                 _ => lock.heartbeat().await,
+            } {
+                Ok(b) => aio::Outcome::Value(Reply::Bool(b)),
+                Err(e) => aio::Outcome::Failed(e),
             }
-            .map_err(to_py)
-        })
+        })?;
+        Ok(future)
     }
 
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
