@@ -14,7 +14,10 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::driver::Driver;
 use crate::error::Result;
+use crate::log::{self, Level};
 use crate::membership::Membership;
+
+const LOGGER: &str = "tooz.coordination";
 use crate::runtime;
 
 /// The result of a call that is running on the runtime.
@@ -214,11 +217,33 @@ impl Coordinator {
         let inner = self.inner.clone();
         runtime::runtime().spawn(async move {
             let driver = inner.driver.clone();
+            let mut failures = 0u64;
             while !heart.stop_requested.load(Ordering::SeqCst) {
                 let began = Instant::now();
                 let pause = match driver.heartbeat().await {
                     Ok(next) => {
                         heart.beats.fetch_add(1, Ordering::SeqCst);
+                        if failures > 0 {
+                            log::emit(
+                                Level::Info,
+                                LOGGER,
+                                format!("heartbeat of {} works again after {failures} failed attempt(s)", inner.membership.label()),
+                            );
+                            failures = 0;
+                        }
+                        let took = began.elapsed().as_secs_f64();
+                        if let Some(next) = next.filter(|n| took > *n) {
+                            log::emit(
+                                Level::Warning,
+                                LOGGER,
+                                format!(
+                                    "heartbeat of {} took {took:.2}s, {:.2}s longer than the time to the next one: \
+                                     locks and memberships may lapse",
+                                    inner.membership.label(),
+                                    took - next
+                                ),
+                            );
+                        }
                         if inner.membership.heal_due(driver.as_ref()) {
                             // In call order, like any call: a no-op call, healed after.
                             let _ = inner.submit(|_| async { Ok(()) });
@@ -227,8 +252,19 @@ impl Coordinator {
                         let left = (next - began.elapsed().as_secs_f64()).max(0.0);
                         Duration::from_secs_f64(left / 2.0)
                     }
-                    // Upstream retries a failed beat every second until it works.
-                    Err(_) => Duration::from_secs(1),
+                    // Upstream retries a failed beat every second until it works (and logs
+                    // each retry); one record per minute of failures is enough to see it.
+                    Err(e) => {
+                        if failures % 60 == 0 {
+                            log::emit(
+                                Level::Warning,
+                                LOGGER,
+                                format!("heartbeat of {} failed, retrying every second: {e}", inner.membership.label()),
+                            );
+                        }
+                        failures += 1;
+                        Duration::from_secs(1)
+                    }
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}

@@ -79,6 +79,35 @@ pub fn emit(level: Level, logger: impl Into<String>, message: impl Into<String>)
     }
 }
 
+/// Whether a connection is up, logged on changes only (an outage is one WARNING when it
+/// starts and one INFO when it ends, not one record per failed call).
+pub struct Health {
+    logger: String,
+    /// What is connected to what, for the messages (never a password).
+    what: String,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn new(logger: impl Into<String>, what: impl Into<String>) -> Health {
+        Health { logger: logger.into(), what: what.into(), down: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// A call failed for want of a connection.
+    pub fn lost(&self, why: impl std::fmt::Display) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            emit(Level::Warning, self.logger.clone(), format!("{}: connection lost ({why}); will reconnect", self.what));
+        }
+    }
+
+    /// A call went through.
+    pub fn up(&self) {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) && self.down.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            emit(Level::Info, self.logger.clone(), format!("{}: connected again", self.what));
+        }
+    }
+}
+
 /// The next record, waiting at most `timeout` for one.
 pub fn next(timeout: Duration) -> Option<Record> {
     let q = queue();

@@ -47,6 +47,11 @@ impl Membership {
         }
     }
 
+    /// "member m1 on redis", for log records.
+    pub fn label(&self) -> String {
+        format!("member {} on {}", self.member, self.backend)
+    }
+
     fn joined(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Joined>> {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -213,6 +213,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub max_pool_size: Option<usize>,
     pub tls: Option<Arc<tls::TlsSettings>>,
+    /// Logger name and description of this client for connection-loss records (`crate::log`).
+    pub log_as: (String, String),
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -341,12 +343,14 @@ pub struct Client {
     /// Connections found closed by the server or dropped on a failure (the server may have
     /// restarted and forgotten everything).
     lost: std::sync::atomic::AtomicU64,
+    health: crate::log::Health,
 }
 
 impl Client {
     pub fn new(cfg: Config) -> Client {
         let slots = cfg.max_pool_size.map(|n| Arc::new(Semaphore::new(n.max(1))));
         Client {
+            health: crate::log::Health::new(cfg.log_as.0.clone(), cfg.log_as.1.clone()),
             cfg,
             idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }),
             slots,
@@ -436,8 +440,12 @@ impl Client {
             Ok(reply)
         })
         .await;
-        if matches!(out, Err(Error::Connection(_))) {
-            self.note_lost();
+        match &out {
+            Err(e @ Error::Connection(_)) => {
+                self.note_lost();
+                self.health.lost(e);
+            }
+            _ => self.health.up(),
         }
         out
     }

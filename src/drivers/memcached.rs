@@ -214,7 +214,9 @@ impl MemcachedDriver {
         let host = url.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
         let port = url.port.unwrap_or(DEFAULT_PORT);
         let scope = format!("memcached://{host}:{port}");
+        let log_as = ("tooz.drivers.memcached".to_owned(), format!("member {member} on memcached at {host}:{port}"));
         let client = Client::new(Config {
+            log_as,
             host,
             port,
             timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),

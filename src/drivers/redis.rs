@@ -149,6 +149,9 @@ struct Link {
     /// Connections made so far: a new one after the first means the old one was lost (and
     /// with it, maybe, the server's memory).
     connections: AtomicU64,
+    health: crate::log::Health,
+    /// The master Sentinel named last (a change is a failover, logged).
+    master: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -162,6 +165,17 @@ impl Link {
                 .await
                 .map_err(|e| redis_err("cannot find the master through Sentinel", e))?,
         };
+        if let Target::Sentinel(_) = &self.target {
+            let now = client.get_connection_info().addr().to_string();
+            let before = self.master.lock().unwrap_or_else(|p| p.into_inner()).replace(now.clone());
+            if before.as_ref().is_some_and(|b| b != &now) {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    "tooz.drivers.redis",
+                    format!("Sentinel failover: the master is now {now} (was {})", before.unwrap_or_default()),
+                );
+            }
+        }
         let conn = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
             .await
             .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
@@ -199,7 +213,10 @@ impl Link {
                 }
             };
             match tokio::time::timeout(self.call_timeout, op(conn)).await {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.health.up();
+                    return Ok(v);
+                }
                 Ok(Err(e)) => {
                     let err = redis_err(what, e);
                     if !matches!(err, Error::Connection(_)) {
@@ -214,7 +231,9 @@ impl Link {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable"))))
+        let err = last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable")));
+        self.health.lost(&err);
+        Err(err)
     }
 }
 
@@ -385,6 +404,11 @@ impl RedisDriver {
             }
         };
 
+        let described = match (options.str("sentinel"), url.host.as_deref().filter(|h| !h.is_empty())) {
+            (Some(master), _) => format!("member {member} on redis (Sentinel master {master})"),
+            (None, Some(h)) => format!("member {member} on redis at {h}:{}", url.port.unwrap_or(DEFAULT_PORT)),
+            (None, None) => format!("member {member} on redis at {}", url.path),
+        };
         let target = if let Some(master) = options.str("sentinel") {
             let first = (
                 url.host.clone().ok_or_else(|| Error::InvalidArgument("sentinel URLs need host:port of a sentinel".into()))?,
@@ -462,6 +486,8 @@ impl RedisDriver {
                 call_timeout: Duration::from_secs_f64(socket_timeout.max(0.001)),
                 current: Mutex::new(None),
                 connections: AtomicU64::new(0),
+                health: crate::log::Health::new("tooz.drivers.redis", described),
+                master: Mutex::new(None),
             },
             scripts: Scripts::new(),
             namespace: Vec::new(),

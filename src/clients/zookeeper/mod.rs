@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
+use crate::log;
 use proto::{code, op, xid, Acl, ConnectRequest, ConnectResponse, Reader, ReplyHeader, Stat, WatcherEvent};
 
 /// Largest frame accepted from a server (ZooKeeper's own default limit is about 1 MiB).
@@ -84,6 +85,8 @@ pub struct Config {
     /// when `randomize_hosts` (kazoo's behaviour for both).
     pub hosts: Vec<Host>,
     pub randomize_hosts: bool,
+    /// Logger name and description of this client for session records (`crate::log`).
+    pub log_as: (String, String),
     /// Server-side prefix of every path ("" for none).
     pub chroot: String,
     pub session_timeout: Duration,
@@ -521,6 +524,7 @@ async fn run(
                     Some(Ok(s)) => {
                         epoch += 1;
                         let _ = state.send(State::Connected(epoch));
+                        log::emit(log::Level::Info, config.log_as.0.clone(), format!("{}: reconnected, session kept", config.log_as.1));
                         s
                     }
                     Some(Err(ZkError::SessionEnded(e))) => break e,
@@ -530,10 +534,24 @@ async fn run(
             }
         };
         match serve(conn, epoch, &mut session, &mut watches, &mut commands, &mut last_heard, &mut closer).await {
-            Outcome::Lost => continue,
+            Outcome::Lost => {
+                log::emit(
+                    log::Level::Warning,
+                    config.log_as.0.clone(),
+                    format!("{}: connection lost; reconnecting within the {:?} session timeout", config.log_as.1, session.timeout),
+                );
+                continue;
+            }
             Outcome::Ended(e) => break e,
         }
     };
+    if ended == Ended::Expired {
+        log::emit(
+            log::Level::Warning,
+            config.log_as.0.clone(),
+            format!("{}: session expired; its ephemeral nodes (members, locks, leaders) are gone", config.log_as.1),
+        );
+    }
     // The session is gone, and its watches with it (their receivers see the sender dropped).
     drop(watches);
     let _ = state.send(State::Ended(ended));
@@ -715,6 +733,7 @@ mod tests {
         Config {
             hosts: (0..n).map(|i| Host { name: format!("h{i}"), port: 2181 }).collect(),
             randomize_hosts,
+            log_as: ("tooz.test".into(), "test".into()),
             chroot: String::new(),
             session_timeout: Duration::from_secs(1),
             auth: Vec::new(),

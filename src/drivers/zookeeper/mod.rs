@@ -124,7 +124,7 @@ impl Link {
     }
 
     fn describe(&self) -> String {
-        self.config.hosts.iter().map(|h| format!("{}:{}", h.name, h.port)).collect::<Vec<_>>().join(",")
+        describe_hosts(&self.config.hosts)
     }
 
     /// The error for a call that ran out of time: a timeout if the session is connected
@@ -278,6 +278,10 @@ fn parse_host(raw: &str) -> Result<Host> {
     Ok(Host { name: name.to_owned(), port })
 }
 
+fn describe_hosts(hosts: &[Host]) -> String {
+    hosts.iter().map(|h| format!("{}:{}", h.name, h.port)).collect::<Vec<_>>().join(",")
+}
+
 /// The hosts and chroot of kazoo's connect string: `h1[:p1],h2[:p2][/chroot]`.
 fn parse_hosts(entries: &[String]) -> Result<(Vec<Host>, String)> {
     let mut hosts = Vec::new();
@@ -372,9 +376,11 @@ impl ZooKeeperDriver {
         let namespace = options.str("namespace").unwrap_or("tooz");
         let base = zk_path(&[namespace])?;
         let member_node = id_text(&member, "member id");
+        let log_as = ("tooz.drivers.zookeeper".to_owned(), format!("member {member} on zookeeper at {}", describe_hosts(&hosts)));
         let config = Config {
             hosts,
             randomize_hosts: options.bool("randomize_hosts", true),
+            log_as,
             chroot,
             session_timeout: Duration::from_secs_f64(timeout),
             auth,
