@@ -130,6 +130,13 @@ pub trait Driver: Send + Sync + 'static {
     async fn leave_group(&self, _group: &Id) -> Result<()> {
         unsupported("leave_group")
     }
+    /// Puts this coordinator's membership back after the backend may have lost it: like
+    /// `join_group`, but `MemberAlreadyExist` only when the entry found is this
+    /// coordinator's *current* one (a backend whose entries belong to a session replaces
+    /// one left by an earlier, ended session).
+    async fn rejoin_group(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        self.join_group(group, capabilities).await
+    }
     async fn get_members(&self, _group: &Id) -> Result<Vec<Id>> {
         unsupported("get_members")
     }

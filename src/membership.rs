@@ -173,7 +173,7 @@ impl Membership {
 
     /// Joins `group` again; `Some(what was done)`, or `None` when the member was still there.
     async fn rejoin(&self, driver: &dyn Driver, group: &Id, capabilities: &Value) -> Result<Option<&'static str>> {
-        match driver.join_group(group, capabilities).await {
+        match driver.rejoin_group(group, capabilities).await {
             Ok(()) => return Ok(Some("re-joined")),
             Err(Error::MemberAlreadyExist { .. }) => return Ok(None),
             Err(Error::GroupNotCreated(_)) => {}
@@ -183,7 +183,7 @@ impl Membership {
             Ok(()) | Err(Error::GroupAlreadyExist(_)) => {}
             Err(e) => return Err(e),
         }
-        match driver.join_group(group, capabilities).await {
+        match driver.rejoin_group(group, capabilities).await {
             Ok(()) => Ok(Some("re-created and re-joined")),
             Err(Error::MemberAlreadyExist { .. }) => Ok(None),
             Err(e) => Err(e),

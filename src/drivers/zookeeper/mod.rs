@@ -539,6 +539,34 @@ impl Driver for ZooKeeperDriver {
         }
     }
 
+    async fn rejoin_group(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        match self.join_group(group, capabilities).await {
+            Err(Error::MemberAlreadyExist { .. }) => {}
+            other => return other,
+        }
+        // A restarted server keeps an expired session's ephemeral nodes until it expires the
+        // session itself: a node of ours from an earlier session is about to vanish. Replace it.
+        let path = self.member_path(group, self.member_node()?)?;
+        let stale = self
+            .link
+            .run("rejoin group", |c| async move {
+                let (_, stat) = c.get_data(&path).await?;
+                if stat.ephemeral_owner == c.session_id() {
+                    return Ok(false);
+                }
+                match c.delete(&path).await {
+                    Ok(()) | Err(ZkError::Server(code::NO_NODE)) => Ok(true),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        match stale {
+            Ok(false) => Err(Error::MemberAlreadyExist { group: group.clone(), member: self.member.clone() }),
+            Ok(true) | Err(ZkError::Server(code::NO_NODE)) => self.join_group(group, capabilities).await,
+            Err(e) => Err(zk_error("rejoin group", e)),
+        }
+    }
+
     async fn leave_group(&self, group: &Id) -> Result<()> {
         let path = self.member_path(group, self.member_node()?)?;
         match self.link.run("leave group", |c| async move { c.delete(&path).await }).await? {
