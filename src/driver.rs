@@ -184,6 +184,16 @@ pub trait DriverLock: Send + Sync + 'static {
     async fn heartbeat(&self) -> Result<bool> {
         unsupported("heartbeat")
     }
+    /// The fencing token of the last successful acquire: greater than every token issued
+    /// before it for the same lock name on the same backend. `None` before one, or on a
+    /// backend that cannot give one.
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+    /// Registers a callback for when a holding turns out lost without `release()` (see
+    /// `fate.rs`). Kernel-held locks (file, ipc) cannot be lost behind their holder's back:
+    /// the callback is kept and never called.
+    fn on_lost(&self, _callback: crate::fate::OnLost) {}
     /// Who holds the lock now, as the backend says (`None`: nobody).
     async fn get_owner(&self) -> Result<Option<Id>> {
         unsupported("get_owner")

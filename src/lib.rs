@@ -7,11 +7,13 @@ pub mod coordinator;
 pub mod driver;
 pub mod drivers;
 pub mod error;
+pub mod fate;
 pub mod hashring;
 pub mod id;
 pub mod log;
 pub mod membership;
 pub mod msgpack;
+pub mod queue;
 pub mod runtime;
 
 #[cfg(feature = "python")]

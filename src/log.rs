@@ -2,15 +2,13 @@
 //!
 //! The core runs on runtime threads that must never wait for Python's GIL, so a record is
 //! only pushed onto a bounded in-memory queue here; the Python binding drains the queue into
-//! Python's `logging` from a thread of its own. The queue belongs to one process image: a
-//! forked child starts with an empty one (the parent's lock may have been held at the fork).
+//! Python's `logging` from a thread of its own. The queue belongs to one process image
+//! (`queue.rs`): a forked child starts with an empty one.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::runtime;
+use crate::queue::ForkLocal;
 
 /// Python `logging` levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,31 +30,9 @@ pub struct Record {
 /// Records beyond this many, not yet drained, are dropped (the oldest first).
 const MAX_QUEUED: usize = 1000;
 
-struct Queue {
-    generation: u64,
-    records: Mutex<VecDeque<Record>>,
-    ready: Condvar,
-}
-
-static CURRENT: AtomicPtr<Queue> = AtomicPtr::new(std::ptr::null_mut());
+static QUEUE: ForkLocal<Record> = ForkLocal::new();
 /// Called after each record is queued (the binding makes sure a drainer runs).
 static ON_EMIT: OnceLock<fn()> = OnceLock::new();
-
-fn queue() -> &'static Queue {
-    let generation = runtime::generation();
-    let cur = CURRENT.load(Ordering::Acquire);
-    // SAFETY: queues are leaked, never freed.
-    if let Some(q) = unsafe { cur.as_ref() } {
-        if q.generation == generation {
-            return q;
-        }
-    }
-    let fresh = Box::into_raw(Box::new(Queue { generation, records: Mutex::new(VecDeque::new()), ready: Condvar::new() }));
-    match CURRENT.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => unsafe { &*fresh },
-        Err(winner) => unsafe { &*winner },
-    }
-}
 
 /// Registers the function called whenever a record is queued.
 pub fn on_emit(hook: fn()) {
@@ -65,15 +41,7 @@ pub fn on_emit(hook: fn()) {
 
 /// Queues a record; never blocks on anything but the queue's own short lock.
 pub fn emit(level: Level, logger: impl Into<String>, message: impl Into<String>) {
-    let q = queue();
-    {
-        let mut records = q.records.lock().unwrap_or_else(|p| p.into_inner());
-        if records.len() >= MAX_QUEUED {
-            records.pop_front();
-        }
-        records.push_back(Record { level, logger: logger.into(), message: message.into() });
-    }
-    q.ready.notify_one();
+    QUEUE.get().push(Record { level, logger: logger.into(), message: message.into() }, MAX_QUEUED);
     if let Some(hook) = ON_EMIT.get() {
         hook();
     }
@@ -110,10 +78,7 @@ impl Health {
 
 /// The next record, waiting at most `timeout` for one.
 pub fn next(timeout: Duration) -> Option<Record> {
-    let q = queue();
-    let records = q.records.lock().unwrap_or_else(|p| p.into_inner());
-    let (mut records, _) = q.ready.wait_timeout_while(records, timeout, |r| r.is_empty()).unwrap_or_else(|p| p.into_inner());
-    records.pop_front()
+    QUEUE.get().pop(timeout)
 }
 
 #[cfg(test)]

@@ -336,8 +336,9 @@ def test_server_restart_then_recover(own_server, make_coordinator):
     assert group in c.get_groups().get(), "persistent nodes survived the restart"
     assert lock.is_still_owner() is False, "a lock of the lost session is not claimed"
     assert lock.acquire(blocking=10), "the old session's node goes when the server expires it"
-    assert _wait_for(lambda: c.get_members(group).get() == set(), timeout=10)
-    c.join_group(group).get()
+    # The member of the ended session was re-joined by the new one (healing), and stays.
+    assert _wait_for(lambda: c.get_members(group).get() == {c._member_id}, timeout=10)
+    time.sleep(2.5)
     assert c.get_members(group).get() == {c._member_id}
     assert c.heartbeat() == 3
     lock.release()
@@ -366,7 +367,7 @@ def test_short_outage_keeps_the_session(own_server, make_coordinator):
 def test_waiter_is_woken_through_a_watch_set_again_after_reconnecting(own_server, make_coordinator):
     """A lock waiter's watch on its predecessor outlives a dropped connection: the client sets
     it again on the new connection (SetWatches), so a release after the outage wakes it."""
-    url = "zookeeper://127.0.0.1:%d?timeout=10" % own_server.port
+    url = "zookeeper://127.0.0.1:%d?timeout=30" % own_server.port  # a slow JVM restart keeps it
     holder = make_coordinator(url=url)
     name = new_id("l")
     held = holder.get_lock(name)

@@ -70,6 +70,17 @@ class AsyncLock:
         """True if this object held the lock and released it; completes even if cancelled."""
         return await self._native.release_async()
 
+    @property
+    def fencing_token(self):
+        """As ``Lock.fencing_token``."""
+        return self._native.fencing_token
+
+    def on_lost(self, callback):
+        """As ``Lock.on_lost``: ``callback(lock)`` runs on a thread of ours, not in the loop
+        (use ``loop.call_soon_threadsafe`` to get back to it)."""
+        ref = __import__("weakref").ref(self)
+        self._native.on_lost(lambda: callback(ref()) if ref() is not None else None)
+
     async def is_still_owner(self):
         return await self._native.call_async("is_still_owner")
 

@@ -53,6 +53,8 @@ pub enum Reply {
     NotFound,
     Deleted,
     Touched,
+    /// The new value of an `incr`.
+    Number(u64),
 }
 
 /// The server refused the request (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`), or sent
@@ -133,6 +135,9 @@ pub fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(Reply, usize)>, Re
             b"NOT_FOUND" => Reply::NotFound,
             b"DELETED" => Reply::Deleted,
             b"TOUCHED" => Reply::Touched,
+            _ if !line.is_empty() && line.len() <= 20 && line.iter().all(u8::is_ascii_digit) => {
+                Reply::Number(parse_num(Some(line), line)?)
+            }
             b"ERROR" => return Err(ReplyError::Server("memcached: ERROR (unknown command)".into())),
             _ if line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR") => {
                 return Err(ReplyError::Server(format!("memcached: {}", String::from_utf8_lossy(line))));
@@ -513,6 +518,19 @@ impl Client {
             Reply::Deleted => Ok(true),
             Reply::NotFound => Ok(false),
             other => Err(Self::unexpected("delete", other)),
+        }
+    }
+
+    /// `incr`: the new value, or `None` when the key does not exist.
+    pub async fn incr(&self, key: &[u8], by: u64) -> Result<Option<u64>> {
+        check_key(key)?;
+        let mut req = b"incr ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(format!(" {by}\r\n").as_bytes());
+        match self.request("incr", &req).await? {
+            Reply::Number(n) => Ok(Some(n)),
+            Reply::NotFound => Ok(None),
+            other => Err(Self::unexpected("incr", other)),
         }
     }
 

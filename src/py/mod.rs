@@ -4,7 +4,7 @@ mod aio;
 mod convert;
 mod errors;
 mod hashring;
-mod logging;
+mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -566,6 +566,18 @@ impl PyLock {
         py.detach(|| runtime::block_on(lock.heartbeat())).map_err(to_py)
     }
 
+    /// The fencing token of the last successful acquire (no I/O).
+    #[getter]
+    fn fencing_token(&self) -> Option<u64> {
+        self.lock.fencing_token()
+    }
+
+    /// Calls ``callback()`` (on a thread of ours) when a holding turns out lost.
+    fn on_lost(&self, callback: Py<PyAny>) {
+        let callback = Arc::new(callback);
+        self.lock.on_lost(Arc::new(move || worker::submit(worker::Job::Call(callback.clone()))));
+    }
+
     fn get_owner<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let lock = self.lock.clone();
         let owner = py.detach(|| runtime::block_on(lock.get_owner())).map_err(to_py)?;
@@ -588,7 +600,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 
 #[pymodule]
 fn _tooz(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    crate::log::on_emit(logging::ensure_drainer);
+    crate::log::on_emit(worker::records_waiting);
     m.add_class::<PyCoordinator>()?;
     m.add_class::<PyAsyncResult>()?;
     m.add_class::<PyLock>()?;

@@ -7,6 +7,7 @@ raise ``tooz.NotImplemented`` at call time, as upstream's drivers do.
 """
 
 import collections.abc
+import weakref
 
 import tooz
 from tooz import _tooz
@@ -121,6 +122,29 @@ class NativeLock(locking.Lock):
 
     def is_still_owner(self):
         return self._native.is_still_owner()
+
+    @property
+    def fencing_token(self):
+        """The fencing token of the last successful acquire: greater than every token
+        issued before it for this lock name on this backend (None before the first acquire,
+        or on a backend that cannot give one; see the README for each backend's guarantee).
+        Pass it with every write the lock protects, and have the store refuse a token lower
+        than one it has seen."""
+        return self._native.fencing_token
+
+    def on_lost(self, callback):
+        """Call ``callback(lock)`` once (on a thread of ours) when the core learns that a
+        holding of this lock was lost without ``release()``: its TTL lapsed, its key was
+        deleted or taken, its session ended. ``acquired`` and ``is_still_owner()`` are False
+        by then."""
+        ref = weakref.ref(self)
+
+        def notify():
+            lock = ref()
+            if lock is not None:
+                callback(lock)
+
+        self._native.on_lost(notify)
 
 
 class NativeDriver:

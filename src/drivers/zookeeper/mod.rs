@@ -63,6 +63,8 @@ pub(crate) struct Link {
     /// Sessions opened so far: a new one means the previous one ended, and its ephemeral
     /// nodes (members, locks, leaders) with it.
     sessions: std::sync::atomic::AtomicU64,
+    /// Locks held, with the session they are held in (checked at each heartbeat).
+    holdings: Mutex<Vec<(std::sync::Weak<crate::fate::Fate>, i64)>>,
 }
 
 impl Link {
@@ -125,6 +127,34 @@ impl Link {
 
     fn describe(&self) -> String {
         describe_hosts(&self.config.hosts)
+    }
+
+    /// A lock was won in `session`.
+    pub(crate) fn note_holding(&self, fate: &Arc<crate::fate::Fate>, session: i64) {
+        let mut holdings = self.holdings.lock().unwrap_or_else(|p| p.into_inner());
+        holdings.retain(|(f, _)| f.upgrade().is_some_and(|f| f.holding() && !Arc::ptr_eq(&f, fate)));
+        holdings.push((Arc::downgrade(fate), session));
+    }
+
+    /// Reports the held locks whose session is no longer the current one.
+    fn check_holdings(&self) {
+        let current = self.peek().map(|c| c.session_id());
+        let lost: Vec<Arc<crate::fate::Fate>> = {
+            let mut holdings = self.holdings.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lost = Vec::new();
+            holdings.retain(|(f, session)| match f.upgrade() {
+                Some(f) if f.holding() && Some(*session) != current => {
+                    lost.push(f);
+                    false
+                }
+                Some(f) => f.holding(),
+                None => false,
+            });
+            lost
+        };
+        for fate in lost {
+            fate.lost("its ZooKeeper session ended, and its node with it");
+        }
     }
 
     /// The error for a call that ran out of time: a timeout if the session is connected
@@ -396,6 +426,7 @@ impl ZooKeeperDriver {
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 sessions: std::sync::atomic::AtomicU64::new(0),
+                holdings: Mutex::new(Vec::new()),
             }),
             base,
             timeout,
@@ -480,6 +511,7 @@ impl Driver for ZooKeeperDriver {
     }
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
+        self.link.check_holdings();
         let base = self.base.clone();
         match self.link.run("heartbeat", |c| async move { c.get_data(&base).await }).await? {
             Ok(_) | Err(ZkError::Server(code::NO_NODE)) => Ok(Some(self.timeout)),
