@@ -65,7 +65,7 @@ FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
              "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness"},
-    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
+    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release", "is_still_owner"},
     # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
     # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
     # coordinator always counts itself among the living.

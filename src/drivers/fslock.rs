@@ -62,7 +62,7 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    OpenOptions::new().append(true).create(true).mode(0o666).open(path)
+    OpenOptions::new().read(true).append(true).create(true).mode(0o666).open(path)
 }
 
 fn record_lock(file: &File, kind: libc::c_int) -> io::Result<bool> {

@@ -258,6 +258,19 @@ impl DriverLock for IpcLock {
         }
     }
 
+    /// Asked of the kernel: the semaphore this object took is still there (not broken or
+    /// released by another object), taken (0), and last taken by this process.
+    async fn is_still_owner(&self) -> Result<bool> {
+        let Some(id) = *self.held() else { return Ok(false) };
+        let current = sysv::sem_open(self.key).map_err(|e| ipc_err("cannot open semaphore", e))?;
+        let state = sysv::sem_state(id).map_err(|e| ipc_err("cannot read semaphore", e))?;
+        let owned = current == Some(id) && state == Some((0, std::process::id() as i32));
+        if !owned {
+            *self.held() = None;
+        }
+        Ok(owned)
+    }
+
     async fn release(&self) -> Result<bool> {
         let Some(id) = self.held().take() else { return Ok(false) };
         sysv::sem_remove(id).map_err(|e| ipc_err("cannot remove semaphore", e))

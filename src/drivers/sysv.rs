@@ -94,6 +94,17 @@ pub fn sem_acquire(id: i32, timeout: Option<Duration>) -> io::Result<SemWait> {
     }
 }
 
+/// (value, pid of the last operation) of a semaphore; `None` when it is gone.
+pub fn sem_state(id: i32) -> io::Result<Option<(i32, i32)>> {
+    let value = unsafe { libc::semctl(id, 0, libc::GETVAL) };
+    let pid = if value < 0 { -1 } else { unsafe { libc::semctl(id, 0, libc::GETPID) } };
+    if value < 0 || pid < 0 {
+        let e = last_error();
+        return if matches!(errno(&e), libc::EIDRM | libc::EINVAL) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some((value, pid)))
+}
+
 /// Removes the semaphore; false when it was already gone.
 pub fn sem_remove(id: i32) -> io::Result<bool> {
     if unsafe { libc::semctl(id, 0, libc::IPC_RMID) } < 0 {
