@@ -145,3 +145,40 @@ def _zookeeper_serving(port):
         return b"Mode:" in reply
     except OSError:
         return False
+
+
+def zookeeper_ensemble(size=3):
+    """``size`` ZooKeeper servers on loopback forming one ensemble (quorum ``size // 2 + 1``):
+    a list of Servers (start them all; each ``.port`` is its client port). Each can be
+    stopped and started again on its own, keeping its data directory and id."""
+    java = shutil.which("java") or "/usr/bin/java"
+    peers = [(free_port(), free_port()) for _ in range(size)]
+    members = "".join("server.%d=127.0.0.1:%d:%d\n" % (i + 1, p, e) for i, (p, e) in enumerate(peers))
+    ensemble = []
+    for i in range(size):
+        def argv(port, workdir, myid=i + 1):
+            data = os.path.join(workdir, "data")
+            os.makedirs(data, exist_ok=True)
+            with open(os.path.join(data, "myid"), "w") as f:
+                f.write("%d\n" % myid)
+            conf = os.path.join(workdir, "zoo.cfg")
+            with open(conf, "w") as f:
+                f.write("tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir=%s\nclientPort=%d\n"
+                        "clientPortAddress=127.0.0.1\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n"
+                        "admin.enableServer=false\n4lw.commands.whitelist=*\n%s" % (data, port, members))
+            return [java, "-Xmx192m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
+                    "-cp", ZOOKEEPER_CLASSPATH, "org.apache.zookeeper.server.quorum.QuorumPeerMain", conf]
+
+        # Readiness is checked by wait_serving(): a member serves only once a quorum is up.
+        ensemble.append(Server("zookeeper-%d" % (i + 1), argv, ready_timeout=90.0))
+    return ensemble
+
+
+def wait_serving(servers, timeout=90.0):
+    """Waits until each of ``servers`` (ZooKeeper) serves clients."""
+    deadline = time.monotonic() + timeout
+    for server in servers:
+        while not _zookeeper_serving(server.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s on port %d never served" % (server.name, server.port))
+            time.sleep(0.1)
