@@ -255,7 +255,7 @@ impl Coordinator {
                     // Upstream retries a failed beat every second until it works (and logs
                     // each retry); one record per minute of failures is enough to see it.
                     Err(e) => {
-                        if failures % 60 == 0 {
+                        if failures.is_multiple_of(60) {
                             log::emit(
                                 Level::Warning,
                                 LOGGER,

@@ -82,6 +82,18 @@ FEATURES = {
 }
 
 
+def wait_for(predicate, timeout=30.0, every=0.1):
+    """Polls ``predicate`` until it is true or ``timeout`` seconds passed; its last answer."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
 def has(backend, feature):
     return feature in FEATURES[backend[0]]
 

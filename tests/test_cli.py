@@ -1,7 +1,6 @@
 """The ``tooz`` command line, run as a user would (``python -m tooz``), on file and redis."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

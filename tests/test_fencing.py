@@ -16,7 +16,7 @@ import pytest
 from tooz import coordination
 
 import servers
-from conftest import Peer, new_id
+from conftest import Peer, new_id, wait_for
 
 # Backends that give tokens (ipc's SysV semaphores have nowhere to keep a counter).
 FENCED = ("file", "redis", "memcached", "zookeeper")
@@ -37,13 +37,6 @@ c.stop()
 """
 
 
-def _wait_for(predicate, timeout=30.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def test_tokens_increase_in_acquisition_order_across_processes(backend, url, make_coordinator, tmp_path):
@@ -172,7 +165,7 @@ def test_a_stalled_holder_is_told_its_lock_was_lost(lost_target):
         finally:
             os.kill(holder.proc.pid, signal.SIGCONT)
         resumed = time.monotonic()
-        assert _wait_for(lambda: holder.call("len(lost)") == 1, timeout=10), "on_lost fired"
+        assert wait_for(lambda: holder.call("len(lost)") == 1, timeout=10), "on_lost fired"
         told_after = holder.call("lost[0][0] - time.monotonic()") + (time.monotonic() - resumed)
         print("%s: on_lost %.2f s after the holder resumed" % (name, max(told_after, 0.0)))
         assert holder.call("lost[0][1]") is True, "called with the lock"
@@ -206,7 +199,7 @@ def test_memcached_eviction_is_noticed():
         for i in range(40000):
             filler.get_lock(b"filler-%06d" % i).acquire(blocking=False)
         assert lock.is_still_owner() is False, "the holder is told, not fooled"
-        assert _wait_for(lambda: lost == [lock], timeout=5)
+        assert wait_for(lambda: lost == [lock], timeout=5)
         assert lock.acquired is False
         filler.stop()
         c.stop()

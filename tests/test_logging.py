@@ -9,16 +9,9 @@ import pytest
 from tooz import coordination
 
 import servers
-from conftest import new_id
+from conftest import new_id, wait_for
 
 
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _records(caplog, level, logger_prefix="tooz"):
@@ -45,16 +38,16 @@ def test_connection_loss_and_recovery_are_logged(backend, caplog):
             c.create_group(group).get()
             c.join_group(group).get()
             server.stop()
-            assert _wait_for(lambda: any(r.name == logger for r in _records(caplog, logging.WARNING)), 20), \
+            assert wait_for(lambda: any(r.name == logger for r in _records(caplog, logging.WARNING)), 20), \
                 [r.getMessage() for r in caplog.records]
             loss = [r for r in _records(caplog, logging.WARNING) if r.name == logger][0].getMessage()
             assert "logged-member" in loss and backend in loss and str(server.port) in loss
             server.start()
-            assert _wait_for(lambda: any(r.name == logger for r in _records(caplog, logging.INFO)), 30), \
+            assert wait_for(lambda: any(r.name == logger for r in _records(caplog, logging.INFO)), 30), \
                 [r.getMessage() for r in caplog.records]
             if backend != "zookeeper":
                 # The heart said so too: a failed beat, then beats that work again.
-                assert _wait_for(lambda: any("works again" in r.getMessage()
+                assert wait_for(lambda: any("works again" in r.getMessage()
                                              for r in _records(caplog, logging.INFO, "tooz.coordination")), 30)
         finally:
             c.stop()
@@ -94,9 +87,9 @@ def test_no_record_carries_a_password(caplog):
         c.create_group(group).get()
         c.join_group(group).get()
         server.stop()
-        assert _wait_for(lambda: _records(caplog, logging.WARNING), 20)
+        assert wait_for(lambda: _records(caplog, logging.WARNING), 20)
         server.start()
-        assert _wait_for(lambda: _records(caplog, logging.INFO), 30)
+        assert wait_for(lambda: _records(caplog, logging.INFO), 30)
         c.stop()
         for r in caplog.records:
             assert secret not in r.getMessage()

@@ -11,7 +11,7 @@ import pytest
 from tooz import coordination
 
 import servers
-from conftest import Factory, Peer, need, new_id, with_options
+from conftest import Factory, Peer, need, new_id, wait_for, with_options
 
 LOGGERS = ("tooz",)
 
@@ -20,17 +20,10 @@ def _complaints(caplog):
     return [r for r in caplog.records if r.name.startswith(LOGGERS) and r.levelno >= logging.WARNING]
 
 
-def _wait_for(predicate, timeout=30.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def _settle(result):
-    assert _wait_for(result.done, timeout=15), "the call completes without anyone reading it"
+    assert wait_for(result.done, timeout=15), "the call completes without anyone reading it"
 
 
 # ------------------------------------------------------------- bookkeeping and a quiet stop
@@ -195,14 +188,14 @@ def test_membership_heals_after_the_backend_loses_it(outage, peers, coordinators
     observer = coordinators(url=url)
     assert _members(observer, group) == {member_id: b"cores=8"}
     back = cause_outage(victims)
-    assert _wait_for(lambda: _members(observer, group) == {member_id: b"cores=8"}, timeout=30), \
+    assert wait_for(lambda: _members(observer, group) == {member_id: b"cores=8"}, timeout=30), \
         "the member is back with its capabilities"
     healed_in = time.monotonic() - back
     print("%s: membership healed %.2f s after the backend was back" % (name, healed_in))
     time.sleep(3)  # past any leftover of an expired session the server still had to drop
     assert _members(observer, group) == {member_id: b"cores=8"}, "and it stays"
     if name != "zookeeper":
-        assert _wait_for(lambda: any("re-" in r.getMessage() and group.decode() in r.getMessage()
+        assert wait_for(lambda: any("re-" in r.getMessage() and group.decode() in r.getMessage()
                                      for r in _complaints(caplog)), timeout=10), "a WARNING says so"
         warning = [r for r in _complaints(caplog) if group.decode() in r.getMessage()][0]
         assert warning.name == "tooz.coordination" and warning.levelno == logging.WARNING
@@ -210,7 +203,7 @@ def test_membership_heals_after_the_backend_loses_it(outage, peers, coordinators
         c.stop()
     else:
         member.call("c.stop()")
-    assert _wait_for(lambda: _members(observer, group) == {}, timeout=10), "a clean leave at stop"
+    assert wait_for(lambda: _members(observer, group) == {}, timeout=10), "a clean leave at stop"
 
 
 def test_rejoin_false_keeps_upstreams_behaviour(outage, coordinators):
@@ -224,7 +217,7 @@ def test_rejoin_false_keeps_upstreams_behaviour(outage, coordinators):
     c.heart.start()
     cause_outage()
     observer = coordinators(url=url)
-    assert _wait_for(lambda: _ok(c.heartbeat), timeout=15)
+    assert wait_for(lambda: _ok(c.heartbeat), timeout=15)
     time.sleep(3)  # a few beats
     assert not _members(observer, group), "the membership stays gone: nobody re-joins"
 
@@ -262,9 +255,9 @@ def test_partitioner_agrees_again_after_the_outage(outage, peers, coordinators):
         disjoint = sum(len(o) for o in owned) == len(objects)
         return complete and disjoint and all(owned)
 
-    assert _wait_for(agreed, timeout=30, every=0.3)
+    assert wait_for(agreed, timeout=30, every=0.3)
     cause_outage(workers[:1] if name == "zookeeper" else ())
-    assert _wait_for(agreed, timeout=45, every=0.3), "a complete, disjoint split again"
+    assert wait_for(agreed, timeout=45, every=0.3), "a complete, disjoint split again"
     ids = {w.call("c._member_id") for w in workers}
     assert set(coordinators(url=url).get_members(group).get()) == ids
 
@@ -278,7 +271,7 @@ def test_a_lock_lost_in_the_outage_is_reported_not_retaken(outage, peers, coordi
         assert holder.call("lock.acquire()") is True
         holder.call("c.heart.start()")
         cause_outage([holder])
-        assert _wait_for(lambda: holder.call("lock.is_still_owner()") is False, timeout=20)
+        assert wait_for(lambda: holder.call("lock.is_still_owner()") is False, timeout=20)
         assert coordinators(url=url).get_lock(lock_name).acquire(blocking=10)
     else:
         c = coordinators(url=url)
@@ -286,7 +279,7 @@ def test_a_lock_lost_in_the_outage_is_reported_not_retaken(outage, peers, coordi
         assert lock.acquire()
         c.heart.start()
         cause_outage()
-        assert _wait_for(lambda: _ok(c.heartbeat), timeout=15)
+        assert wait_for(lambda: _ok(c.heartbeat), timeout=15)
         time.sleep(2)  # beats after the outage must not take the lock again
         assert lock.is_still_owner() is False
         # (A restarted ZooKeeper drops the old session's lock node when it expires it.)

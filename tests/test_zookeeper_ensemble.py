@@ -1,7 +1,6 @@
 """A 3-server ZooKeeper ensemble on loopback: clients keep their sessions (members, locks,
 watches) when the server they talk to dies, and mutual exclusion holds throughout."""
 
-import os
 import signal
 import subprocess
 import sys
