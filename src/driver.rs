@@ -110,6 +110,10 @@ pub trait Driver: Send + Sync + 'static {
     async fn get_groups(&self) -> Result<Vec<Id>> {
         unsupported("get_groups")
     }
+    /// Removes the group's record whatever it holds (upstream's test helper `_destroy_group`).
+    async fn destroy_group(&self, _group: &Id) -> Result<()> {
+        unsupported("destroy_group")
+    }
     async fn join_group(&self, _group: &Id, _capabilities: &Value) -> Result<()> {
         unsupported("join_group")
     }

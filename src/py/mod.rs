@@ -192,6 +192,13 @@ impl PyCoordinator {
         self.submit(Op::DeleteGroup, move |d| async move { d.delete_group(&g).await.map(|_| Reply::Unit) })
     }
 
+    /// Removes a group's record behind its members' backs (upstream's `_destroy_group`).
+    fn destroy_group(&self, py: Python<'_>, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        let g = id_from_py(group_id, "group_id")?;
+        let driver = self.core.driver().clone();
+        self.run(py, async move { driver.destroy_group(&g).await })
+    }
+
     fn get_groups(&self) -> PyResult<PyAsyncResult> {
         self.submit(Op::GetGroups, move |d| async move { d.get_groups().await.map(Reply::List) })
     }
