@@ -1,12 +1,13 @@
 //! The connection to an etcd cluster: one gRPC channel per endpoint, a preferred endpoint,
 //! and failover to the next one when a call cannot get through.
 //!
-//! Every call has the time budget of the `timeout` option. Within it, a call that fails for a
-//! reason that another member (or the same one a moment later) may not have — the connection
-//! is refused or lost, the member has no leader during an election, the answer is late — is
-//! tried again on the next endpoint, rounds separated by a short, growing pause. When the
-//! budget is spent the caller gets `Error::Connection` (nothing answered) or `Error::Timeout`
-//! (a member was connected but did not answer in time).
+//! Every call has the time budget of the `timeout` option. A call whose member cannot be
+//! reached (connection refused or lost) goes on at once to the next endpoint; one that reached
+//! a member which could not serve it just then (no leader during an election, a late answer)
+//! too, and the endpoints are then tried again in rounds separated by a short, growing pause
+//! until the budget is spent. When no endpoint could be reached at all in a round, the call
+//! fails at once with `Error::Connection` rather than waiting out the budget. A late answer
+//! gives `Error::Timeout`.
 //!
 //! Channels belong to the tokio runtime they were made on; a forked child (new runtime
 //! generation) drops the inherited ones without touching them and makes its own.
@@ -26,7 +27,10 @@ const MAX_PAUSE: Duration = Duration::from_millis(400);
 
 /// How the failure of one attempt is to be treated.
 enum Failure {
-    /// Another endpoint (or a later try) may succeed; the error says what happened.
+    /// The member could not be reached: try the next endpoint.
+    Unreachable(Error),
+    /// The member answered but could not serve the call now: another endpoint, or the same
+    /// one a moment later, may.
     Retry(Error),
     /// The answer is final (a refusal of the request itself).
     Final(Error),
@@ -39,7 +43,11 @@ fn classify(what: &str, e: etcd_client::Error) -> Failure {
     match e {
         E::GRpcStatus(status) => {
             let msg = format!("{what}: etcd said {}: {}", code_name(status.code()), status.message());
+            // tonic reports a failed connection as Unavailable too; etcd's own refusals say
+            // "etcdserver: ...".
+            let from_server = status.message().starts_with("etcdserver");
             match status.code() {
+                Code::Unavailable | Code::Unknown | Code::Cancelled if !from_server => Failure::Unreachable(Error::Connection(msg)),
                 Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
                     Failure::Retry(Error::Connection(msg))
                 }
@@ -51,9 +59,9 @@ fn classify(what: &str, e: etcd_client::Error) -> Failure {
                 _ => Failure::Final(Error::Tooz(msg)),
             }
         }
-        E::TransportError(t) => Failure::Retry(Error::Connection(format!("{what}: cannot reach etcd: {t}"))),
-        E::IoError(io) => Failure::Retry(Error::Connection(format!("{what}: cannot reach etcd: {io}"))),
-        E::WatchError(m) | E::LeaseKeepAliveError(m) => Failure::Retry(Error::Connection(format!("{what}: {m}"))),
+        E::TransportError(t) => Failure::Unreachable(Error::Connection(format!("{what}: cannot reach etcd: {t}"))),
+        E::IoError(io) => Failure::Unreachable(Error::Connection(format!("{what}: cannot reach etcd: {io}"))),
+        E::WatchError(m) | E::LeaseKeepAliveError(m) => Failure::Unreachable(Error::Connection(format!("{what}: {m}"))),
         other => Failure::Final(Error::Tooz(format!("{what}: {other}"))),
     }
 }
@@ -165,7 +173,7 @@ impl Link {
             Ok(c) => c,
             Err(e) => {
                 return Err(match classify("connect", e) {
-                    Failure::Retry(e) | Failure::Final(e) => e,
+                    Failure::Unreachable(e) | Failure::Retry(e) | Failure::Final(e) => e,
                 })
             }
         };
@@ -196,6 +204,7 @@ impl Link {
         let mut pause = FIRST_PAUSE;
         let mut last: Option<Error> = None;
         loop {
+            let mut reached = false;
             let first = self.channels().preferred;
             for step in 0..n {
                 let index = (first + step) % n;
@@ -227,14 +236,17 @@ impl Link {
                     }
                     Ok(Err(e)) => match classify(what, e) {
                         Failure::Final(e) => return Err(e),
+                        Failure::Unreachable(e) => {
+                            self.forget(index);
+                            last = Some(e);
+                        }
                         Failure::Retry(e) => {
-                            if matches!(e, Error::Connection(_)) {
-                                self.forget(index);
-                            }
+                            reached = true;
                             last = Some(e);
                         }
                     },
                     Err(_) => {
+                        reached = true;
                         last = Some(Error::Timeout(format!(
                             "{what}: no answer from etcd at {} in time",
                             self.endpoints[index]
@@ -247,7 +259,7 @@ impl Link {
                 self.channels().preferred = (index + 1) % n;
             }
             let now = Instant::now();
-            if now + pause >= deadline {
+            if !reached || now + pause >= deadline {
                 return Err(self.out_of_time(what, last));
             }
             tokio::time::sleep(pause).await;

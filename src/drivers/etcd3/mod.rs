@@ -15,7 +15,8 @@
 //! * `tooz/member-info/<g>/<m>`: join and update times (msgpack map), on the membership
 //!   lease, written in the same transactions as the member key (`get_member_info`);
 //! * leader election as etcd's `concurrency.Election`: each candidate puts
-//!   `tooz/elections/<g>/<m>` (value: its member id) on its membership lease; the candidate
+//!   `tooz/elections/<g>/<m>` (value: its member id) on the coordinator's election lease
+//!   (TTL `leader_timeout`, default `lock_timeout`, refreshed by heartbeats); the candidate
 //!   with the lowest create revision leads.
 //!
 //! Waiting for a lock uses a watch stream on its key (a push from etcd when the holder lets
@@ -84,6 +85,8 @@ struct Joined {
 struct State {
     /// The membership lease (0 before start and after stop).
     lease: i64,
+    /// The lease of election candidacies (0 until the first election).
+    election_lease: i64,
     joined: HashMap<Vec<u8>, Joined>,
     /// Groups whose election this coordinator entered, and whether it was leading at the
     /// last look.
@@ -98,6 +101,7 @@ pub(crate) struct Shared {
     member: Vec<u8>,
     lock_ttl: i64,
     membership_ttl: i64,
+    leader_ttl: i64,
     heartbeat_every: f64,
     state: Mutex<State>,
     next_lock: AtomicU64,
@@ -186,10 +190,10 @@ impl Shared {
                 Err(st.lease)
             } else {
                 st.lease = lease;
-                Ok((st.joined.clone(), st.candidate.keys().cloned().collect::<Vec<_>>()))
+                Ok(st.joined.clone())
             }
         };
-        let (joined, candidate) = match snapshot {
+        let joined = match snapshot {
             Ok(v) => v,
             Err(theirs) => {
                 self.revoke(lease).await.ok();
@@ -208,7 +212,39 @@ impl Shared {
                 self.state().joined.remove(&g);
             }
         }
-        for g in candidate {
+        Ok(lease)
+    }
+
+    /// The election lease, granted on first use.
+    async fn election_lease(&self) -> Result<i64> {
+        self.lease()?;
+        if let l @ 1.. = self.state().election_lease {
+            return Ok(l);
+        }
+        self.renew_election(0).await
+    }
+
+    /// Replaces the election lease `expired` (0: there was none) and re-enters the
+    /// elections this coordinator was a candidate in (at the back of each queue).
+    async fn renew_election(&self, expired: i64) -> Result<i64> {
+        let lease = self.grant(self.leader_ttl).await?;
+        let taken = {
+            let mut st = self.state();
+            if st.election_lease != expired && st.election_lease != 0 {
+                Err(st.election_lease)
+            } else {
+                st.election_lease = lease;
+                Ok(st.candidate.keys().cloned().collect::<Vec<_>>())
+            }
+        };
+        let groups = match taken {
+            Ok(g) => g,
+            Err(theirs) => {
+                self.revoke(lease).await.ok();
+                return Ok(theirs);
+            }
+        };
+        for g in groups {
             let key = [election_prefix(&g), self.member.clone()].concat();
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -216,6 +252,22 @@ impl Shared {
             self.txn("re-enter election", txn).await?;
         }
         Ok(lease)
+    }
+
+    /// As [`Shared::with_lease`], with the election lease.
+    async fn with_election_lease<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let lease = self.election_lease().await?;
+        match op(lease).await {
+            Err(Error::Tooz(m)) if m.contains("lease not found") => {
+                let lease = self.renew_election(lease).await?;
+                op(lease).await
+            }
+            other => other,
+        }
     }
 
     /// Runs `op` with the membership lease; if etcd says the lease is gone (the coordinator
@@ -278,6 +330,7 @@ impl Etcd3Driver {
         let timeout = options.float("timeout", 30.0)?;
         let lock_timeout = options.float("lock_timeout", timeout)?;
         let membership_timeout = options.float("membership_timeout", timeout)?;
+        let leader_timeout = options.float("leader_timeout", lock_timeout)?;
         if timeout <= 0.0 {
             return Err(Error::InvalidArgument("option timeout must be positive".into()));
         }
@@ -316,7 +369,8 @@ impl Etcd3Driver {
                 member: member_bytes,
                 lock_ttl: ttl_seconds(lock_timeout),
                 membership_ttl: ttl_seconds(membership_timeout),
-                heartbeat_every: lock_timeout.min(membership_timeout),
+                leader_ttl: ttl_seconds(leader_timeout),
+                heartbeat_every: lock_timeout.min(membership_timeout).min(leader_timeout),
                 state: Mutex::new(State::default()),
                 next_lock: AtomicU64::new(0),
             }),
@@ -374,24 +428,28 @@ impl Driver for Etcd3Driver {
         let lease = self.shared.grant(self.shared.membership_ttl).await?;
         let mut st = self.shared.state();
         st.lease = lease;
+        st.election_lease = 0;
         st.joined.clear();
         st.candidate.clear();
         Ok(())
     }
 
     async fn stop(&self) -> Result<()> {
-        let (lease, held) = {
+        let (lease, election, held) = {
             let mut st = self.shared.state();
             st.joined.clear();
             st.candidate.clear();
-            (std::mem::take(&mut st.lease), st.held.drain().map(|(_, v)| v).collect::<Vec<_>>())
+            let held = st.held.drain().map(|(_, v)| v).collect::<Vec<_>>();
+            (std::mem::take(&mut st.lease), std::mem::take(&mut st.election_lease), held)
         };
         // Revoking a lease deletes what hangs on it: members, candidacies, held locks.
         for (_, lock_lease) in held {
             let _ = self.shared.revoke(lock_lease).await;
         }
-        if lease != 0 {
-            let _ = self.shared.revoke(lease).await;
+        for l in [lease, election] {
+            if l != 0 {
+                let _ = self.shared.revoke(l).await;
+            }
         }
         self.shared.link.reset();
         Ok(())
@@ -401,6 +459,10 @@ impl Driver for Etcd3Driver {
         let lease = self.shared.lease()?;
         if !self.shared.keep_alive(lease).await? {
             self.shared.renew_membership(lease).await?;
+        }
+        let election = self.shared.state().election_lease;
+        if election != 0 && !self.shared.keep_alive(election).await? {
+            self.shared.renew_election(election).await?;
         }
         let held: Vec<(u64, i64)> = self.shared.state().held.iter().map(|(id, (_, l))| (*id, *l)).collect();
         for (id, lock_lease) in held {
@@ -623,7 +685,7 @@ impl Driver for Etcd3Driver {
         let prefix = election_prefix(&g);
         let resp = self
             .shared
-            .with_lease(|lease| {
+            .with_election_lease(|lease| {
                 let txn = Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                     .and_then([
