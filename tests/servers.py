@@ -162,30 +162,38 @@ def _etcd_healthy(port):
         return False
 
 
-def etcd(port=None, name="tooz", peer_port=None, cluster=None, state="new", extra=()):
+def etcd(port=None, name="tooz", peer_port=None, cluster=None, state="new", tls=None, extra=()):
     """One etcd member (Debian's ``etcd-server``) on loopback; data in a directory on tmpfs
     when there is one, so fsyncs cost nothing. A single member unless ``cluster`` (the
     ``--initial-cluster`` value) names others; the gRPC API and the JSON gateway share the
-    client port, as in production."""
+    client port, as in production. ``tls`` = ``{"cert": path, "key": path, "ca": path or
+    None}`` serves the client port over TLS (``ca``: client certificates required)."""
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     peer_port = peer_port or free_port()
     workdir = tempfile.mkdtemp(prefix="tooz-etcd-", dir=ETCD_SHM)
 
+    scheme = "https" if tls else "http"
+
     def argv(port, workdir):
-        client = "http://127.0.0.1:%d" % port
+        client = "%s://127.0.0.1:%d" % (scheme, port)
         peer = "http://127.0.0.1:%d" % peer_port
+        secure = []
+        if tls:
+            secure = ["--cert-file", tls["cert"], "--key-file", tls["key"]]
+            if tls.get("ca"):
+                secure += ["--client-cert-auth", "--trusted-ca-file", tls["ca"]]
         return [binary, "--name", name, "--data-dir", os.path.join(workdir, "data"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", cluster or "%s=%s" % (name, peer),
                 "--initial-cluster-state", state, "--initial-cluster-token", "tooz-tests",
                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn", *extra]
+                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn", *secure, *extra]
 
-    ready = None if cluster else _etcd_healthy
+    ready = None if (cluster or tls) else _etcd_healthy
     server = Server("etcd", argv, port=port, workdir=workdir, ready=ready)
     server.peer_port = peer_port
-    server.url = "etcd3+http://127.0.0.1:%d" % server.port
+    server.url = "etcd3+%s://127.0.0.1:%d" % (scheme, server.port)
     return server
 
 

@@ -46,6 +46,12 @@ fn classify(what: &str, e: etcd_client::Error) -> Failure {
             // tonic reports a failed connection as Unavailable too; etcd's own refusals say
             // "etcdserver: ...".
             let from_server = status.message().starts_with("etcdserver");
+            let refused_credentials = ["authentication failed", "user name is empty", "invalid auth token", "permission denied"]
+                .iter()
+                .any(|m| status.message().contains(m));
+            if refused_credentials {
+                return Failure::Final(Error::Connection(msg));
+            }
             match status.code() {
                 Code::Unavailable | Code::Unknown | Code::Cancelled if !from_server => Failure::Unreachable(Error::Connection(msg)),
                 Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
