@@ -2,7 +2,9 @@
 //! lease of the lock's own (TTL `lock_timeout`, refreshed by the coordinator's heartbeats).
 //!
 //! Acquire = one transaction `create_revision(key) == 0 → put(key, token, lease)`, else read
-//! the key. A waiter then opens a watch on the key from the revision it read and sleeps until
+//! the key. A lock object keeps its lease after a release and, at its next acquire, refreshes
+//! it to a full TTL (keep-alive, sent alongside the transaction) instead of granting a new one:
+//! a keep-alive is answered by the raft leader alone, a grant is a raft write. A waiter then opens a watch on the key from the revision it read and sleeps until
 //! etcd pushes the key's deletion (release, break, or the holder's lease lapsing), then tries
 //! again: no polling, and a release elsewhere reaches waiters in one round trip.
 
@@ -53,25 +55,55 @@ impl Etcd3Lock {
         self.shared.state().held.contains_key(&self.id)
     }
 
-    /// A lease for the next attempt: the spare one if it surely still has most of its TTL,
-    /// else a new one.
-    async fn lease(&self) -> Result<i64> {
+    /// The spare lease, if it is young enough to be worth refreshing rather than replacing.
+    fn take_spare(&self) -> Option<i64> {
         let ttl = Duration::from_secs(self.shared.lock_ttl as u64);
         let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((lease, granted)) = spare {
-            if granted.elapsed() < ttl / 4 {
-                return Ok(lease);
+        match spare {
+            Some((lease, refreshed)) if refreshed.elapsed() < ttl / 2 => Some(lease),
+            Some((lease, _)) => {
+                self.shared.revoke_later(lease);
+                None
             }
-            self.shared.revoke_later(lease);
+            None => None,
         }
-        self.shared.grant(self.shared.lock_ttl).await
     }
 
-    fn keep_spare(&self, lease: i64, granted: Instant) {
-        let old = self.spare.lock().unwrap_or_else(|p| p.into_inner()).replace((lease, granted));
+    fn keep_spare(&self, lease: i64, refreshed: Instant) {
+        let old = self.spare.lock().unwrap_or_else(|p| p.into_inner()).replace((lease, refreshed));
         if let Some((old, _)) = old {
             if old != lease {
                 self.shared.revoke_later(old);
+            }
+        }
+    }
+
+    /// One attempt with a lease of ours: the spare one, refreshed to its full TTL in the same
+    /// round trip as the transaction (a keep-alive is not a raft write; a grant is), or a new
+    /// one. Returns what happened and the lease used.
+    async fn attempt_with_lease(&self) -> Result<(Attempt, i64)> {
+        if let Some(lease) = self.take_spare() {
+            let (alive, attempt) = tokio::join!(self.shared.keep_alive(lease), self.attempt(lease));
+            match (alive, attempt) {
+                (Ok(true), Ok(a)) => return Ok((a, lease)),
+                (_, Err(Error::Tooz(m))) if m.contains("lease not found") => {}
+                (Ok(false), Ok(Attempt::Won)) => {
+                    // Cannot happen (a put on an unknown lease fails); be safe all the same.
+                    self.shared.state().held.remove(&self.id);
+                }
+                (Ok(false), Ok(_)) => {}
+                (Err(e), _) | (_, Err(e)) => {
+                    self.shared.revoke_later(lease);
+                    return Err(e);
+                }
+            }
+        }
+        let lease = self.shared.grant(self.shared.lock_ttl).await?;
+        match self.attempt(lease).await {
+            Ok(a) => Ok((a, lease)),
+            Err(e) => {
+                self.shared.revoke_later(lease);
+                Err(e)
             }
         }
     }
@@ -161,30 +193,15 @@ impl DriverLock for Etcd3Lock {
         }
         let deadline = wait.deadline();
         loop {
-            let granted = Instant::now();
-            let lease = self.lease().await?;
-            let outcome = match self.attempt(lease).await {
-                Err(Error::Tooz(m)) if m.contains("lease not found") => {
-                    // The spare lease lapsed: try again with a fresh one.
-                    let lease = self.shared.grant(self.shared.lock_ttl).await?;
-                    self.attempt(lease).await.map(|a| (a, lease))
-                }
-                other => other.map(|a| (a, lease)),
-            };
-            let (attempt, lease) = match outcome {
-                Ok(v) => v,
-                Err(e) => {
-                    self.shared.revoke_later(lease);
-                    return Err(e);
-                }
-            };
+            let refreshed = Instant::now();
+            let (attempt, lease) = self.attempt_with_lease().await?;
             match attempt {
                 Attempt::Won => {
                     self.shared.state().held.insert(self.id, (self.key.clone(), lease));
                     return Ok(true);
                 }
                 Attempt::Taken(revision) => {
-                    self.keep_spare(lease, granted);
+                    self.keep_spare(lease, refreshed);
                     if wait == Wait::No || deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(false);
                     }
@@ -204,8 +221,13 @@ impl DriverLock for Etcd3Lock {
             .when([Compare::value(self.key.clone(), CompareOp::Equal, self.token.clone())])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
         let released = self.shared.txn("release lock", txn).await.map(|r| r.succeeded());
-        // The lease held nothing else: let it go without waiting for the answer.
-        self.shared.revoke_later(lease);
+        // The lease now holds nothing: keep it for this object's next acquire, which refreshes
+        // it to a full TTL in the same round trip as its transaction (and falls back to a new
+        // grant if it lapsed meanwhile).
+        match released {
+            Ok(true) => self.keep_spare(lease, Instant::now()),
+            _ => self.shared.revoke_later(lease),
+        }
         released
     }
 
