@@ -149,6 +149,26 @@ def test_unreachable_server_fails_promptly():
     assert time.monotonic() - began < 5
 
 
+def test_unreachable_endpoints_are_skipped(etcd_server):
+    """A dead endpoint listed first does not stop calls: they go to the next one."""
+    from servers import free_port
+
+    dead = free_port()
+    url = "etcd3+http://127.0.0.1:%d?hosts=127.0.0.1:%d&hosts=127.0.0.1:%d&timeout=5" % (
+        dead, free_port(), etcd_server.port)
+    c = coordination.get_coordinator(url, new_id())
+    c.start()
+    try:
+        group = new_id("g")
+        c.create_group(group).get()
+        c.join_group(group).get()
+        assert c.get_members(group).get() == {c._member_id}
+        lock = c.get_lock(new_id("l"))
+        assert lock.acquire() and lock.release()
+    finally:
+        c.stop()
+
+
 # ------------------------------------------------------------------ auth and TLS
 
 def _etcdctl(port, *args, scheme="http"):
