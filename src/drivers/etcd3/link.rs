@@ -309,3 +309,44 @@ fn tls_connector(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    }
+
+    #[test]
+    fn classifies_failures() {
+        // A connection tonic could not make: try the next endpoint at once.
+        assert!(matches!(classify("x", status(tonic::Code::Unavailable, "tcp connect error")), Failure::Unreachable(Error::Connection(_))));
+        // A member without a leader: retry (elsewhere, or later).
+        assert!(matches!(classify("x", status(tonic::Code::Unavailable, "etcdserver: no leader")), Failure::Retry(Error::Connection(_))));
+        assert!(matches!(classify("x", status(tonic::Code::DeadlineExceeded, "etcdserver: request timed out")), Failure::Retry(Error::Timeout(_))));
+        // Refused credentials are final and a connection error, whatever the code.
+        assert!(matches!(
+            classify("x", status(tonic::Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password")),
+            Failure::Final(Error::Connection(_))
+        ));
+        assert!(matches!(classify("x", status(tonic::Code::NotFound, "etcdserver: requested lease not found")), Failure::Final(Error::Tooz(_))));
+        assert!(lease_gone(&status(tonic::Code::NotFound, "etcdserver: requested lease not found")));
+        assert!(!lease_gone(&status(tonic::Code::Unavailable, "etcdserver: no leader")));
+    }
+
+    #[test]
+    fn no_reachable_endpoint_fails_at_once() {
+        crate::runtime::block_on(async {
+            // Ports nothing listens on (bound then released).
+            let ports: Vec<u16> = (0..2)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+                .collect();
+            let link = Link::new(ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(), None, None, Duration::from_secs(20));
+            let began = std::time::Instant::now();
+            let got = link.run("probe", |mut c| async move { c.get("k", None).await }).await;
+            assert!(matches!(got, Err(Error::Connection(_))), "{got:?}");
+            assert!(began.elapsed() < Duration::from_secs(10), "did not wait out the budget");
+        });
+    }
+}
