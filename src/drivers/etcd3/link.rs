@@ -85,6 +85,11 @@ pub(crate) fn lease_gone(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether a call failed because the lease it used lapsed (see [`lease_gone`]).
+pub(crate) fn lapsed(e: &Error) -> bool {
+    matches!(e, Error::Tooz(m) if m.contains("lease not found"))
+}
+
 struct Channels {
     generation: u64,
     clients: Vec<Option<Client>>,

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions};
 use tokio::time::Instant;
 
+use super::link::lapsed;
 use super::{first_kvs, Shared, LOCK_PREFIX};
 use crate::driver::{DriverLock, Wait};
 use crate::error::{Error, Result};
@@ -86,7 +87,7 @@ impl Etcd3Lock {
             let (alive, attempt) = tokio::join!(self.shared.keep_alive(lease), self.attempt(lease));
             match (alive, attempt) {
                 (Ok(true), Ok(a)) => return Ok((a, lease)),
-                (_, Err(Error::Tooz(m))) if m.contains("lease not found") => {}
+                (_, Err(e)) if lapsed(&e) => {}
                 (Ok(false), Ok(Attempt::Won)) => {
                     // Cannot happen (a put on an unknown lease fails); be safe all the same.
                     self.shared.state().held.remove(&self.id);

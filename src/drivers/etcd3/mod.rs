@@ -40,7 +40,7 @@ use crate::driver::{Driver, DriverLock, MemberInfo, Op};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
-use link::{lease_gone, Link};
+use link::{lapsed, lease_gone, Link};
 use lock::Etcd3Lock;
 
 const DEFAULT_PORT: u16 = 2379;
@@ -74,6 +74,14 @@ fn ttl_seconds(seconds: f64) -> i64 {
     (seconds.ceil() as i64).max(1)
 }
 
+/// The coordinator's two leases: members (and their info keys) hang on one, election
+/// candidacies on the other (their TTLs differ: `membership_timeout`, `leader_timeout`).
+#[derive(Clone, Copy)]
+enum LeaseKind {
+    Membership,
+    Election,
+}
+
 /// What a coordinator remembers of a group it joined (to re-attach it to a new lease).
 #[derive(Clone)]
 struct Joined {
@@ -93,6 +101,15 @@ struct State {
     candidate: HashMap<Vec<u8>, bool>,
     /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
     held: HashMap<u64, (Vec<u8>, i64)>,
+}
+
+impl State {
+    fn slot(&mut self, kind: LeaseKind) -> &mut i64 {
+        match kind {
+            LeaseKind::Membership => &mut self.lease,
+            LeaseKind::Election => &mut self.election_lease,
+        }
+    }
 }
 
 /// Everything a coordinator and its locks share.
@@ -179,108 +196,81 @@ impl Shared {
         }
     }
 
-    /// Replaces an expired membership lease and puts back what hung on it: the memberships
-    /// (of groups that still exist) and election candidacies. Upstream leaves members lost.
-    async fn renew_membership(&self, expired: i64) -> Result<i64> {
-        let lease = self.grant(self.membership_ttl).await?;
-        let snapshot = {
+    fn ttl_of(&self, kind: LeaseKind) -> i64 {
+        match kind {
+            LeaseKind::Membership => self.membership_ttl,
+            LeaseKind::Election => self.leader_ttl,
+        }
+    }
+
+    /// Replaces the lease of `kind` that lapsed (`expired`; 0: there was none yet) and puts
+    /// back what hung on it: memberships (of groups that still exist) or election
+    /// candidacies (at the back of each queue). Upstream leaves its members lost.
+    async fn renew(&self, kind: LeaseKind, expired: i64) -> Result<i64> {
+        let lease = self.grant(self.ttl_of(kind)).await?;
+        let swapped = {
             let mut st = self.state();
-            if st.lease != expired && st.lease != 0 {
-                // Someone else renewed it meanwhile: use theirs.
-                Err(st.lease)
+            let slot = st.slot(kind);
+            if *slot != expired && *slot != 0 {
+                Err(*slot) // renewed meanwhile by another call: use that one
             } else {
-                st.lease = lease;
-                Ok(st.joined.clone())
+                *slot = lease;
+                Ok(())
             }
         };
-        let joined = match snapshot {
-            Ok(v) => v,
-            Err(theirs) => {
-                self.revoke(lease).await.ok();
-                return Ok(theirs);
+        if let Err(theirs) = swapped {
+            self.revoke(lease).await.ok();
+            return Ok(theirs);
+        }
+        match kind {
+            LeaseKind::Membership => {
+                let joined = self.state().joined.clone();
+                for (g, j) in joined {
+                    let txn = Txn::new()
+                        .when([Compare::version(group_key(&g), CompareOp::Greater, 0)])
+                        .and_then([
+                            TxnOp::put(member_key(&g, &self.member), j.caps.clone(), Some(PutOptions::new().with_lease(lease))),
+                            TxnOp::put(info_key(&g, &self.member), info_value(j.created_at, now()), Some(PutOptions::new().with_lease(lease))),
+                        ]);
+                    if !self.txn("rejoin group", txn).await?.succeeded() {
+                        self.state().joined.remove(&g);
+                    }
+                }
             }
-        };
-        for (g, j) in joined {
-            let info = info_value(j.created_at, now());
-            let txn = Txn::new()
-                .when([Compare::version(group_key(&g), CompareOp::Greater, 0)])
-                .and_then([
-                    TxnOp::put(member_key(&g, &self.member), j.caps.clone(), Some(PutOptions::new().with_lease(lease))),
-                    TxnOp::put(info_key(&g, &self.member), info, Some(PutOptions::new().with_lease(lease))),
-                ]);
-            if !self.txn("rejoin group", txn).await?.succeeded() {
-                self.state().joined.remove(&g);
+            LeaseKind::Election => {
+                let groups: Vec<Vec<u8>> = self.state().candidate.keys().cloned().collect();
+                for g in groups {
+                    let key = [election_prefix(&g), self.member.clone()].concat();
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key, self.member.clone(), Some(PutOptions::new().with_lease(lease)))]);
+                    self.txn("re-enter election", txn).await?;
+                }
             }
         }
         Ok(lease)
     }
 
-    /// The election lease, granted on first use.
-    async fn election_lease(&self) -> Result<i64> {
-        self.lease()?;
-        if let l @ 1.. = self.state().election_lease {
-            return Ok(l);
-        }
-        self.renew_election(0).await
-    }
-
-    /// Replaces the election lease `expired` (0: there was none) and re-enters the
-    /// elections this coordinator was a candidate in (at the back of each queue).
-    async fn renew_election(&self, expired: i64) -> Result<i64> {
-        let lease = self.grant(self.leader_ttl).await?;
-        let taken = {
-            let mut st = self.state();
-            if st.election_lease != expired && st.election_lease != 0 {
-                Err(st.election_lease)
-            } else {
-                st.election_lease = lease;
-                Ok(st.candidate.keys().cloned().collect::<Vec<_>>())
-            }
-        };
-        let groups = match taken {
-            Ok(g) => g,
-            Err(theirs) => {
-                self.revoke(lease).await.ok();
-                return Ok(theirs);
-            }
-        };
-        for g in groups {
-            let key = [election_prefix(&g), self.member.clone()].concat();
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, self.member.clone(), Some(PutOptions::new().with_lease(lease)))]);
-            self.txn("re-enter election", txn).await?;
-        }
-        Ok(lease)
-    }
-
-    /// As [`Shared::with_lease`], with the election lease.
-    async fn with_election_lease<T, F, Fut>(&self, op: F) -> Result<T>
+    /// Runs `op` with the lease of `kind` (the election lease is granted on first use); if
+    /// etcd says the lease lapsed (the coordinator missed its heartbeats), renews it and runs
+    /// `op` once more.
+    async fn with_lease<T, F, Fut>(&self, kind: LeaseKind, op: F) -> Result<T>
     where
         F: Fn(i64) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let lease = self.election_lease().await?;
+        let membership = self.lease()?;
+        let current = match kind {
+            LeaseKind::Membership => membership,
+            LeaseKind::Election => self.state().election_lease,
+        };
+        let lease = match current {
+            0 => self.renew(kind, 0).await?,
+            l => l,
+        };
         match op(lease).await {
-            Err(Error::Tooz(m)) if m.contains("lease not found") => {
-                let lease = self.renew_election(lease).await?;
-                op(lease).await
-            }
-            other => other,
-        }
-    }
-
-    /// Runs `op` with the membership lease; if etcd says the lease is gone (the coordinator
-    /// missed its heartbeats), renews it and runs `op` once more.
-    async fn with_lease<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        F: Fn(i64) -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let lease = self.lease()?;
-        match op(lease).await {
-            Err(Error::Tooz(m)) if m.contains("lease not found") => {
-                let lease = self.renew_membership(lease).await?;
+            Err(e) if lapsed(&e) => {
+                let lease = self.renew(kind, lease).await?;
                 op(lease).await
             }
             other => other,
@@ -458,11 +448,11 @@ impl Driver for Etcd3Driver {
     async fn heartbeat(&self) -> Result<Option<f64>> {
         let lease = self.shared.lease()?;
         if !self.shared.keep_alive(lease).await? {
-            self.shared.renew_membership(lease).await?;
+            self.shared.renew(LeaseKind::Membership, lease).await?;
         }
         let election = self.shared.state().election_lease;
         if election != 0 && !self.shared.keep_alive(election).await? {
-            self.shared.renew_election(election).await?;
+            self.shared.renew(LeaseKind::Election, election).await?;
         }
         let held: Vec<(u64, i64)> = self.shared.state().held.iter().map(|(id, (_, l))| (*id, *l)).collect();
         for (id, lock_lease) in held {
@@ -535,7 +525,7 @@ impl Driver for Etcd3Driver {
         let (gkey, mkey, ikey) = (group_key(&g), member_key(&g, &self.shared.member), info_key(&g, &self.shared.member));
         let resp = self
             .shared
-            .with_lease(|lease| {
+            .with_lease(LeaseKind::Membership, |lease| {
                 let txn = Txn::new()
                     .when([
                         Compare::version(gkey.clone(), CompareOp::Greater, 0),
@@ -608,7 +598,7 @@ impl Driver for Etcd3Driver {
         let updated_at = now();
         let resp = self
             .shared
-            .with_lease(|lease| {
+            .with_lease(LeaseKind::Membership, |lease| {
                 let mut ops = vec![TxnOp::put(mkey.clone(), caps.clone(), Some(PutOptions::new().with_lease(lease)))];
                 if let Some(created_at) = created_at {
                     ops.push(TxnOp::put(ikey.clone(), info_value(created_at, updated_at), Some(PutOptions::new().with_lease(lease))));
@@ -685,7 +675,7 @@ impl Driver for Etcd3Driver {
         let prefix = election_prefix(&g);
         let resp = self
             .shared
-            .with_election_lease(|lease| {
+            .with_lease(LeaseKind::Election, |lease| {
                 let txn = Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                     .and_then([
