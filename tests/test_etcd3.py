@@ -313,3 +313,30 @@ def test_cluster_member_killed_under_contention(tmp_path):
         assert killed_at < n * rounds, "the kill came after the work"
     finally:
         cluster.close()
+
+
+def test_cluster_member_stalled():
+    """The member a client talks to stops answering (SIGSTOP, not dead): the call moves to
+    another member within its time budget and later calls stay there."""
+    from servers import EtcdCluster
+
+    cluster = EtcdCluster(3).start()
+    stalled = cluster.members[0]
+    try:
+        url = "etcd3+http://%s?hosts=%s&hosts=%s&timeout=10" % tuple(cluster.hosts)
+        c = coordination.get_coordinator(url, new_id())
+        c.start()
+        group = new_id("g")
+        c.create_group(group).get()
+        os.killpg(stalled.proc.pid, signal.SIGSTOP)
+        try:
+            assert group in c.get_groups().get()
+            c.join_group(group).get()
+            lock = c.get_lock(new_id("l"))
+            assert lock.acquire(blocking=False) and lock.release()
+            assert c.get_members(group).get() == {c._member_id}
+        finally:
+            os.killpg(stalled.proc.pid, signal.SIGCONT)
+        c.stop()
+    finally:
+        cluster.close()

@@ -24,6 +24,9 @@ use crate::runtime;
 /// Pause between two rounds over the endpoints: from FIRST_PAUSE, doubling, up to MAX_PAUSE.
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_millis(400);
+/// With several endpoints: how long one member may keep a call without answering before the
+/// call is given to the next.
+const STALL: Duration = Duration::from_secs(3);
 
 /// How the failure of one attempt is to be treated.
 enum Failure {
@@ -223,9 +226,10 @@ impl Link {
                 if now >= deadline {
                     return Err(self.out_of_time(what, last));
                 }
-                // With several endpoints, one silent member may not eat the whole budget.
+                // With several endpoints, a member that stalls may not eat the whole budget:
+                // after a few seconds without an answer the next one is asked.
                 let left = deadline - now;
-                let slice = if n > 1 { (left / 2).max(Duration::from_millis(500)).min(left) } else { left };
+                let slice = if n > 1 { (left / 2).min(STALL).max(Duration::from_millis(500)).min(left) } else { left };
                 let attempt_deadline = now + slice;
                 let client = match self.client(index, attempt_deadline).await {
                     Ok(c) => c,
