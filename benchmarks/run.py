@@ -42,6 +42,14 @@ PLAN = {
         ("heartbeat", 2000, None),
         ("coordinator_lifecycle", 100, None),
     ],
+    "etcd3": [
+        ("lock_uncontended", 1000, "floor_etcd3_grpc_txns"),
+        ("lock_contended", 400, None),
+        ("join_leave", 1000, None),
+        ("get_members_50", 300, None),
+        ("heartbeat", 1000, None),
+        ("coordinator_lifecycle", 200, None),
+    ],
     "file": [
         ("lock_uncontended", 5000, "floor_fcntl_lock"),
         ("lock_contended", 2000, None),
@@ -82,7 +90,7 @@ SERVERS = {}
 
 
 # Backends served by a server from tests/servers.py, started once for the whole run.
-NETWORKED = ("redis", "memcached", "zookeeper")
+NETWORKED = ("redis", "memcached", "zookeeper", "etcd3")
 
 
 def url_for(backend, scratch):
@@ -91,7 +99,9 @@ def url_for(backend, scratch):
             sys.path.insert(0, os.path.join(ROOT, "tests"))
             import servers
 
-            SERVERS[backend] = getattr(servers, backend)().start()
+            SERVERS[backend] = getattr(servers, "etcd" if backend == "etcd3" else backend)().start()
+        if backend == "etcd3":
+            return SERVERS[backend].url
         return "%s://127.0.0.1:%d" % (backend, SERVERS[backend].port)
     if backend == "file":
         return "file://" + os.path.join(scratch, "file")

@@ -331,6 +331,22 @@ def floor_zk_create_delete(url, ops):
     return out
 
 
+def floor_etcd3_grpc_txns(url, ops):
+    """The two transactions an etcd lock cannot do without (put-if-absent on a lease, then
+    delete-if-ours), sent by a bare gRPC client (``etcd-client``, the crate our driver uses,
+    in the small Rust program ``examples/etcd3_floor.rs``) on one connection, with one lease
+    granted up front: no lease per acquisition, no Python."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    binary = os.path.join(root, "target", "release", "examples", "etcd3_floor")
+    if not os.path.exists(binary):
+        subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "etcd3_floor"], cwd=root, check=True,
+                       stdout=sys.stderr)
+    out = subprocess.run([binary, url, str(ops)], capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 WORKLOADS = {name: fn for name, fn in globals().items()
              if callable(fn) and not name.startswith("_") and fn.__module__ == __name__
              and name not in ("main",)}

@@ -44,6 +44,7 @@ SUITES = {
     "redis": COORDINATION,
     "memcached": COORDINATION,
     "zookeeper": COORDINATION,
+    "etcd3": COORDINATION,
     "unit": ["tooz/tests/test_hashring.py",
              "tooz/tests/test_utils.py", "tooz/tests/test_retry.py"],
 }
@@ -91,6 +92,9 @@ def start_server(backend):
     if backend == "memcached":
         server = servers.memcached().start()
         return "memcached://127.0.0.1:%d" % server.port, server
+    if backend == "etcd3":
+        server = servers.etcd().start()
+        return server.url, server
     if backend == "zookeeper":
         server = servers.zookeeper().start()
         return "zookeeper://127.0.0.1:%d" % server.port, server

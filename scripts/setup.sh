@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine (as root) to build and test tooz; safe to run again.
-#  - backend servers from Debian: redis-server, memcached, zookeeper (tests start their own
-#    instances on loopback; the packaged system services are not used); openssl makes the
-#    certificates of the memcached TLS test;
+#  - backend servers from Debian: redis-server, memcached, zookeeper, etcd-server (+ etcdctl
+#    from etcd-client for the auth test) (tests start their own instances on loopback; the
+#    packaged system services are not used); openssl makes the certificates of the TLS tests;
+#  - protobuf-compiler and libprotobuf-dev: the etcd client crate compiles etcd's .proto files
+#    at build time (protoc and its well-known types);
 #  - the Rust extension, built and installed into python3 with the test tools;
 #  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(redis-server memcached zookeeper python3-venv openssl)
+packages=(redis-server memcached zookeeper etcd-server etcd-client protobuf-compiler libprotobuf-dev python3-venv openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -18,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # The packaged services are not needed (tests run their own); keep them from holding ports.
-for svc in redis-server memcached zookeeper; do
+for svc in redis-server memcached zookeeper etcd; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
         systemctl stop "$svc" || true
     fi

@@ -40,6 +40,12 @@ def _memcached_url(request, tmp_path_factory):
     return request.getfixturevalue("memcached_server").url
 
 
+def _etcd3_url(request, tmp_path_factory):
+    # etcd keys are fixed by upstream (no namespace option): tests keep apart through their
+    # random group/lock ids.
+    return request.getfixturevalue("etcd_server").url
+
+
 def _zookeeper_url(request, tmp_path_factory):
     server = request.getfixturevalue("zookeeper_server")
     return "zookeeper://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
@@ -52,8 +58,7 @@ BACKENDS = {
     "file": _file_url,
     "ipc": _ipc_url,
     "redis": _redis_url,
-
-
+    "etcd3": _etcd3_url,
     "memcached": _memcached_url,
     "zookeeper": _zookeeper_url,
 }
@@ -77,6 +82,11 @@ FEATURES = {
     # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
     # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
     # without contact), not when heartbeat() stops being called ("session_release").
+    # Liveness is a lease refreshed by heartbeat(); a lock has a lease of its own, so a dead
+    # holder's lock lapses after lock_timeout. Waiters are woken by etcd watches.
+    "etcd3": {"members", "update_capabilities", "member_info", "heartbeat", "break", "is_still_owner", "election",
+              "watch_elected_as_leader", "get_leader", "stand_down", "lock_heartbeat", "ttl_locks",
+              "beat_liveness"},
     "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
                   "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
 }
@@ -133,6 +143,15 @@ def redis_server():
     from servers import redis
 
     server = redis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    from servers import etcd
+
+    server = etcd().start()
     yield server
     server.close()
 

@@ -182,3 +182,81 @@ def wait_serving(servers, timeout=90.0):
             if time.monotonic() > deadline:
                 raise RuntimeError("%s on port %d never served" % (server.name, server.port))
             time.sleep(0.1)
+
+
+ETCD_SHM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _etcd_healthy(port):
+    """Whether the member on ``port`` serves reads (it has a leader)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=2) as r:
+            return json.loads(r.read().decode()).get("health") in ("true", True)
+    except (OSError, ValueError):
+        return False
+
+
+def etcd(port=None, name="tooz", peer_port=None, cluster=None, state="new", tls=None, extra=()):
+    """One etcd member (Debian's ``etcd-server``) on loopback; data in a directory on tmpfs
+    when there is one, so fsyncs cost nothing. A single member unless ``cluster`` (the
+    ``--initial-cluster`` value) names others; the gRPC API and the JSON gateway share the
+    client port, as in production. ``tls`` = ``{"cert": path, "key": path, "ca": path or
+    None}`` serves the client port over TLS (``ca``: client certificates required)."""
+    binary = shutil.which("etcd") or "/usr/bin/etcd"
+    peer_port = peer_port or free_port()
+    workdir = tempfile.mkdtemp(prefix="tooz-etcd-", dir=ETCD_SHM)
+
+    scheme = "https" if tls else "http"
+
+    def argv(port, workdir):
+        client = "%s://127.0.0.1:%d" % (scheme, port)
+        peer = "http://127.0.0.1:%d" % peer_port
+        secure = []
+        if tls:
+            secure = ["--cert-file", tls["cert"], "--key-file", tls["key"]]
+            if tls.get("ca"):
+                secure += ["--client-cert-auth", "--trusted-ca-file", tls["ca"]]
+        return [binary, "--name", name, "--data-dir", os.path.join(workdir, "data"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", cluster or "%s=%s" % (name, peer),
+                "--initial-cluster-state", state, "--initial-cluster-token", "tooz-tests",
+                "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn", *secure, *extra]
+
+    ready = None if (cluster or tls) else _etcd_healthy
+    server = Server("etcd", argv, port=port, workdir=workdir, ready=ready)
+    server.peer_port = peer_port
+    server.url = "etcd3+%s://127.0.0.1:%d" % (scheme, server.port)
+    return server
+
+
+class EtcdCluster:
+    """Three etcd members on loopback forming one cluster (``.members``, ``.hosts``)."""
+
+    def __init__(self, size=3):
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        initial = ",".join("m%d=http://127.0.0.1:%d" % (i, peer) for i, (_, peer) in enumerate(ports))
+        self.members = [etcd(port=client, name="m%d" % i, peer_port=peer, cluster=initial)
+                        for i, (client, peer) in enumerate(ports)]
+
+    @property
+    def hosts(self):
+        return ["127.0.0.1:%d" % m.port for m in self.members]
+
+    def start(self, timeout=60.0):
+        for m in self.members:
+            m.start()
+        deadline = time.monotonic() + timeout
+        while not all(_etcd_healthy(m.port) for m in self.members):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the etcd cluster never became healthy")
+            time.sleep(0.1)
+        return self
+
+    def close(self):
+        for m in self.members:
+            m.close()

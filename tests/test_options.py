@@ -29,8 +29,7 @@ def test_unknown_scheme():
         coordination.get_coordinator("no-scheme-at-all", b"me")
 
 
-@pytest.mark.parametrize("scheme", ["postgresql", "mysql",
-                                    "etcd3+http", "etcd3+https"])
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 def test_backends_not_yet_available(scheme):
     with pytest.raises(tooz.ToozError) as e:
         coordination.get_coordinator("%s://localhost:1" % scheme, b"me")

@@ -157,6 +157,13 @@ def _memcached_fault_target():
     return server, "memcached://127.0.0.1:%d?timeout=2" % server.port
 
 
+def _etcd3_fault_target():
+    from servers import etcd
+
+    server = etcd()
+    return server, "etcd3+http://127.0.0.1:%d?timeout=2" % server.port
+
+
 def _zookeeper_fault_target():
     from servers import zookeeper
 
@@ -168,6 +175,7 @@ def _zookeeper_fault_target():
 FAULT_TARGETS = {
     "redis": _redis_fault_target,
     "memcached": _memcached_fault_target,
+    "etcd3": _etcd3_fault_target,
     "zookeeper": _zookeeper_fault_target,
 }
 
@@ -241,7 +249,7 @@ def test_server_stopped_and_restarted_under_load(name):
 
 # ------------------------------------------------------------------ secrets
 
-@pytest.mark.parametrize("scheme", ["redis", "zookeeper", "memcached"])
+@pytest.mark.parametrize("scheme", ["redis", "zookeeper", "memcached", "etcd3+http"])
 def test_passwords_stay_out_of_errors_and_reprs(scheme, caplog):
     """A password in the URL shows up in no exception text, repr or log record, even when
     the server cannot be reached."""

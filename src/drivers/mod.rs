@@ -1,5 +1,6 @@
 //! One module per backend, and the table that picks one by URL scheme.
 
+pub mod etcd3;
 pub mod file;
 pub mod fslock;
 pub mod ipc;
@@ -29,7 +30,7 @@ pub struct Url {
 }
 
 /// Backends whose Python module exists but whose Rust driver has not landed yet.
-const NOT_YET: &[&str] = &["postgresql", "mysql", "etcd3+http", "etcd3+https"];
+const NOT_YET: &[&str] = &["postgresql", "mysql"];
 
 pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>> {
     match url.scheme.as_str() {
@@ -37,6 +38,7 @@ pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>
         "ipc" => Ok(Arc::new(ipc::IpcDriver::new())),
         "redis" => Ok(Arc::new(redis::RedisDriver::new(member, url, options)?)),
         "memcached" => Ok(Arc::new(memcached::MemcachedDriver::new(member, url, options)?)),
+        "etcd3+http" | "etcd3+https" => Ok(Arc::new(etcd3::Etcd3Driver::new(member, url, options)?)),
         "zookeeper" | "kazoo" => Ok(Arc::new(zookeeper::ZooKeeperDriver::new(member, url, options)?)),
         s if NOT_YET.contains(&s) => Err(Error::Tooz(format!(
             "the {s} backend is not yet available in this version of tooz"

@@ -37,6 +37,34 @@ impl Options {
     }
 }
 
+/// `host[:port]`, `[v6][:port]` or a bare IPv6 address, as given in a `hosts` option.
+pub fn host_port(raw: &str, default_port: u16) -> Result<(String, u16)> {
+    let bad = || Error::InvalidArgument(format!("bad host {raw:?}: expected host[:port]"));
+    let raw = raw.trim();
+    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (name, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after {
+            "" => (name, None),
+            p => (name, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else if raw.matches(':').count() > 1 {
+        (raw, None) // a bare IPv6 address
+    } else {
+        match raw.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (raw, None),
+        }
+    };
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+        return Err(bad());
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+    };
+    Ok((name.to_owned(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +81,16 @@ mod tests {
         assert!(o.bool("b", false));
         assert!(!o.bool("x", true));
         assert!(o.bool("missing", true));
+    }
+
+    #[test]
+    fn parses_hosts() {
+        assert_eq!(host_port("a:1", 9).unwrap(), ("a".to_owned(), 1));
+        assert_eq!(host_port("a", 9).unwrap(), ("a".to_owned(), 9));
+        assert_eq!(host_port("[::1]:5", 9).unwrap(), ("::1".to_owned(), 5));
+        assert_eq!(host_port("::1", 9).unwrap(), ("::1".to_owned(), 9));
+        for bad in ["", "a:0", "a:x", "u@a", "[::1"] {
+            assert!(host_port(bad, 9).is_err(), "{bad}");
+        }
     }
 }

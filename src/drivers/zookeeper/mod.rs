@@ -282,30 +282,8 @@ fn digest_acl(user: &str, password: &str) -> Acl {
 
 /// `host[:port]`, `[v6][:port]` or a bare IPv6 address.
 fn parse_host(raw: &str) -> Result<Host> {
-    let bad = || Error::InvalidArgument(format!("bad ZooKeeper host {raw:?}"));
-    let raw = raw.trim();
-    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
-        let (name, after) = rest.split_once(']').ok_or_else(bad)?;
-        match after {
-            "" => (name, None),
-            p => (name, Some(p.strip_prefix(':').ok_or_else(bad)?)),
-        }
-    } else if raw.matches(':').count() > 1 {
-        (raw, None) // a bare IPv6 address
-    } else {
-        match raw.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (raw, None),
-        }
-    };
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
-        return Err(bad());
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
-    };
-    Ok(Host { name: name.to_owned(), port })
+    let (name, port) = super::options::host_port(raw, DEFAULT_PORT)?;
+    Ok(Host { name, port })
 }
 
 fn describe_hosts(hosts: &[Host]) -> String {

@@ -1,0 +1,278 @@
+//! Locks: upstream's key `/tooz/locks<name>`, holding the lock object's 16 random bytes, on a
+//! lease of the lock's own (TTL `lock_timeout`, refreshed by the coordinator's heartbeats).
+//!
+//! Acquire = one transaction `create_revision(key) == 0 → put(key, token, lease)`, else read
+//! the key. A lock object keeps its lease after a release and, at its next acquire, refreshes
+//! it to a full TTL (keep-alive, sent alongside the transaction) instead of granting a new one:
+//! a keep-alive is answered by the raft leader alone, a grant is a raft write. A waiter then opens a watch on the key from the revision it read and sleeps until
+//! etcd pushes the key's deletion (release, break, or the holder's lease lapsing), then tries
+//! again: no polling, and a release elsewhere reaches waiters in one round trip.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions};
+use tokio::time::Instant;
+
+use super::link::lapsed;
+use super::{first_kvs, Shared, LOCK_PREFIX};
+use crate::driver::{DriverLock, Wait};
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub struct Etcd3Lock {
+    shared: Arc<Shared>,
+    id: u64,
+    key: Vec<u8>,
+    token: Vec<u8>,
+    /// Serialises this object's release and heartbeat (upstream's `_exclusive_access`).
+    busy: tokio::sync::Mutex<()>,
+    /// A lease of ours not (or no longer) attached to the key, reused by the next acquire.
+    spare: Mutex<Option<(i64, Instant)>>,
+}
+
+/// What one acquisition attempt found.
+enum Attempt {
+    Won,
+    /// Held by someone else; the revision to watch from.
+    Taken(i64),
+}
+
+impl Etcd3Lock {
+    pub(super) fn new(shared: Arc<Shared>, name: &[u8]) -> Etcd3Lock {
+        Etcd3Lock {
+            id: shared.next_lock.fetch_add(1, Ordering::Relaxed),
+            shared,
+            key: [LOCK_PREFIX, name].concat(),
+            token: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            busy: tokio::sync::Mutex::new(()),
+            spare: Mutex::new(None),
+        }
+    }
+
+    fn held_here(&self) -> bool {
+        self.shared.state().held.contains_key(&self.id)
+    }
+
+    /// The spare lease, if it is young enough to be worth refreshing rather than replacing.
+    fn take_spare(&self) -> Option<i64> {
+        let ttl = Duration::from_secs(self.shared.lock_ttl as u64);
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match spare {
+            Some((lease, refreshed)) if refreshed.elapsed() < ttl / 2 => Some(lease),
+            Some((lease, _)) => {
+                self.shared.revoke_later(lease);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn keep_spare(&self, lease: i64, refreshed: Instant) {
+        let old = self.spare.lock().unwrap_or_else(|p| p.into_inner()).replace((lease, refreshed));
+        if let Some((old, _)) = old {
+            if old != lease {
+                self.shared.revoke_later(old);
+            }
+        }
+    }
+
+    /// One attempt with a lease of ours: the spare one, refreshed to its full TTL in the same
+    /// round trip as the transaction (a keep-alive is not a raft write; a grant is), or a new
+    /// one. Returns what happened and the lease used.
+    async fn attempt_with_lease(&self) -> Result<(Attempt, i64)> {
+        if let Some(lease) = self.take_spare() {
+            let (alive, attempt) = tokio::join!(self.shared.keep_alive(lease), self.attempt(lease));
+            match (alive, attempt) {
+                (Ok(true), Ok(a)) => return Ok((a, lease)),
+                (_, Err(e)) if lapsed(&e) => {}
+                (Ok(false), Ok(Attempt::Won)) => {
+                    // Cannot happen (a put on an unknown lease fails); be safe all the same.
+                    self.shared.state().held.remove(&self.id);
+                }
+                (Ok(false), Ok(_)) => {}
+                (Err(e), _) | (_, Err(e)) => {
+                    self.shared.revoke_later(lease);
+                    return Err(e);
+                }
+            }
+        }
+        let lease = self.shared.grant(self.shared.lock_ttl).await?;
+        match self.attempt(lease).await {
+            Ok(a) => Ok((a, lease)),
+            Err(e) => {
+                self.shared.revoke_later(lease);
+                Err(e)
+            }
+        }
+    }
+
+    async fn attempt(&self, lease: i64) -> Result<Attempt> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(self.key.clone(), self.token.clone(), Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(self.key.clone(), None)]);
+        let resp = self.shared.txn("acquire lock", txn).await?;
+        if resp.succeeded() {
+            return Ok(Attempt::Won);
+        }
+        let holder = first_kvs(&resp, 0);
+        // Our own token without our record of holding it: an earlier attempt whose answer was
+        // lost (the call was retried on another endpoint) did get it.
+        if holder.first().is_some_and(|kv| kv.value() == self.token.as_slice() && kv.lease() == lease) {
+            return Ok(Attempt::Won);
+        }
+        Ok(Attempt::Taken(resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Waits until etcd reports the key deleted after `revision`, or `deadline` passes.
+    /// Returns early (letting the caller try again) if the watch cannot be kept up.
+    async fn wait_for_release(&self, revision: i64, deadline: Option<Instant>) {
+        let key = self.key.clone();
+        let opened = self
+            .shared
+            .link
+            .run("watch lock", |mut c| {
+                let key = key.clone();
+                async move {
+                    let options = WatchOptions::new().with_start_revision(revision + 1).with_filters([WatchFilterType::NoPut]);
+                    c.watch(key, Some(options)).await
+                }
+            })
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(_) => {
+                // No watch (etcd unreachable for now): look again a little later.
+                sleep_until_or(Duration::from_millis(200), deadline).await;
+                return;
+            }
+        };
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+                None => stream.message().await,
+            };
+            match next {
+                Ok(Some(resp)) => {
+                    if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                        return;
+                    }
+                }
+                _ => {
+                    sleep_until_or(Duration::from_millis(100), deadline).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_or(pause: Duration, deadline: Option<Instant>) {
+    let until = Instant::now() + pause;
+    tokio::time::sleep_until(deadline.map_or(until, |d| d.min(until))).await;
+}
+
+#[async_trait]
+impl DriverLock for Etcd3Lock {
+    fn name(&self) -> Id {
+        Id::Bytes(self.key[LOCK_PREFIX.len()..].to_vec())
+    }
+
+    fn acquired(&self) -> bool {
+        self.held_here()
+    }
+
+    async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
+        if shared {
+            return Err(Error::NotImplemented("shared etcd locks are not supported".into()));
+        }
+        let deadline = wait.deadline();
+        loop {
+            let refreshed = Instant::now();
+            let (attempt, lease) = self.attempt_with_lease().await?;
+            match attempt {
+                Attempt::Won => {
+                    self.shared.state().held.insert(self.id, (self.key.clone(), lease));
+                    return Ok(true);
+                }
+                Attempt::Taken(revision) => {
+                    self.keep_spare(lease, refreshed);
+                    if wait == Wait::No || deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(false);
+                    }
+                    self.wait_for_release(revision, deadline).await;
+                }
+            }
+        }
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let _one = self.busy.lock().await;
+        let lease = match self.shared.state().held.remove(&self.id) {
+            Some((_, lease)) => lease,
+            None => return Ok(false),
+        };
+        let txn = Txn::new()
+            .when([Compare::value(self.key.clone(), CompareOp::Equal, self.token.clone())])
+            .and_then([TxnOp::delete(self.key.clone(), None)]);
+        let released = self.shared.txn("release lock", txn).await.map(|r| r.succeeded());
+        // The lease now holds nothing: keep it for this object's next acquire, which refreshes
+        // it to a full TTL in the same round trip as its transaction (and falls back to a new
+        // grant if it lapsed meanwhile).
+        match released {
+            Ok(true) => self.keep_spare(lease, Instant::now()),
+            _ => self.shared.revoke_later(lease),
+        }
+        released
+    }
+
+    async fn break_(&self) -> Result<bool> {
+        let key = self.key.clone();
+        let r = self
+            .shared
+            .link
+            .run("break lock", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        self.shared.state().held.retain(|_, (k, _)| *k != self.key);
+        Ok(r.deleted() > 0)
+    }
+
+    async fn is_still_owner(&self) -> Result<bool> {
+        let r = self.shared.get("check lock owner", self.key.clone(), None).await?;
+        let owner = r.kvs().first().is_some_and(|kv| kv.value() == self.token.as_slice());
+        if !owner {
+            self.shared.state().held.remove(&self.id);
+        }
+        Ok(owner)
+    }
+
+    async fn heartbeat(&self) -> Result<bool> {
+        let _one = self.busy.lock().await;
+        let lease = match self.shared.state().held.get(&self.id) {
+            Some((_, lease)) => *lease,
+            None => return Ok(false),
+        };
+        let alive = self.shared.keep_alive(lease).await?;
+        if !alive {
+            self.shared.state().held.remove(&self.id);
+        }
+        Ok(alive)
+    }
+}
+
+impl Drop for Etcd3Lock {
+    fn drop(&mut self) {
+        if let Some((lease, _)) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            self.shared.revoke_later(lease);
+        }
+    }
+}

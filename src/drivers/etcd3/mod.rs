@@ -1,0 +1,729 @@
+//! `etcd3+http://` and `etcd3+https://`: etcd v3 over native gRPC, key for key what upstream's
+//! etcd3gw (JSON gateway) driver writes, so processes on upstream and on ours share groups,
+//! members and locks during a rolling upgrade:
+//!
+//! * group `g`: key `tooz/groups/<g>/` holding the key itself, no lease;
+//! * member `m` of `g`: key `tooz/groups/<g>/<m>` holding msgpack capabilities, attached to
+//!   the coordinator's membership lease (TTL `membership_timeout`, refreshed by heartbeats),
+//!   so a member vanishes with its coordinator;
+//! * lock `name`: key `/tooz/locks<name>` (no separator, as upstream) holding 16 random bytes
+//!   of the lock object, attached to a lease of its own (TTL `lock_timeout`); taken by a
+//!   transaction `create_revision == 0 → put`, released by `value == ours → delete`.
+//!
+//! Beyond upstream (keys upstream never reads, so it is not disturbed):
+//!
+//! * `tooz/member-info/<g>/<m>`: join and update times (msgpack map), on the membership
+//!   lease, written in the same transactions as the member key (`get_member_info`);
+//! * leader election as etcd's `concurrency.Election`: each candidate puts
+//!   `tooz/elections/<g>/<m>` (value: its member id) on the coordinator's election lease
+//!   (TTL `leader_timeout`, default `lock_timeout`, refreshed by heartbeats); the candidate
+//!   with the lowest create revision leads.
+//!
+//! Waiting for a lock uses a watch stream on its key (a push from etcd when the holder lets
+//! go), not polling. Several endpoints (`hosts` option) give failover (see `link.rs`).
+
+mod link;
+mod lock;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, PutOptions};
+
+use super::options::{self, Options};
+use super::Url;
+use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
+use crate::driver::{Driver, DriverLock, MemberInfo, Op};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::msgpack::{self, Value};
+use link::{lapsed, lease_gone, Link};
+use lock::Etcd3Lock;
+
+const DEFAULT_PORT: u16 = 2379;
+const GROUP_PREFIX: &[u8] = b"tooz/groups/";
+const INFO_PREFIX: &[u8] = b"tooz/member-info/";
+const ELECTION_PREFIX: &[u8] = b"tooz/elections/";
+pub(crate) const LOCK_PREFIX: &[u8] = b"/tooz/locks";
+
+fn group_key(g: &[u8]) -> Vec<u8> {
+    [GROUP_PREFIX, g, b"/"].concat()
+}
+
+fn member_key(g: &[u8], m: &[u8]) -> Vec<u8> {
+    [GROUP_PREFIX, g, b"/", m].concat()
+}
+
+fn info_key(g: &[u8], m: &[u8]) -> Vec<u8> {
+    [INFO_PREFIX, g, b"/", m].concat()
+}
+
+fn election_prefix(g: &[u8]) -> Vec<u8> {
+    [ELECTION_PREFIX, g, b"/"].concat()
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Lease TTLs are whole seconds (at least 1).
+fn ttl_seconds(seconds: f64) -> i64 {
+    (seconds.ceil() as i64).max(1)
+}
+
+/// The coordinator's two leases: members (and their info keys) hang on one, election
+/// candidacies on the other (their TTLs differ: `membership_timeout`, `leader_timeout`).
+#[derive(Clone, Copy)]
+enum LeaseKind {
+    Membership,
+    Election,
+}
+
+/// What a coordinator remembers of a group it joined (to re-attach it to a new lease).
+#[derive(Clone)]
+struct Joined {
+    caps: Vec<u8>,
+    created_at: f64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The membership lease (0 before start and after stop).
+    lease: i64,
+    /// The lease of election candidacies (0 until the first election).
+    election_lease: i64,
+    joined: HashMap<Vec<u8>, Joined>,
+    /// Groups whose election this coordinator entered, and whether it was leading at the
+    /// last look.
+    candidate: HashMap<Vec<u8>, bool>,
+    /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
+    held: HashMap<u64, (Vec<u8>, i64)>,
+}
+
+impl State {
+    fn slot(&mut self, kind: LeaseKind) -> &mut i64 {
+        match kind {
+            LeaseKind::Membership => &mut self.lease,
+            LeaseKind::Election => &mut self.election_lease,
+        }
+    }
+}
+
+/// Everything a coordinator and its locks share.
+pub(crate) struct Shared {
+    link: Link,
+    member: Vec<u8>,
+    lock_ttl: i64,
+    membership_ttl: i64,
+    leader_ttl: i64,
+    heartbeat_every: f64,
+    state: Mutex<State>,
+    next_lock: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn grant(&self, ttl: i64) -> Result<i64> {
+        let r = self.link.run("grant lease", |mut c| async move { c.lease_grant(ttl, None).await }).await?;
+        if !r.error().is_empty() {
+            return Err(Error::Tooz(format!("etcd refused a lease: {}", r.error())));
+        }
+        Ok(r.id())
+    }
+
+    /// Refreshes a lease; false when etcd no longer knows it (expired or revoked).
+    async fn keep_alive(&self, lease: i64) -> Result<bool> {
+        let outcome = self
+            .link
+            .run("refresh lease", |mut c| async move {
+                match c.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if lease_gone(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Revokes a lease in the background (its keys go at once); failures are harmless, the
+    /// lease then simply expires.
+    fn revoke_later(self: &Arc<Self>, lease: i64) {
+        if lease == 0 {
+            return;
+        }
+        let me = self.clone();
+        crate::runtime::runtime().spawn(async move {
+            let _ = me.revoke(lease).await;
+        });
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<()> {
+        self.link
+            .run("revoke lease", |mut c| async move {
+                match c.lease_revoke(lease).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if lease_gone(&e) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+    }
+
+    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.link.run(what, |mut c| { let txn = txn.clone(); async move { c.txn(txn).await } }).await
+    }
+
+    async fn get(&self, what: &str, key: Vec<u8>, options: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
+        self.link
+            .run(what, |mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.get(key, options).await }
+            })
+            .await
+    }
+
+    fn lease(&self) -> Result<i64> {
+        match self.state().lease {
+            0 => Err(Error::Tooz("the coordinator is not started".into())),
+            l => Ok(l),
+        }
+    }
+
+    fn ttl_of(&self, kind: LeaseKind) -> i64 {
+        match kind {
+            LeaseKind::Membership => self.membership_ttl,
+            LeaseKind::Election => self.leader_ttl,
+        }
+    }
+
+    /// Replaces the lease of `kind` that lapsed (`expired`; 0: there was none yet) and puts
+    /// back what hung on it: memberships (of groups that still exist) or election
+    /// candidacies (at the back of each queue). Upstream leaves its members lost.
+    async fn renew(&self, kind: LeaseKind, expired: i64) -> Result<i64> {
+        let lease = self.grant(self.ttl_of(kind)).await?;
+        let swapped = {
+            let mut st = self.state();
+            let slot = st.slot(kind);
+            if *slot != expired && *slot != 0 {
+                Err(*slot) // renewed meanwhile by another call: use that one
+            } else {
+                *slot = lease;
+                Ok(())
+            }
+        };
+        if let Err(theirs) = swapped {
+            self.revoke(lease).await.ok();
+            return Ok(theirs);
+        }
+        match kind {
+            LeaseKind::Membership => {
+                let joined = self.state().joined.clone();
+                for (g, j) in joined {
+                    let txn = Txn::new()
+                        .when([Compare::version(group_key(&g), CompareOp::Greater, 0)])
+                        .and_then([
+                            TxnOp::put(member_key(&g, &self.member), j.caps.clone(), Some(PutOptions::new().with_lease(lease))),
+                            TxnOp::put(info_key(&g, &self.member), info_value(j.created_at, now()), Some(PutOptions::new().with_lease(lease))),
+                        ]);
+                    if !self.txn("rejoin group", txn).await?.succeeded() {
+                        self.state().joined.remove(&g);
+                    }
+                }
+            }
+            LeaseKind::Election => {
+                let groups: Vec<Vec<u8>> = self.state().candidate.keys().cloned().collect();
+                for g in groups {
+                    let key = [election_prefix(&g), self.member.clone()].concat();
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key, self.member.clone(), Some(PutOptions::new().with_lease(lease)))]);
+                    self.txn("re-enter election", txn).await?;
+                }
+            }
+        }
+        Ok(lease)
+    }
+
+    /// Runs `op` with the lease of `kind` (the election lease is granted on first use); if
+    /// etcd says the lease lapsed (the coordinator missed its heartbeats), renews it and runs
+    /// `op` once more.
+    async fn with_lease<T, F, Fut>(&self, kind: LeaseKind, op: F) -> Result<T>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let membership = self.lease()?;
+        let current = match kind {
+            LeaseKind::Membership => membership,
+            LeaseKind::Election => self.state().election_lease,
+        };
+        let lease = match current {
+            0 => self.renew(kind, 0).await?,
+            l => l,
+        };
+        match op(lease).await {
+            Err(e) if lapsed(&e) => {
+                let lease = self.renew(kind, lease).await?;
+                op(lease).await
+            }
+            other => other,
+        }
+    }
+}
+
+fn info_value(created_at: f64, updated_at: f64) -> Vec<u8> {
+    msgpack::encode(&Value::map_of(vec![("created_at", Value::Float(created_at)), ("updated_at", Value::Float(updated_at))]))
+}
+
+fn first_kvs(resp: &etcd_client::TxnResponse, index: usize) -> Vec<etcd_client::KeyValue> {
+    match resp.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
+        _ => Vec::new(),
+    }
+}
+
+fn count_of(resp: &etcd_client::TxnResponse, index: usize) -> i64 {
+    match resp.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(g)) => g.count(),
+        _ => 0,
+    }
+}
+
+pub struct Etcd3Driver {
+    shared: Arc<Shared>,
+}
+
+/// TLS from upstream's options: `ca_cert`, `cert_cert` with `cert_key`; https without them
+/// checks the server against the system's roots.
+fn tls_config(https: bool, options: &Options) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    let client_cert = match (Named::lookup(options, "cert_cert"), Named::lookup(options, "cert_key")) {
+        (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+        (None, None) => None,
+        _ => return Err(Error::InvalidArgument("cert_cert and cert_key go together".into())),
+    };
+    let ca_file = Named::lookup(options, "ca_cert");
+    if !https {
+        return Ok(None);
+    }
+    Ok(Some(tls::client_config(&TlsOptions { ca_file, client_cert, key_password: None, verify: Verify::Full })?))
+}
+
+impl Etcd3Driver {
+    pub fn new(member: Id, url: &Url, options: &Options) -> Result<Etcd3Driver> {
+        let timeout = options.float("timeout", 30.0)?;
+        let lock_timeout = options.float("lock_timeout", timeout)?;
+        let membership_timeout = options.float("membership_timeout", timeout)?;
+        let leader_timeout = options.float("leader_timeout", lock_timeout)?;
+        if timeout <= 0.0 {
+            return Err(Error::InvalidArgument("option timeout must be positive".into()));
+        }
+        if let Some(v) = options.str("api_version") {
+            // Upstream picks the gateway's path with it; gRPC has no such path. Accepted.
+            if v.trim().is_empty() || v.contains('/') {
+                return Err(Error::InvalidArgument(format!("option api_version={v:?} is not a version")));
+            }
+        }
+        let https = url.scheme.ends_with("https");
+        let scheme = if https { "https" } else { "http" };
+        let mut hosts: Vec<(String, u16)> = Vec::new();
+        if let Some(h) = url.host.as_deref().filter(|h| !h.is_empty()) {
+            hosts.push((h.trim_start_matches('[').trim_end_matches(']').to_owned(), url.port.unwrap_or(DEFAULT_PORT)));
+        }
+        for entry in options.str("hosts").unwrap_or("").split(',').filter(|h| !h.trim().is_empty()) {
+            hosts.push(options::host_port(entry, DEFAULT_PORT)?);
+        }
+        if hosts.is_empty() {
+            hosts.push(("localhost".into(), DEFAULT_PORT));
+        }
+        let endpoints = hosts
+            .into_iter()
+            .map(|(h, p)| if h.contains(':') { format!("{scheme}://[{h}]:{p}") } else { format!("{scheme}://{h}:{p}") })
+            .collect();
+        let user = match (url.username.as_deref().filter(|u| !u.is_empty()), url.password.as_deref()) {
+            (Some(u), p) => Some((u.to_owned(), p.unwrap_or("").to_owned())),
+            (None, Some(_)) => return Err(Error::InvalidArgument("a password needs a user name".into())),
+            (None, None) => None,
+        };
+        let tls = tls_config(https, options)?;
+        let member_bytes = member.as_bytes().to_vec();
+        Ok(Etcd3Driver {
+            shared: Arc::new(Shared {
+                link: Link::new(endpoints, tls, user, Duration::from_secs_f64(timeout)),
+                member: member_bytes,
+                lock_ttl: ttl_seconds(lock_timeout),
+                membership_ttl: ttl_seconds(membership_timeout),
+                leader_ttl: ttl_seconds(leader_timeout),
+                heartbeat_every: lock_timeout.min(membership_timeout).min(leader_timeout),
+                state: Mutex::new(State::default()),
+                next_lock: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn member_id(&self) -> Id {
+        Id::Bytes(self.shared.member.clone())
+    }
+
+    async fn list_group(&self, group: &Id, keys_only: bool) -> Result<Vec<(Id, Vec<u8>)>> {
+        let gkey = group_key(group.as_bytes());
+        let mut opts = GetOptions::new().with_prefix();
+        if keys_only {
+            opts = opts.with_keys_only();
+        }
+        let mut r = self.shared.get("get members", gkey.clone(), Some(opts)).await?;
+        let mut found = false;
+        let mut out = Vec::new();
+        for kv in r.take_kvs() {
+            let (key, value) = kv.into_key_value();
+            if key == gkey {
+                found = true;
+            } else {
+                out.push((Id::Bytes(key[gkey.len()..].to_vec()), value));
+            }
+        }
+        if !found {
+            return Err(Error::GroupNotCreated(group.clone()));
+        }
+        Ok(out)
+    }
+
+    fn election_key(&self, g: &[u8]) -> Vec<u8> {
+        [election_prefix(g), self.shared.member.clone()].concat()
+    }
+
+    fn oldest_candidate() -> GetOptions {
+        GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1)
+    }
+}
+
+#[async_trait]
+impl Driver for Etcd3Driver {
+    fn supports(&self, _op: Op) -> bool {
+        true
+    }
+
+    fn requires_beating(&self) -> bool {
+        true
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.shared.link.reset();
+        let lease = self.shared.grant(self.shared.membership_ttl).await?;
+        let mut st = self.shared.state();
+        st.lease = lease;
+        st.election_lease = 0;
+        st.joined.clear();
+        st.candidate.clear();
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let (lease, election, held) = {
+            let mut st = self.shared.state();
+            st.joined.clear();
+            st.candidate.clear();
+            let held = st.held.drain().map(|(_, v)| v).collect::<Vec<_>>();
+            (std::mem::take(&mut st.lease), std::mem::take(&mut st.election_lease), held)
+        };
+        // Revoking a lease deletes what hangs on it: members, candidacies, held locks.
+        for (_, lock_lease) in held {
+            let _ = self.shared.revoke(lock_lease).await;
+        }
+        for l in [lease, election] {
+            if l != 0 {
+                let _ = self.shared.revoke(l).await;
+            }
+        }
+        self.shared.link.reset();
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<Option<f64>> {
+        let lease = self.shared.lease()?;
+        if !self.shared.keep_alive(lease).await? {
+            self.shared.renew(LeaseKind::Membership, lease).await?;
+        }
+        let election = self.shared.state().election_lease;
+        if election != 0 && !self.shared.keep_alive(election).await? {
+            self.shared.renew(LeaseKind::Election, election).await?;
+        }
+        let held: Vec<(u64, i64)> = self.shared.state().held.iter().map(|(id, (_, l))| (*id, *l)).collect();
+        for (id, lock_lease) in held {
+            if !self.shared.keep_alive(lock_lease).await? {
+                // The lock lapsed: whoever holds it now, it is not us.
+                self.shared.state().held.remove(&id);
+            }
+        }
+        Ok(Some(self.shared.heartbeat_every))
+    }
+
+    async fn create_group(&self, group: &Id) -> Result<()> {
+        let key = group_key(group.as_bytes());
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), key, None)]);
+        if !self.shared.txn("create group", txn).await?.succeeded() {
+            return Err(Error::GroupAlreadyExist(group.clone()));
+        }
+        Ok(())
+    }
+
+    async fn delete_group(&self, group: &Id) -> Result<()> {
+        let gkey = group_key(group.as_bytes());
+        loop {
+            let r = self.shared.get("delete group", gkey.clone(), Some(GetOptions::new().with_prefix().with_keys_only())).await?;
+            let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+            if !r.kvs().iter().any(|kv| kv.key() == gkey.as_slice()) {
+                return Err(Error::GroupNotCreated(group.clone()));
+            }
+            if r.kvs().len() > 1 {
+                return Err(Error::GroupNotEmpty(group.clone()));
+            }
+            // Delete only if nothing under the group changed since the read (no one joined).
+            let txn = Txn::new()
+                .when([
+                    Compare::version(gkey.clone(), CompareOp::NotEqual, 0),
+                    Compare::mod_revision(gkey.clone(), CompareOp::Less, revision + 1).with_prefix(),
+                ])
+                .and_then([TxnOp::delete(gkey.clone(), None)]);
+            if self.shared.txn("delete group", txn).await?.succeeded() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn destroy_group(&self, group: &Id) -> Result<()> {
+        let gkey = group_key(group.as_bytes());
+        self.shared.link.run("destroy group", |mut c| { let k = gkey.clone(); async move { c.delete(k, None).await } }).await?;
+        Ok(())
+    }
+
+    async fn get_groups(&self) -> Result<Vec<Id>> {
+        let mut r = self
+            .shared
+            .get("get groups", GROUP_PREFIX.to_vec(), Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await?;
+        // Group keys end with '/' and have no lease; member keys hang on a lease.
+        Ok(r.take_kvs()
+            .into_iter()
+            .filter(|kv| kv.lease() == 0 && kv.key().len() > GROUP_PREFIX.len() + 1 && kv.key().ends_with(b"/"))
+            .map(|kv| Id::Bytes(kv.key()[GROUP_PREFIX.len()..kv.key().len() - 1].to_vec()))
+            .collect())
+    }
+
+    async fn join_group(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        let g = group.as_bytes().to_vec();
+        let caps = msgpack::encode(capabilities);
+        let created_at = now();
+        let (gkey, mkey, ikey) = (group_key(&g), member_key(&g, &self.shared.member), info_key(&g, &self.shared.member));
+        let resp = self
+            .shared
+            .with_lease(LeaseKind::Membership, |lease| {
+                let txn = Txn::new()
+                    .when([
+                        Compare::version(gkey.clone(), CompareOp::Greater, 0),
+                        Compare::create_revision(mkey.clone(), CompareOp::Equal, 0),
+                    ])
+                    .and_then([
+                        TxnOp::put(mkey.clone(), caps.clone(), Some(PutOptions::new().with_lease(lease))),
+                        TxnOp::put(ikey.clone(), info_value(created_at, created_at), Some(PutOptions::new().with_lease(lease))),
+                    ])
+                    .or_else([TxnOp::get(gkey.clone(), Some(GetOptions::new().with_count_only()))]);
+                async move { self.shared.txn("join group", txn).await }
+            })
+            .await?;
+        if !resp.succeeded() {
+            if count_of(&resp, 0) == 0 {
+                return Err(Error::GroupNotCreated(group.clone()));
+            }
+            return Err(Error::MemberAlreadyExist { group: group.clone(), member: self.member_id() });
+        }
+        self.shared.state().joined.insert(g, Joined { caps, created_at });
+        Ok(())
+    }
+
+    async fn leave_group(&self, group: &Id) -> Result<()> {
+        let g = group.as_bytes();
+        let mkey = member_key(g, &self.shared.member);
+        let txn = Txn::new()
+            .when([Compare::create_revision(mkey.clone(), CompareOp::NotEqual, 0)])
+            .and_then([TxnOp::delete(mkey, None), TxnOp::delete(info_key(g, &self.shared.member), None)]);
+        let ok = self.shared.txn("leave group", txn).await?.succeeded();
+        self.shared.state().joined.remove(g);
+        if !ok {
+            return Err(Error::MemberNotJoined { group: group.clone(), member: self.member_id() });
+        }
+        Ok(())
+    }
+
+    async fn get_members(&self, group: &Id) -> Result<Vec<Id>> {
+        Ok(self.list_group(group, true).await?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    async fn get_members_with_capabilities(&self, group: &Id) -> Result<Vec<(Id, Value)>> {
+        self.list_group(group, false)
+            .await?
+            .into_iter()
+            .map(|(m, v)| Ok((m, if v.is_empty() { Value::Nil } else { msgpack::decode(&v)? })))
+            .collect()
+    }
+
+    async fn get_member_capabilities(&self, group: &Id, member: &Id) -> Result<Value> {
+        let g = group.as_bytes();
+        let txn = Txn::new().and_then([
+            TxnOp::get(member_key(g, member.as_bytes()), None),
+            TxnOp::get(group_key(g), Some(GetOptions::new().with_count_only())),
+        ]);
+        let resp = self.shared.txn("get member capabilities", txn).await?;
+        match first_kvs(&resp, 0).into_iter().next() {
+            Some(kv) if kv.value().is_empty() => Ok(Value::Nil),
+            Some(kv) => msgpack::decode(kv.value()),
+            None if count_of(&resp, 1) == 0 => Err(Error::GroupNotCreated(group.clone())),
+            None => Err(Error::MemberNotJoined { group: group.clone(), member: member.clone() }),
+        }
+    }
+
+    async fn update_capabilities(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        let g = group.as_bytes().to_vec();
+        let caps = msgpack::encode(capabilities);
+        let (mkey, ikey) = (member_key(&g, &self.shared.member), info_key(&g, &self.shared.member));
+        let created_at = self.shared.state().joined.get(&g).map(|j| j.created_at);
+        let updated_at = now();
+        let resp = self
+            .shared
+            .with_lease(LeaseKind::Membership, |lease| {
+                let mut ops = vec![TxnOp::put(mkey.clone(), caps.clone(), Some(PutOptions::new().with_lease(lease)))];
+                if let Some(created_at) = created_at {
+                    ops.push(TxnOp::put(ikey.clone(), info_value(created_at, updated_at), Some(PutOptions::new().with_lease(lease))));
+                }
+                let txn = Txn::new()
+                    .when([Compare::create_revision(mkey.clone(), CompareOp::NotEqual, 0)])
+                    .and_then(ops)
+                    .or_else([TxnOp::get(group_key(&g), Some(GetOptions::new().with_count_only()))]);
+                async move { self.shared.txn("update capabilities", txn).await }
+            })
+            .await?;
+        if !resp.succeeded() {
+            if count_of(&resp, 0) == 0 {
+                return Err(Error::GroupNotCreated(group.clone()));
+            }
+            return Err(Error::MemberNotJoined { group: group.clone(), member: self.member_id() });
+        }
+        if let Some(j) = self.shared.state().joined.get_mut(&g) {
+            j.caps = caps;
+        }
+        Ok(())
+    }
+
+    async fn get_member_info(&self, group: &Id, member: &Id) -> Result<MemberInfo> {
+        let (g, m) = (group.as_bytes(), member.as_bytes());
+        let txn = Txn::new().and_then([TxnOp::get(member_key(g, m), None), TxnOp::get(info_key(g, m), None)]);
+        let resp = self.shared.txn("get member info", txn).await?;
+        let Some(kv) = first_kvs(&resp, 0).into_iter().next() else {
+            return Err(Error::MemberNotJoined { group: group.clone(), member: member.clone() });
+        };
+        let capabilities = if kv.value().is_empty() { Value::Nil } else { msgpack::decode(kv.value())? };
+        let info = match first_kvs(&resp, 1).into_iter().next() {
+            Some(i) => msgpack::decode(i.value())?,
+            None => {
+                return Err(Error::Tooz(format!(
+                    "no join time is recorded for member {member} of group {group} (it joined through a client that records none)"
+                )))
+            }
+        };
+        let time = |k: &str| match info.get(k) {
+            Some(Value::Float(f)) => Ok(*f),
+            Some(v) => v.as_int().map(|i| i as f64).ok_or_else(|| Error::Serialization(format!("bad {k} in member info"))),
+            None => Err(Error::Serialization(format!("no {k} in member info"))),
+        };
+        Ok(MemberInfo { capabilities, created_at: time("created_at")?, updated_at: time("updated_at")? })
+    }
+
+    async fn get_leader(&self, group: &Id) -> Result<Option<Id>> {
+        let mut r = self.shared.get("get leader", election_prefix(group.as_bytes()), Some(Self::oldest_candidate())).await?;
+        Ok(r.take_kvs().into_iter().next().map(|kv| Id::Bytes(kv.value().to_vec())))
+    }
+
+    async fn stand_down_group_leader(&self, group: &Id) -> Result<bool> {
+        let g = group.as_bytes().to_vec();
+        let key = self.election_key(&g);
+        let prefix = election_prefix(&g);
+        // Only the leader stands down: delete our candidacy if it is the oldest.
+        let mut r = self.shared.get("get leader", prefix, Some(Self::oldest_candidate())).await?;
+        let leading = r.take_kvs().first().is_some_and(|kv| kv.key() == key.as_slice());
+        if !leading {
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)])
+            .and_then([TxnOp::delete(key, None)]);
+        let ok = self.shared.txn("stand down", txn).await?.succeeded();
+        self.shared.state().candidate.remove(&g);
+        Ok(ok)
+    }
+
+    async fn elect(&self, group: &Id) -> Result<bool> {
+        let g = group.as_bytes().to_vec();
+        let key = self.election_key(&g);
+        let prefix = election_prefix(&g);
+        let resp = self
+            .shared
+            .with_lease(LeaseKind::Election, |lease| {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([
+                        TxnOp::put(key.clone(), self.shared.member.clone(), Some(PutOptions::new().with_lease(lease))),
+                        TxnOp::get(prefix.clone(), Some(Self::oldest_candidate())),
+                    ])
+                    .or_else([TxnOp::get(prefix.clone(), Some(Self::oldest_candidate()))]);
+                async move { self.shared.txn("run for leader", txn).await }
+            })
+            .await?;
+        let index = if resp.succeeded() { 1 } else { 0 };
+        let leading = first_kvs(&resp, index).first().is_some_and(|kv| kv.key() == key.as_slice());
+        let mut st = self.shared.state();
+        let was = st.candidate.insert(g, leading).unwrap_or(false);
+        Ok(leading && !was)
+    }
+
+    fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("Locks must be provided a name".into()));
+        }
+        Ok(Arc::new(Etcd3Lock::new(self.shared.clone(), name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_upstreams() {
+        assert_eq!(group_key(b"g"), b"tooz/groups/g/");
+        assert_eq!(member_key(b"g", b"m"), b"tooz/groups/g/m");
+        assert_eq!([LOCK_PREFIX, b"name"].concat(), b"/tooz/locks" .iter().chain(b"name").copied().collect::<Vec<_>>());
+        assert_eq!(ttl_seconds(0.2), 1);
+        assert_eq!(ttl_seconds(2.5), 3);
+    }
+
+    #[test]
+    fn options_and_urls() {
+        let url = Url { scheme: "etcd3+http".into(), host: Some("h1".into()), port: Some(1), ..Url::default() };
+        let o = Options::new([("hosts", "h2:2,[::1]:3"), ("timeout", "5")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect());
+        let d = Etcd3Driver::new(Id::from("m"), &url, &o).unwrap();
+        assert_eq!(d.shared.link.describe(), "http://h1:1,http://h2:2,http://[::1]:3");
+        assert_eq!(d.shared.lock_ttl, 5);
+        let bad = Options::new([("timeout".to_owned(), "x".to_owned())].into_iter().collect());
+        assert!(matches!(Etcd3Driver::new(Id::from("m"), &url, &bad), Err(Error::InvalidArgument(_))));
+        let half = Options::new([("cert_cert".to_owned(), "/x".to_owned())].into_iter().collect());
+        assert!(matches!(Etcd3Driver::new(Id::from("m"), &url, &half), Err(Error::InvalidArgument(_))));
+    }
+}
