@@ -19,7 +19,7 @@ import servers
 from conftest import Peer, new_id, wait_for
 
 # Backends that give tokens (ipc's SysV semaphores have nowhere to keep a counter).
-FENCED = ("file", "redis", "memcached", "zookeeper")
+FENCED = ("file", "redis", "memcached", "zookeeper", "etcd3")
 
 WORKER = r"""
 import sys, time
@@ -73,7 +73,7 @@ def test_tokens_keep_increasing_after_a_killed_holder(backend, url, make_coordin
     if backend[0] not in FENCED:
         pytest.skip("no tokens on %s" % backend[0])
     name = new_id("l")
-    if backend[0] in ("redis", "memcached"):
+    if backend[0] in ("redis", "memcached", "etcd3"):
         url = url + ("&" if "?" in url else "?") + "lock_timeout=2"
     holder = Peer(url, new_id("holder"))
     try:
@@ -130,6 +130,7 @@ def test_zookeeper_tokens_survive_a_server_restart(tmp_path):
 
 LOST = {
     # (URL options, seconds to stall the holder)
+    "etcd3": ("?lock_timeout=2", 5),
     "redis": ("?lock_timeout=2", 4),
     "memcached": ("?lock_timeout=2", 5),
     "zookeeper": ("?timeout=2", 5),
@@ -138,9 +139,10 @@ LOST = {
 
 @pytest.fixture(params=sorted(LOST))
 def lost_target(request):
-    server = getattr(servers, request.param)().start()
+    launcher, scheme = {"etcd3": ("etcd", "etcd3+http")}.get(request.param, (request.param, request.param))
+    server = getattr(servers, launcher)().start()
     query, stall = LOST[request.param]
-    yield request.param, "%s://127.0.0.1:%d%s" % (request.param, server.port, query), stall
+    yield request.param, "%s://127.0.0.1:%d%s" % (scheme, server.port, query), stall
     server.close()
 
 

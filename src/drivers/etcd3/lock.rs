@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::link::lapsed;
 use super::{first_kvs, Shared, LOCK_PREFIX};
 use crate::driver::{DriverLock, Wait};
+use crate::fate::{Fate, OnLost};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -31,11 +32,13 @@ pub struct Etcd3Lock {
     busy: tokio::sync::Mutex<()>,
     /// A lease of ours not (or no longer) attached to the key, reused by the next acquire.
     spare: Mutex<Option<(i64, Instant)>>,
+    fate: Arc<Fate>,
 }
 
 /// What one acquisition attempt found.
 enum Attempt {
-    Won,
+    /// Taken, at this revision (the key's create revision: the fencing token).
+    Won(i64),
     /// Held by someone else; the revision to watch from.
     Taken(i64),
 }
@@ -49,6 +52,7 @@ impl Etcd3Lock {
             token: uuid::Uuid::new_v4().as_bytes().to_vec(),
             busy: tokio::sync::Mutex::new(()),
             spare: Mutex::new(None),
+            fate: Arc::new(Fate::new("tooz.drivers.etcd3", String::from_utf8_lossy(name).into_owned())),
         }
     }
 
@@ -88,7 +92,7 @@ impl Etcd3Lock {
             match (alive, attempt) {
                 (Ok(true), Ok(a)) => return Ok((a, lease)),
                 (_, Err(e)) if lapsed(&e) => {}
-                (Ok(false), Ok(Attempt::Won)) => {
+                (Ok(false), Ok(Attempt::Won(_))) => {
                     // Cannot happen (a put on an unknown lease fails); be safe all the same.
                     self.shared.state().held.remove(&self.id);
                 }
@@ -116,13 +120,13 @@ impl Etcd3Lock {
             .or_else([TxnOp::get(self.key.clone(), None)]);
         let resp = self.shared.txn("acquire lock", txn).await?;
         if resp.succeeded() {
-            return Ok(Attempt::Won);
+            return Ok(Attempt::Won(resp.header().map(|h| h.revision()).unwrap_or(0)));
         }
         let holder = first_kvs(&resp, 0);
         // Our own token without our record of holding it: an earlier attempt whose answer was
         // lost (the call was retried on another endpoint) did get it.
-        if holder.first().is_some_and(|kv| kv.value() == self.token.as_slice() && kv.lease() == lease) {
-            return Ok(Attempt::Won);
+        if let Some(kv) = holder.first().filter(|kv| kv.value() == self.token.as_slice() && kv.lease() == lease) {
+            return Ok(Attempt::Won(kv.create_revision()));
         }
         Ok(Attempt::Taken(resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
@@ -197,8 +201,11 @@ impl DriverLock for Etcd3Lock {
             let refreshed = Instant::now();
             let (attempt, lease) = self.attempt_with_lease().await?;
             match attempt {
-                Attempt::Won => {
-                    self.shared.state().held.insert(self.id, (self.key.clone(), lease));
+                Attempt::Won(revision) => {
+                    self.fate.acquired((revision > 0).then_some(revision as u64));
+                    let mut state = self.shared.state();
+                    state.held.insert(self.id, (self.key.clone(), lease));
+                    state.fates.insert(self.id, self.fate.clone());
                     return Ok(true);
                 }
                 Attempt::Taken(revision) => {
@@ -214,10 +221,15 @@ impl DriverLock for Etcd3Lock {
 
     async fn release(&self) -> Result<bool> {
         let _one = self.busy.lock().await;
-        let lease = match self.shared.state().held.remove(&self.id) {
-            Some((_, lease)) => lease,
-            None => return Ok(false),
+        let lease = {
+            let mut state = self.shared.state();
+            state.fates.remove(&self.id);
+            match state.held.remove(&self.id) {
+                Some((_, lease)) => lease,
+                None => return Ok(false),
+            }
         };
+        self.fate.released();
         let txn = Txn::new()
             .when([Compare::value(self.key.clone(), CompareOp::Equal, self.token.clone())])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
@@ -250,7 +262,7 @@ impl DriverLock for Etcd3Lock {
         let r = self.shared.get("check lock owner", self.key.clone(), None).await?;
         let owner = r.kvs().first().is_some_and(|kv| kv.value() == self.token.as_slice());
         if !owner {
-            self.shared.state().held.remove(&self.id);
+            self.shared.state().lost(self.id, "its key was deleted, or its lease lapsed");
         }
         Ok(owner)
     }
@@ -263,9 +275,17 @@ impl DriverLock for Etcd3Lock {
         };
         let alive = self.shared.keep_alive(lease).await?;
         if !alive {
-            self.shared.state().held.remove(&self.id);
+            self.shared.state().lost(self.id, "its lease lapsed before it was refreshed");
         }
         Ok(alive)
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.fate.token()
+    }
+
+    fn on_lost(&self, callback: OnLost) {
+        self.fate.on_lost(callback);
     }
 }
 

@@ -101,9 +101,19 @@ struct State {
     candidate: HashMap<Vec<u8>, bool>,
     /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
     held: HashMap<u64, (Vec<u8>, i64)>,
+    /// The fates of the held locks (told when a heartbeat finds a lock's lease lapsed).
+    fates: HashMap<u64, Arc<crate::fate::Fate>>,
 }
 
 impl State {
+    /// A held lock turned out lost: no longer refreshed, and its holder is told.
+    fn lost(&mut self, id: u64, why: &str) {
+        self.held.remove(&id);
+        if let Some(fate) = self.fates.remove(&id) {
+            fate.lost(why);
+        }
+    }
+
     fn slot(&mut self, kind: LeaseKind) -> &mut i64 {
         match kind {
             LeaseKind::Membership => &mut self.lease,
@@ -430,6 +440,9 @@ impl Driver for Etcd3Driver {
             st.joined.clear();
             st.candidate.clear();
             let held = st.held.drain().map(|(_, v)| v).collect::<Vec<_>>();
+            for (_, fate) in st.fates.drain() {
+                fate.released();
+            }
             (std::mem::take(&mut st.lease), std::mem::take(&mut st.election_lease), held)
         };
         // Revoking a lease deletes what hangs on it: members, candidacies, held locks.
@@ -458,7 +471,7 @@ impl Driver for Etcd3Driver {
         for (id, lock_lease) in held {
             if !self.shared.keep_alive(lock_lease).await? {
                 // The lock lapsed: whoever holds it now, it is not us.
-                self.shared.state().held.remove(&id);
+                self.shared.state().lost(id, "its lease lapsed before the heartbeat refreshed it");
             }
         }
         Ok(Some(self.shared.heartbeat_every))
