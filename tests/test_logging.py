@@ -22,16 +22,20 @@ LOSS = {
     "redis": ("tooz.drivers.redis", "?membership_timeout=2&lock_timeout=2"),
     "memcached": ("tooz.drivers.memcached", "?membership_timeout=2&lock_timeout=2&timeout=2"),
     "zookeeper": ("tooz.drivers.zookeeper", "?timeout=10"),
+    "etcd3": ("tooz.drivers.etcd3", "?membership_timeout=2&lock_timeout=2&timeout=2"),
 }
+# backend -> (launcher in servers.py, URL scheme)
+LAUNCH = {"etcd3": ("etcd", "etcd3+http")}
 
 
 @pytest.mark.parametrize("backend", sorted(LOSS))
 def test_connection_loss_and_recovery_are_logged(backend, caplog):
     caplog.set_level(logging.INFO, logger="tooz")
     logger, query = LOSS[backend]
-    server = getattr(servers, backend)().start()
+    launcher, scheme = LAUNCH.get(backend, (backend, backend))
+    server = getattr(servers, launcher)().start()
     try:
-        c = coordination.get_coordinator("%s://127.0.0.1:%d%s" % (backend, server.port, query), b"logged-member")
+        c = coordination.get_coordinator("%s://127.0.0.1:%d%s" % (scheme, server.port, query), b"logged-member")
         c.start(start_heart=True)
         try:
             group = new_id("g")
@@ -45,7 +49,7 @@ def test_connection_loss_and_recovery_are_logged(backend, caplog):
             server.start()
             assert wait_for(lambda: any(r.name == logger for r in _records(caplog, logging.INFO)), 30), \
                 [r.getMessage() for r in caplog.records]
-            if backend != "zookeeper":
+            if backend in ("redis", "memcached"):
                 # The heart said so too: a failed beat, then beats that work again.
                 assert wait_for(lambda: any("works again" in r.getMessage()
                                              for r in _records(caplog, logging.INFO, "tooz.coordination")), 30)

@@ -106,6 +106,7 @@ pub(crate) struct Link {
     user: Option<(String, String)>,
     budget: Duration,
     channels: Mutex<Channels>,
+    health: crate::log::Health,
 }
 
 impl Link {
@@ -114,9 +115,11 @@ impl Link {
         tls: Option<Arc<rustls::ClientConfig>>,
         user: Option<(String, String)>,
         budget: Duration,
+        label: String,
     ) -> Link {
         let n = endpoints.len();
         Link {
+            health: crate::log::Health::new("tooz.drivers.etcd3", format!("{label} on etcd3 at {}", endpoints.join(","))),
             endpoints,
             tls,
             user,
@@ -246,7 +249,13 @@ impl Link {
                     Ok(Ok(v)) => {
                         if step != 0 {
                             self.channels().preferred = index;
+                            crate::log::emit(
+                                crate::log::Level::Warning,
+                                "tooz.drivers.etcd3",
+                                format!("failed over to the etcd member at {}", self.endpoints[index]),
+                            );
                         }
+                        self.health.up();
                         return Ok(v);
                     }
                     Ok(Err(e)) => match classify(what, e) {
@@ -283,10 +292,12 @@ impl Link {
     }
 
     fn out_of_time(&self, what: &str, last: Option<Error>) -> Error {
-        match last {
+        let e = match last {
             Some(e) => e,
             None => Error::Timeout(format!("{what}: etcd ({}) did not answer within {:.1}s", self.describe(), self.budget.as_secs_f64())),
-        }
+        };
+        self.health.lost(&e);
+        e
     }
 }
 
@@ -351,7 +362,7 @@ mod tests {
             let ports: Vec<u16> = (0..2)
                 .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
                 .collect();
-            let link = Link::new(ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(), None, None, Duration::from_secs(20));
+            let link = Link::new(ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(), None, None, Duration::from_secs(20), "test".into());
             let began = std::time::Instant::now();
             let got = link.run("probe", |mut c| async move { c.get("k", None).await }).await;
             assert!(matches!(got, Err(Error::Connection(_))), "{got:?}");

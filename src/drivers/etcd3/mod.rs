@@ -365,7 +365,7 @@ impl Etcd3Driver {
         let member_bytes = member.as_bytes().to_vec();
         Ok(Etcd3Driver {
             shared: Arc::new(Shared {
-                link: Link::new(endpoints, tls, user, Duration::from_secs_f64(timeout)),
+                link: Link::new(endpoints, tls, user, Duration::from_secs_f64(timeout), format!("member {member}")),
                 member: member_bytes,
                 lock_ttl: ttl_seconds(lock_timeout),
                 membership_ttl: ttl_seconds(membership_timeout),
