@@ -216,6 +216,8 @@ class NativeDriver:
         self._core.stop()
 
     def heartbeat(self):
+        if not self.requires_beating:
+            return None  # nothing to refresh (ipc): no crossing into the core for nothing
         return self._core.heartbeat()
 
     def create_group(self, group_id):
