@@ -45,6 +45,15 @@ def _zookeeper_url(request, tmp_path_factory):
     return "zookeeper://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
 
 
+def _postgresql_url(request, tmp_path_factory):
+    # Advisory locks have no namespaces: tests keep apart through their random lock names.
+    return request.getfixturevalue("postgres_server").url
+
+
+def _mysql_url(request, tmp_path_factory):
+    return request.getfixturevalue("mariadb_server").url
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
 # backends take a session server fixture and, where the backend has namespaces, a fresh one per
 # test; tests add their own options with with_options().
@@ -56,29 +65,36 @@ BACKENDS = {
 
     "memcached": _memcached_url,
     "zookeeper": _zookeeper_url,
+    "postgresql": _postgresql_url,
+    "mysql": _mysql_url,
 }
 
 
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
+# "groups": create/delete/list groups (the SQL backends offer locks only).
 FEATURES = {
-    "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
+    "file": {"groups", "members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
              "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness"},
-    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
+    "ipc": {"groups", "break", "watch_elected_as_leader", "text_ids", "kernel_release"},
     # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
     # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
     # coordinator always counts itself among the living.
-    "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
+    "redis": {"groups", "members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
               "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning", "beat_liveness"},
-    "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
+    "memcached": {"groups", "members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
                   "election", "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning",
                   "text_ids", "beat_liveness"},
     # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
     # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
     # without contact), not when heartbeat() stops being called ("session_release").
-    "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
+    "zookeeper": {"groups", "members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
                   "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
+    # Locks only, each held by the server for one connection of ours: the server frees it
+    # the moment that connection closes ("connection_release"), e.g. when its process dies.
+    "postgresql": {"is_still_owner", "connection_release"},
+    "mysql": {"is_still_owner", "connection_release"},
 }
 
 
@@ -121,6 +137,24 @@ def redis_server():
     from servers import redis
 
     server = redis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from servers import postgres
+
+    server = postgres().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    from servers import mariadb
+
+    server = mariadb().start()
     yield server
     server.close()
 

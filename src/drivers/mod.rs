@@ -4,8 +4,11 @@ pub mod file;
 pub mod fslock;
 pub mod ipc;
 pub mod memcached;
+pub mod mysql;
 pub mod options;
+pub mod pgsql;
 pub mod redis;
+pub mod session_lock;
 pub mod sysv;
 pub mod ttl_lock;
 pub mod zookeeper;
@@ -29,7 +32,7 @@ pub struct Url {
 }
 
 /// Backends whose Python module exists but whose Rust driver has not landed yet.
-const NOT_YET: &[&str] = &["postgresql", "mysql", "etcd3+http", "etcd3+https"];
+const NOT_YET: &[&str] = &["etcd3+http", "etcd3+https"];
 
 pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>> {
     match url.scheme.as_str() {
@@ -37,6 +40,8 @@ pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>
         "ipc" => Ok(Arc::new(ipc::IpcDriver::new())),
         "redis" => Ok(Arc::new(redis::RedisDriver::new(member, url, options)?)),
         "memcached" => Ok(Arc::new(memcached::MemcachedDriver::new(member, url, options)?)),
+        "postgresql" => Ok(Arc::new(pgsql::PostgresDriver::new(url, options)?)),
+        "mysql" => Ok(Arc::new(mysql::MySqlDriver::new(url, options)?)),
         "zookeeper" | "kazoo" => Ok(Arc::new(zookeeper::ZooKeeperDriver::new(member, url, options)?)),
         s if NOT_YET.contains(&s) => Err(Error::Tooz(format!(
             "the {s} backend is not yet available in this version of tooz"

@@ -109,6 +109,67 @@ class NativeLock(locking.Lock):
         return self._native.is_still_owner()
 
 
+class SessionLock(NativeLock):
+    """A lock the server holds for one connection of ours (PostgreSQL, MySQL).
+
+    The server frees such a lock as soon as that connection closes, which may happen behind
+    our back (a server restart, a network cut, a killed session). Upstream cannot tell; here
+    :meth:`is_still_owner` checks the connection, and a lock found lost that way (or when
+    released) is reported in the driver's log.
+    """
+
+    #: The driver module's logger (set by the subclass).
+    LOG = None
+
+    def _lost(self):
+        if self.LOG is not None:
+            self.LOG.warning("lock %r was lost: its connection to the server is gone, and the "
+                             "server released the lock with it", self.name)
+
+    def release(self):
+        held = self._native.acquired
+        released = self._native.release()
+        if held and not released:
+            self._lost()
+        return released
+
+    def is_still_owner(self):
+        held = self._native.acquired
+        owner = self._native.is_still_owner()
+        if held and not owner:
+            self._lost()
+        return owner
+
+    def __del__(self):
+        native = getattr(self, "_native", None)
+        if native is not None and native.acquired and self.LOG is not None:
+            self.LOG.warning("unreleased lock %r garbage collected (its connection is closed, "
+                             "which releases it)", self.name)
+
+
+class LocksOnly:
+    """Mixin of a backend that offers locks only: watching raises ``tooz.NotImplemented``,
+    as upstream's PostgreSQL and MySQL drivers do (the group calls raise it from Rust)."""
+
+    def watch_join_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def unwatch_join_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def watch_leave_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def unwatch_leave_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def watch_elected_as_leader(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def unwatch_elected_as_leader(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+
 class NativeDriver:
     """Mixin placed first in a built-in driver's bases; the Rust core does the work."""
 
