@@ -56,6 +56,7 @@ def test_ours_holds_upstream_waits(upstream, coord):
 
 
 def test_groups_seen_both_ways(backend, upstream, coord):
+    need(backend, "groups")
     up = upstream()
     g_up, g_ours = new_id("gu"), new_id("go")
     try:

@@ -29,8 +29,7 @@ def test_unknown_scheme():
         coordination.get_coordinator("no-scheme-at-all", b"me")
 
 
-@pytest.mark.parametrize("scheme", ["postgresql", "mysql",
-                                    "etcd3+http", "etcd3+https"])
+@pytest.mark.parametrize("scheme", ["etcd3+http", "etcd3+https"])
 def test_backends_not_yet_available(scheme):
     with pytest.raises(tooz.ToozError) as e:
         coordination.get_coordinator("%s://localhost:1" % scheme, b"me")
@@ -114,5 +113,5 @@ def test_third_party_backend_via_entry_point(tmp_path, monkeypatch):
 def test_registered_entry_points():
     table = coordination._backend_entry_points()
     for scheme in ("file", "ipc", "redis", "zookeeper", "kazoo", "memcached", "postgresql", "mysql",
-                   "etcd3+http", "etcd3+https"):
+                   "etcd3+http", "etcd3+https", "kubernetes"):
         assert scheme in table
