@@ -294,9 +294,9 @@ def test_same_object_is_not_reentrant(sql, coordinators):
     assert lock.release()
 
 
-def test_interrupted_wait_does_not_leave_a_ghost(sql, coordinators):
+def test_killed_waiter_does_not_keep_the_lock(sql, coordinators):
     """A process waiting for a lock is killed; once the holder lets go, a third party gets
-    the lock at once (the server does not give it to the dead waiter's session)."""
+    the lock (the dead waiter's session does not end up holding it)."""
     c = coordinators(sql[1])
     name = new_id("l")
     holder = c.get_lock(name)
@@ -313,6 +313,37 @@ def test_interrupted_wait_does_not_leave_a_ghost(sql, coordinators):
     other = coordinators(sql[1]).get_lock(name)
     assert other.acquire(blocking=5)
     other.release()
+
+
+def _waiting_sessions(scheme, server):
+    """How many server sessions are waiting for a lock right now."""
+    if scheme == "postgresql":
+        return int(_pg_query(server, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+    return int(_my_query(server, "SELECT count(*) FROM information_schema.processlist "
+                                 "WHERE info LIKE 'SELECT GET_LOCK%' AND id <> CONNECTION_ID()"))
+
+
+def test_interrupted_wait_is_cancelled_on_the_server(sql, coordinators, request):
+    """Ctrl-C during a blocking acquire raises KeyboardInterrupt, and the wait does not go on
+    on the server (PostgreSQL: cancelled at once; MySQL: the current GET_LOCK slice ends)."""
+    scheme, url = sql
+    server = _server_of(request, scheme)
+    c = coordinators(url)
+    name = new_id("l")
+    holder = coordinators(url).get_lock(name)
+    assert holder.acquire()
+    waiter = c.get_lock(name)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        waiter.acquire()
+    assert waiter.acquired is False
+    deadline = time.monotonic() + 5
+    while _waiting_sessions(scheme, server):
+        assert time.monotonic() < deadline, "the abandoned wait goes on on the server"
+        time.sleep(0.1)
+    holder.release()
+    assert waiter.acquire(blocking=False), "nobody else got it"
+    waiter.release()
 
 
 # ------------------------------------------------------------------ lost connections
