@@ -492,3 +492,28 @@ def test_upstream_and_ours_agree_on_the_pg_key(postgres_server, upstream_python)
         proc.kill()
         proc.wait()
 
+
+
+def test_killed_upstream_holder_frees_the_lock_for_ours(sql, coordinators, upstream_python):
+    """Upstream tooz (psycopg2 / PyMySQL) holds a lock and is SIGKILLed: the server frees it
+    and ours gets it at once; while it lived, ours could not."""
+    scheme, url = sql
+    name = new_id("l")
+    code = ("import sys, time, warnings\nwarnings.simplefilter('ignore')\nfrom tooz import coordination\n"
+            "c = coordination.get_coordinator(%r, b'u'); c.start()\nl = c.get_lock(%r)\n"
+            "assert l.acquire()\nprint('held', flush=True)\ntime.sleep(600)\n" % (url, name))
+    proc = subprocess.Popen([upstream_python, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        lock = coordinators(url).get_lock(name)
+        assert lock.acquire(blocking=0.3) is False
+        proc.kill()
+        proc.wait()
+        began = time.monotonic()
+        assert lock.acquire(blocking=5)
+        assert time.monotonic() - began < 1
+        lock.release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
