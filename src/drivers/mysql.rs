@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn names_are_binary_literals() {
-        assert_eq!(hex_literal(b"ab\x00'\xff"), "X'6162002700ff'");
+        assert_eq!(hex_literal(b"ab\x00'\xff"), "X'61620027ff'");
         assert_eq!(hex_literal(b"lock"), "X'6c6f636b'");
     }
 
