@@ -57,8 +57,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn unlock(&self, conn: &mut Self::Conn, key: &Self::Key) -> Result<bool>;
     /// A round trip proving the connection (and so its locks) is still there.
     async fn ping(&self, conn: &mut Self::Conn) -> Result<()>;
-    /// Releases whatever a connection might still hold before it is dropped (a task spawned
-    /// on the runtime; the default just drops it, which closes it).
+    /// Closes a connection (the server frees whatever it held); the default drops it.
     fn discard(&self, conn: Self::Conn) {
         drop(conn);
     }
@@ -319,10 +318,8 @@ impl<B: Backend> DriverLock for SessionLock<B> {
             _ => self.gate.lock().await,
         };
         // Not re-entrant: a lock object that holds its lock waits for its own release.
-        if self.holds() {
-            if wait == Wait::No || !self.until_not_held(deadline).await {
-                return Ok(false);
-            }
+        if self.holds() && (wait == Wait::No || !self.until_not_held(deadline).await) {
+            return Ok(false);
         }
         let how = match (wait, deadline) {
             (Wait::No, _) => Attempt::Try,
