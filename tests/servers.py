@@ -209,6 +209,14 @@ def postgres(port=None):
         return server
 
     server.start = start
+    _stop = server.stop
+
+    def stop(sig=signal.SIGINT):
+        # SIGINT is PostgreSQL's "fast" shutdown (sessions are ended); SIGTERM ("smart")
+        # would wait for every client to disconnect first.
+        _stop(sig)
+
+    server.stop = stop
     return server
 
 
