@@ -72,34 +72,44 @@ BACKENDS = {
 
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
-# "groups": create/delete/list groups (the SQL backends offer locks only).
+# "locks_only": no groups at all (group calls raise NotImplemented); see has_groups().
 FEATURES = {
-    "file": {"groups", "members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
+    "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
              "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness"},
-    "ipc": {"groups", "break", "watch_elected_as_leader", "text_ids", "kernel_release"},
+    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release"},
     # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
     # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
     # coordinator always counts itself among the living.
-    "redis": {"groups", "members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
+    "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
               "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning", "beat_liveness"},
-    "memcached": {"groups", "members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
+    "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
                   "election", "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning",
                   "text_ids", "beat_liveness"},
     # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
     # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
     # without contact), not when heartbeat() stops being called ("session_release").
-    "zookeeper": {"groups", "members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
+    "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
                   "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
     # Locks only, each held by the server for one connection of ours: the server frees it
     # the moment that connection closes ("connection_release"), e.g. when its process dies.
-    "postgresql": {"is_still_owner", "connection_release"},
-    "mysql": {"is_still_owner", "connection_release"},
+    "postgresql": {"locks_only", "is_still_owner", "connection_release"},
+    "mysql": {"locks_only", "is_still_owner", "connection_release"},
 }
 
 
 def has(backend, feature):
     return feature in FEATURES[backend[0]]
+
+
+def has_groups(backend):
+    """Whether the backend offers groups (every one does except the locks-only ones)."""
+    return not has(backend, "locks_only")
+
+
+def need_groups(backend):
+    if not has_groups(backend):
+        pytest.skip("%s offers locks only" % backend[0])
 
 
 def need(backend, *features):

@@ -7,7 +7,7 @@ import pytest
 
 from tooz import coordination
 
-from conftest import has, new_id
+from conftest import has_groups, new_id
 
 
 def _child_work(url, name, group, conn=None):
@@ -28,7 +28,7 @@ def test_os_fork_with_running_heart(backend, make_coordinator, group):
     parent = make_coordinator(start=False)
     parent.start(start_heart=True)
     make_coordinator.started.append(parent)
-    if has(backend, "groups"):
+    if has_groups(backend):
         parent.create_group(group).get()
     else:
         group = None
@@ -59,7 +59,7 @@ def test_multiprocessing_fork_pool(backend, make_coordinator, group, method):
     parent = make_coordinator(start=False)
     parent.start(start_heart=True)
     make_coordinator.started.append(parent)
-    if has(backend, "groups"):
+    if has_groups(backend):
         parent.create_group(group).get()
     else:
         group = None

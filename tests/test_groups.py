@@ -7,10 +7,10 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import has, need, new_id
+from conftest import has, has_groups, need, need_groups, new_id
 
 def test_create_list_delete(backend, coord, group):
-    need(backend, "groups")
+    need_groups(backend)
     assert group not in coord.get_groups().get()
     assert coord.create_group(group).get() is None
     assert group in coord.get_groups().get()
@@ -24,7 +24,7 @@ def test_create_list_delete(backend, coord, group):
 
 
 def test_results_are_async_results(backend, coord, group):
-    need(backend, "groups")
+    need_groups(backend)
     result = coord.create_group(group)
     assert isinstance(result, coordination.CoordAsyncResult)
     result.get(timeout=10)
@@ -34,7 +34,7 @@ def test_results_are_async_results(backend, coord, group):
 
 def test_calls_run_in_order(backend, coord, group):
     """Upstream runs a driver's calls one at a time in call order; callers rely on it."""
-    need(backend, "groups")
+    need_groups(backend)
     coord.create_group(group)
     groups = coord.get_groups()
     coord.delete_group(group)
@@ -44,7 +44,7 @@ def test_calls_run_in_order(backend, coord, group):
 
 
 def test_group_ids_keep_their_type(backend, coord):
-    need(backend, "groups")
+    need_groups(backend)
     gid = "g-str-%s" % new_id().decode()
     coord.create_group(gid).get()
     try:
@@ -173,7 +173,7 @@ def test_stop_leaves_joined_groups(backend, make_coordinator, group):
 
 
 def test_unsupported_operations_raise_at_call_time(backend, coord, group):
-    if not has(backend, "groups"):
+    if not has_groups(backend):
         for call in (lambda: coord.create_group(group), lambda: coord.get_groups(),
                      lambda: coord.delete_group(group)):
             with pytest.raises(tooz.NotImplemented):

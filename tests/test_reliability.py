@@ -12,7 +12,7 @@ import pytest
 
 from tooz import coordination
 
-from conftest import has, new_id, with_options
+from conftest import has, has_groups, new_id, with_options
 
 pytestmark = pytest.mark.reliability
 
@@ -120,7 +120,7 @@ def test_32_threads_share_one_coordinator(backend, coord):
                     n = counter["n"]
                     time.sleep(0)
                     counter["n"] = n + 1
-                if not has(backend, "groups"):
+                if not has_groups(backend):
                     continue
                 g = groups[i % len(groups)]
                 try:
@@ -139,7 +139,7 @@ def test_32_threads_share_one_coordinator(backend, coord):
     assert not any(t.is_alive() for t in threads), "deadlock"
     assert errors == []
     assert counter["n"] == 320
-    if has(backend, "groups"):
+    if has_groups(backend):
         for g in groups:
             coord.delete_group(g).get()
 
