@@ -162,11 +162,21 @@ def _as_postgres():
     return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
 
 
-def postgres(port=None):
+def postgres(port=None, tls=None):
     """A PostgreSQL 15 cluster from the Debian package, initialised in a temporary directory,
     listening on 127.0.0.1 only, with SCRAM password auth for ``SQL_USER`` (a superuser)
-    and database ``SQL_DATABASE``. ``.url`` is its ``postgresql://`` URL."""
+    and database ``SQL_DATABASE``. ``.url`` is its ``postgresql://`` URL. ``tls``: a directory
+    made by ``certs.make_pki`` whose server certificate it serves (plain connections stay
+    allowed)."""
     workdir = tempfile.mkdtemp(prefix="tooz-postgres-")
+    tls_args = []
+    if tls:
+        for name in ("server.crt", "server.key", "ca.pem"):
+            shutil.copy(os.path.join(str(tls), name), os.path.join(workdir, name))
+        os.chmod(os.path.join(workdir, "server.key"), 0o600)
+        tls_args = ["-c", "ssl=on", "-c", "ssl_cert_file=" + os.path.join(workdir, "server.crt"),
+                    "-c", "ssl_key_file=" + os.path.join(workdir, "server.key"),
+                    "-c", "ssl_ca_file=" + os.path.join(workdir, "ca.pem")]
     data = os.path.join(workdir, "data")
     pwfile = os.path.join(workdir, "pw")
     with open(pwfile, "w") as f:
@@ -175,8 +185,9 @@ def postgres(port=None):
         import pwd
 
         pg = pwd.getpwnam("postgres")
-        for path in (workdir, pwfile):
-            os.chown(path, pg.pw_uid, pg.pw_gid)
+        for name in os.listdir(workdir):
+            os.chown(os.path.join(workdir, name), pg.pw_uid, pg.pw_gid)
+        os.chown(workdir, pg.pw_uid, pg.pw_gid)
     subprocess.run(_as_postgres() + [os.path.join(POSTGRES_BIN, "initdb"), "-D", data, "-U", SQL_USER,
                                       "--pwfile", pwfile, "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
                                       "-E", "UTF8", "--no-sync", "--no-instructions"],
@@ -186,7 +197,7 @@ def postgres(port=None):
         return _as_postgres() + [os.path.join(POSTGRES_BIN, "postgres"), "-D", data, "-p", str(port),
                                  "-k", workdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                                  "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                                 "-c", "max_connections=300", "-c", "shared_buffers=16MB"]
+                                 "-c", "max_connections=300", "-c", "shared_buffers=16MB", *tls_args]
 
     def ready(port):
         # Accepting connections is not enough: the first start also creates the database.
@@ -220,11 +231,12 @@ def postgres(port=None):
     return server
 
 
-def mariadb(port=None):
+def mariadb(port=None, tls=None):
     """A MariaDB server from the Debian package, data in a temporary directory, listening on
     127.0.0.1 (and a socket in that directory), with ``SQL_USER``/``SQL_PASSWORD`` allowed
     everything and database ``SQL_DATABASE``. ``.url`` is its ``mysql://`` URL, ``.socket``
-    the socket path."""
+    the socket path. ``tls``: a ``certs.make_pki`` directory whose server certificate it
+    serves (plain connections stay allowed)."""
     workdir = tempfile.mkdtemp(prefix="tooz-mariadb-")
     data = os.path.join(workdir, "data")
     socket_path = os.path.join(workdir, "mysqld.sock")
@@ -238,13 +250,18 @@ def mariadb(port=None):
             f.write("GRANT ALL ON *.* TO '%s'@'%s';\n" % (SQL_USER, host))
         f.write("CREATE DATABASE IF NOT EXISTS %s;\n" % SQL_DATABASE)
     binary = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    tls_args = []
+    if tls:
+        tls_args = ["--ssl-cert=" + os.path.join(str(tls), "server.crt"),
+                    "--ssl-key=" + os.path.join(str(tls), "server.key"),
+                    "--ssl-ca=" + os.path.join(str(tls), "ca.pem")]
 
     def argv(port, workdir):
         return [binary, "--no-defaults", "--datadir=" + data, "--port=%d" % port, "--socket=" + socket_path,
                 "--bind-address=127.0.0.1", "--user=root", "--init-file=" + init, "--skip-name-resolve",
                 "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--max-connections=300",
                 "--pid-file=" + os.path.join(workdir, "mariadbd.pid"),
-                "--log-error=" + os.path.join(workdir, "error.log")]
+                "--log-error=" + os.path.join(workdir, "error.log")] + tls_args
 
     server = Server("mariadb", argv, port=port, workdir=workdir, ready_timeout=60.0)
     server.url = "mysql://%s:%s@127.0.0.1:%d/%s" % (SQL_USER, SQL_PASSWORD, server.port, SQL_DATABASE)

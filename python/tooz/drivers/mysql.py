@@ -8,7 +8,8 @@ URL: ``mysql://user:password@host[:port]/dbname`` (port 3306). Options, as upstr
 ``ssl_cert``        client certificate (``ssl_key``: its key, else in the cert file)
 ``ssl_verify_mode`` ``none``/``optional``/``required`` (default: required when a
                     CA is given, else none)
-``ssl_check_hostname``  check the server's name (default true; only with a CA)
+``ssl_check_hostname``  check the server's name (default true; only with a CA;
+                    ``false`` has no effect yet, see the README)
 ``ssl_cipher``      accepted and ignored: rustls uses its own safe cipher suites
 ==================  ==========================================================
 
