@@ -8,7 +8,8 @@
 //! of PEM files), `ssl_cert`, `ssl_key`, `ssl_verify_mode` (`none`/`optional`/`required`, or
 //! a boolean word), `ssl_check_hostname`; any of them turns TLS on and makes it required.
 //! `ssl_cipher` names OpenSSL cipher lists, which rustls has no use for: it is accepted and
-//! ignored (the Python driver logs a warning).
+//! ignored (the Python driver logs a warning). `ssl_check_hostname=false` is handed to
+//! mysql_async, whose rustls verifier does not honour it yet (blackbeam/mysql_async#404).
 //!
 //! Waits happen on the server, in `GET_LOCK` calls of at most [`WAIT_SLICE`] each (MySQL
 //! and MariaDB do not notice that a client has gone while it waits in `GET_LOCK`, so an
