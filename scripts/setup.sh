@@ -35,7 +35,7 @@ command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.
 # Test tools; fixtures, testtools and oslo.utils are what upstream's own test suite imports
 # (scripts/compat.py runs it against this package).
 python3 -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "hypothesis>=6" "tenacity>=6" \
-    "fixtures>=3" "testtools>=2.2" "oslo.utils>=4.7"
+    "fixtures>=3" "testtools>=2.2" "oslo.utils>=4.7" "uvloop>=0.17" "sphinx>=7"
 python3 -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
 
 if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc, redis, pymemcache, kazoo, etcd3gw, pytest, fixtures, testtools, oslo_utils" 2>/dev/null; then

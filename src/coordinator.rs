@@ -1,6 +1,7 @@
 //! What sits above every driver: calls run in the order they were made (upstream runs a
 //! driver's calls on a one-worker executor, and callers rely on that order), results are
-//! waited on from any thread, and the heartbeat runs as a task on the shared runtime.
+//! waited on from any thread, the heartbeat runs as a task on the shared runtime, and
+//! memberships are kept and healed (`membership.rs`) between calls.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,10 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::driver::Driver;
 use crate::error::Result;
+use crate::log::{self, Level};
+use crate::membership::Membership;
+
+const LOGGER: &str = "tooz.coordination";
 use crate::runtime;
 
 /// The result of a call that is running on the runtime.
@@ -23,16 +28,35 @@ pub struct Pending<T> {
 struct PendingState<T> {
     value: Mutex<Option<Result<T>>>,
     ready: Condvar,
+    /// Wakes async waiters (`tooz.aio`).
+    ready_async: Notify,
 }
 
 impl<T: Clone> Pending<T> {
     fn new() -> Self {
-        Pending { state: Arc::new(PendingState { value: Mutex::new(None), ready: Condvar::new() }) }
+        Pending {
+            state: Arc::new(PendingState { value: Mutex::new(None), ready: Condvar::new(), ready_async: Notify::new() }),
+        }
     }
 
     fn complete(&self, value: Result<T>) {
         *self.state.value.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
         self.state.ready.notify_all();
+        self.state.ready_async.notify_waiters();
+    }
+
+    /// Waits for the result without blocking a thread. Dropping this wait leaves the call
+    /// running (calls run in order and are not withdrawn, as upstream's).
+    pub async fn wait_async(&self) -> Result<T> {
+        loop {
+            let notified = self.state.ready_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = self.state.value.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return v;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -59,11 +83,16 @@ impl<T> Clone for Pending<T> {
 }
 
 pub struct Coordinator {
+    inner: Arc<Inner>,
+    heart: Arc<HeartState>,
+}
+
+struct Inner {
     driver: Arc<dyn Driver>,
+    membership: Arc<Membership>,
     /// Completion signal of the most recently submitted call, and the fork generation it
     /// belongs to (a call in flight in the parent never completes in a forked child).
     tail: Mutex<(u64, Option<oneshot::Receiver<()>>)>,
-    heart: Arc<HeartState>,
 }
 
 struct HeartState {
@@ -76,10 +105,13 @@ struct HeartState {
 }
 
 impl Coordinator {
-    pub fn new(driver: Arc<dyn Driver>) -> Self {
+    pub fn new(driver: Arc<dyn Driver>, membership: Membership) -> Self {
         Coordinator {
-            driver,
-            tail: Mutex::new((runtime::generation(), None)),
+            inner: Arc::new(Inner {
+                driver,
+                membership: Arc::new(membership),
+                tail: Mutex::new((runtime::generation(), None)),
+            }),
             heart: Arc::new(HeartState {
                 running: Mutex::new(false),
                 stopped: Condvar::new(),
@@ -92,11 +124,28 @@ impl Coordinator {
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
-        &self.driver
+        &self.inner.driver
     }
 
-    /// Runs `call` on the runtime after every call submitted before it has finished.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.inner.membership
+    }
+
+    /// Runs `call` on the runtime after every call submitted before it has finished; then,
+    /// if the backend may have lost this coordinator's memberships meanwhile, heals them
+    /// before the next call runs.
     pub fn submit<T, F, Fut>(&self, call: F) -> Pending<T>
+    where
+        T: Clone + Send + 'static,
+        F: FnOnce(Arc<dyn Driver>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        self.inner.submit(call)
+    }
+}
+
+impl Inner {
+    fn submit<T, F, Fut>(&self, call: F) -> Pending<T>
     where
         T: Clone + Send + 'static,
         F: FnOnce(Arc<dyn Driver>) -> Fut + Send + 'static,
@@ -112,12 +161,16 @@ impl Coordinator {
             previous
         };
         let driver = self.driver.clone();
+        let membership = self.membership.clone();
         let out = pending.clone();
         let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            out.complete(call(driver).await);
+            out.complete(call(driver.clone()).await);
+            if membership.heal_due(driver.as_ref()) {
+                membership.heal(driver.as_ref()).await;
+            }
             drop(done_tx);
         });
         // Poll once right here: calls that finish without waiting on I/O (all of a local
@@ -134,7 +187,9 @@ impl Coordinator {
         }
         pending
     }
+}
 
+impl Coordinator {
     // ------------------------------------------------------------ heartbeat
 
     pub fn heart_alive(&self) -> bool {
@@ -159,19 +214,57 @@ impl Coordinator {
         heart.generation.store(runtime::generation(), Ordering::SeqCst);
         heart.stop_requested.store(false, Ordering::SeqCst);
         heart.beats.store(0, Ordering::SeqCst);
-        let driver = self.driver.clone();
+        let inner = self.inner.clone();
         runtime::runtime().spawn(async move {
+            let driver = inner.driver.clone();
+            let mut failures = 0u64;
             while !heart.stop_requested.load(Ordering::SeqCst) {
                 let began = Instant::now();
                 let pause = match driver.heartbeat().await {
                     Ok(next) => {
                         heart.beats.fetch_add(1, Ordering::SeqCst);
+                        if failures > 0 {
+                            log::emit(
+                                Level::Info,
+                                LOGGER,
+                                format!("heartbeat of {} works again after {failures} failed attempt(s)", inner.membership.label()),
+                            );
+                            failures = 0;
+                        }
+                        let took = began.elapsed().as_secs_f64();
+                        if let Some(next) = next.filter(|n| took > *n) {
+                            log::emit(
+                                Level::Warning,
+                                LOGGER,
+                                format!(
+                                    "heartbeat of {} took {took:.2}s, {:.2}s longer than the time to the next one: \
+                                     locks and memberships may lapse",
+                                    inner.membership.label(),
+                                    took - next
+                                ),
+                            );
+                        }
+                        if inner.membership.heal_due(driver.as_ref()) {
+                            // In call order, like any call: a no-op call, healed after.
+                            let _ = inner.submit(|_| async { Ok(()) });
+                        }
                         let next = next.unwrap_or(1.0).max(0.0);
                         let left = (next - began.elapsed().as_secs_f64()).max(0.0);
                         Duration::from_secs_f64(left / 2.0)
                     }
-                    // Upstream retries a failed beat every second until it works.
-                    Err(_) => Duration::from_secs(1),
+                    // Upstream retries a failed beat every second until it works (and logs
+                    // each retry); one record per minute of failures is enough to see it.
+                    Err(e) => {
+                        if failures % 60 == 0 {
+                            log::emit(
+                                Level::Warning,
+                                LOGGER,
+                                format!("heartbeat of {} failed, retrying every second: {e}", inner.membership.label()),
+                            );
+                        }
+                        failures += 1;
+                        Duration::from_secs(1)
+                    }
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}

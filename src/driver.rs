@@ -96,6 +96,14 @@ pub trait Driver: Send + Sync + 'static {
     async fn start(&self) -> Result<()>;
     async fn stop(&self) -> Result<()>;
 
+    /// A number that changes whenever the backend may have lost what this coordinator wrote
+    /// (a new connection after one was lost, a new session after one expired): the
+    /// coordinator then checks its memberships and heals them. Constant for backends whose
+    /// state cannot be lost that way.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
     /// Refreshes liveness; returns the seconds until the next beat is due.
     async fn heartbeat(&self) -> Result<Option<f64>> {
         Ok(None)
@@ -110,11 +118,24 @@ pub trait Driver: Send + Sync + 'static {
     async fn get_groups(&self) -> Result<Vec<Id>> {
         unsupported("get_groups")
     }
+    /// Removes a group's record with its members behind their backs, as an operator or an
+    /// expiry would (upstream's `_destroy_group`, which its test suite calls); the group list
+    /// is left alone.
+    async fn destroy_group(&self, _group: &Id) -> Result<()> {
+        unsupported("_destroy_group")
+    }
     async fn join_group(&self, _group: &Id, _capabilities: &Value) -> Result<()> {
         unsupported("join_group")
     }
     async fn leave_group(&self, _group: &Id) -> Result<()> {
         unsupported("leave_group")
+    }
+    /// Puts this coordinator's membership back after the backend may have lost it: like
+    /// `join_group`, but `MemberAlreadyExist` only when the entry found is this
+    /// coordinator's *current* one (a backend whose entries belong to a session replaces
+    /// one left by an earlier, ended session).
+    async fn rejoin_group(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        self.join_group(group, capabilities).await
     }
     async fn get_members(&self, _group: &Id) -> Result<Vec<Id>> {
         unsupported("get_members")
@@ -162,5 +183,19 @@ pub trait DriverLock: Send + Sync + 'static {
     }
     async fn heartbeat(&self) -> Result<bool> {
         unsupported("heartbeat")
+    }
+    /// The fencing token of the last successful acquire: greater than every token issued
+    /// before it for the same lock name on the same backend. `None` before one, or on a
+    /// backend that cannot give one.
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+    /// Registers a callback for when a holding turns out lost without `release()` (see
+    /// `fate.rs`). Kernel-held locks (file, ipc) cannot be lost behind their holder's back:
+    /// the callback is kept and never called.
+    fn on_lost(&self, _callback: crate::fate::OnLost) {}
+    /// Who holds the lock now, as the backend says (`None`: nobody).
+    async fn get_owner(&self) -> Result<Option<Id>> {
+        unsupported("get_owner")
     }
 }

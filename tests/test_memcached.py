@@ -244,9 +244,12 @@ def test_upstream_and_ours_share_locks_both_ways(upstream, coord):
     assert ours.is_still_owner() is False
     assert ours.release() is False, "not ours to release"
     assert up.call("lock.get_owner()") == up.call("c._member_id")
+    assert ours.get_owner() == up.call("c._member_id"), "both read the same owner"
     assert up.call("lock.release()") is True
+    assert ours.get_owner() is None
     assert ours.acquire(blocking=5) is True
     assert up.call("lock.get_owner()") == coord._member_id
+    assert ours.get_owner() == coord._member_id
     assert up.call("lock.acquire(blocking=False)") is False
     # Upstream's blocking acquire polls every second; it must not get in while we hold.
     up.send("lock.acquire()")

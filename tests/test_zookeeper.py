@@ -336,8 +336,9 @@ def test_server_restart_then_recover(own_server, make_coordinator):
     assert group in c.get_groups().get(), "persistent nodes survived the restart"
     assert lock.is_still_owner() is False, "a lock of the lost session is not claimed"
     assert lock.acquire(blocking=10), "the old session's node goes when the server expires it"
-    assert _wait_for(lambda: c.get_members(group).get() == set(), timeout=10)
-    c.join_group(group).get()
+    # The member of the ended session was re-joined by the new one (healing), and stays.
+    assert _wait_for(lambda: c.get_members(group).get() == {c._member_id}, timeout=10)
+    time.sleep(2.5)
     assert c.get_members(group).get() == {c._member_id}
     assert c.heartbeat() == 3
     lock.release()
@@ -361,6 +362,30 @@ def test_short_outage_keeps_the_session(own_server, make_coordinator):
     assert other.get_members(group).get() == {c._member_id}
     assert not other.get_lock(b"res").acquire(blocking=False)
     assert lock.release() is True
+
+
+def test_waiter_is_woken_through_a_watch_set_again_after_reconnecting(own_server, make_coordinator):
+    """A lock waiter's watch on its predecessor outlives a dropped connection: the client sets
+    it again on the new connection (SetWatches), so a release after the outage wakes it."""
+    url = "zookeeper://127.0.0.1:%d?timeout=30" % own_server.port  # a slow JVM restart keeps it
+    holder = make_coordinator(url=url)
+    name = new_id("l")
+    held = holder.get_lock(name)
+    assert held.acquire()
+    waiter = make_coordinator(url=url).get_lock(name)
+    outcome = []
+    t = threading.Thread(target=lambda: outcome.append(waiter.acquire(blocking=20)))
+    t.start()
+    time.sleep(0.5)
+    own_server.stop()
+    time.sleep(1)
+    own_server.start()
+    assert _wait_for(lambda: _ok(lambda: holder.heartbeat()), timeout=15)
+    assert outcome == [], "still waiting: the holder's session survived"
+    assert held.release() is True
+    t.join(25)
+    assert outcome == [True]
+    assert waiter.release() is True
 
 
 def _ok(call):

@@ -345,17 +345,19 @@ class CoordinationDriver:
         if self.heart.is_alive():
             self.heart.stop()
             self.heart.wait()
+        # Clean-up: the group or the membership may be gone already; like upstream, failures
+        # here are no reason to complain.
         leaving = []
         for group_id in list(self._joined_groups):
             try:
                 leaving.append(self.leave_group(group_id))
             except tooz.ToozError:
-                LOG.warning("Unable to leave group '%s'", _as_text(group_id), exc_info=True)
+                LOG.debug("Unable to leave group '%s' while stopping", _as_text(group_id), exc_info=True)
         for fut in leaving:
             try:
                 fut.get()
             except tooz.ToozError:
-                LOG.warning("Unable to leave a group while stopping", exc_info=True)
+                LOG.debug("Unable to leave a group while stopping", exc_info=True)
         self._stop()
         self._started = False
 
@@ -462,6 +464,12 @@ class CoordinationDriverCachedRunWatchers(CoordinationDriver):
         if not self._has_hooks_for_group(group_id):
             self._group_members.pop(group_id, None)
 
+    def _booted_out(self, group_id):
+        """This member was found missing from ``group_id``: forget having joined it. Returns
+        whether it is really gone (a driver that heals memberships may have re-joined)."""
+        self._joined_groups.discard(group_id)
+        return True
+
     def run_watchers(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         results = []
@@ -474,8 +482,10 @@ class CoordinationDriverCachedRunWatchers(CoordinationDriver):
                 members = set()
             else:
                 if group_id in self._joined_groups and self._member_id not in members:
-                    # Our membership expired: we were booted out of the group.
-                    self._joined_groups.discard(group_id)
+                    # Our membership expired: we were booted out of the group (unless the
+                    # membership was healed meanwhile, in which case we are in it again).
+                    if not self._booted_out(group_id):
+                        members.add(self._member_id)
             before = self._group_members.get(group_id, set())
             join_hooks = self._hooks_join_group.get(group_id, ())
             leave_hooks = self._hooks_leave_group.get(group_id, ())

@@ -53,6 +53,15 @@ class Lock(metaclass=abc.ABCMeta):
         """Forcefully release the lock, whoever holds it."""
         raise tooz.NotImplemented
 
+    @property
+    def fencing_token(self):
+        """The fencing token of the last successful acquire (None: the backend gives none)."""
+        return None
+
+    def on_lost(self, callback):
+        """Call ``callback(lock)`` when a holding is lost without ``release()``."""
+        raise tooz.NotImplemented
+
     @abc.abstractmethod
     def acquire(self, blocking=True, shared=False, timeout=None):
         """Take the lock. ``blocking``: True waits forever, False tries once, a number waits

@@ -1,6 +1,6 @@
 import abc
 from types import TracebackType
-from typing import Any, Optional, Type, Union
+from typing import Any, Callable, Optional, Type, Union
 
 class _LockProxy:
     lock: Lock
@@ -19,6 +19,9 @@ class Lock(metaclass=abc.ABCMeta):
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc_val: Optional[BaseException],
                  exc_tb: Optional[TracebackType]) -> None: ...
     def is_still_owner(self) -> bool: ...
+    @property
+    def fencing_token(self) -> Optional[int]: ...
+    def on_lost(self, callback: Callable[[Lock], Any]) -> None: ...
     def break_(self) -> bool: ...
     @abc.abstractmethod
     def acquire(self, blocking: Union[bool, float] = True, shared: bool = False,

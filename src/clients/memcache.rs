@@ -53,6 +53,8 @@ pub enum Reply {
     NotFound,
     Deleted,
     Touched,
+    /// The new value of an `incr`.
+    Number(u64),
 }
 
 /// The server refused the request (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`), or sent
@@ -133,6 +135,9 @@ pub fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(Reply, usize)>, Re
             b"NOT_FOUND" => Reply::NotFound,
             b"DELETED" => Reply::Deleted,
             b"TOUCHED" => Reply::Touched,
+            _ if !line.is_empty() && line.len() <= 20 && line.iter().all(u8::is_ascii_digit) => {
+                Reply::Number(parse_num(Some(line), line)?)
+            }
             b"ERROR" => return Err(ReplyError::Server("memcached: ERROR (unknown command)".into())),
             _ if line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR") => {
                 return Err(ReplyError::Server(format!("memcached: {}", String::from_utf8_lossy(line))));
@@ -213,6 +218,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub max_pool_size: Option<usize>,
     pub tls: Option<Arc<tls::TlsSettings>>,
+    /// Logger name and description of this client for connection-loss records (`crate::log`).
+    pub log_as: (String, String),
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -338,12 +345,31 @@ pub struct Client {
     cfg: Config,
     idle: Mutex<Idle>,
     slots: Option<Arc<Semaphore>>,
+    /// Connections found closed by the server or dropped on a failure (the server may have
+    /// restarted and forgotten everything).
+    lost: std::sync::atomic::AtomicU64,
+    health: crate::log::Health,
 }
 
 impl Client {
     pub fn new(cfg: Config) -> Client {
         let slots = cfg.max_pool_size.map(|n| Arc::new(Semaphore::new(n.max(1))));
-        Client { cfg, idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }), slots }
+        Client {
+            health: crate::log::Health::new(cfg.log_as.0.clone(), cfg.log_as.1.clone()),
+            cfg,
+            idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }),
+            slots,
+            lost: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many connections were lost so far (see `lost`).
+    pub fn connections_lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn note_lost(&self) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn take_idle(&self) -> Option<Conn> {
@@ -398,7 +424,7 @@ impl Client {
 
     /// Sends one request and reads its reply.
     pub async fn request(&self, what: &str, request: &[u8]) -> Result<Reply> {
-        self.with_timeout(what, async {
+        let out = self.with_timeout(what, async {
             let _slot = match &self.slots {
                 Some(s) => Some(s.clone().acquire_owned().await.map_err(|e| Error::Tooz(e.to_string()))?),
                 None => None,
@@ -409,6 +435,7 @@ impl Client {
                         if !c.is_stale() {
                             break c;
                         }
+                        self.note_lost();
                     }
                     None => break Conn::open(&self.cfg).await?,
                 }
@@ -417,7 +444,15 @@ impl Client {
             self.put_idle(conn);
             Ok(reply)
         })
-        .await
+        .await;
+        match &out {
+            Err(e @ Error::Connection(_)) => {
+                self.note_lost();
+                self.health.lost(e);
+            }
+            _ => self.health.up(),
+        }
+        out
     }
 
     fn unexpected(what: &str, reply: Reply) -> Error {
@@ -483,6 +518,19 @@ impl Client {
             Reply::Deleted => Ok(true),
             Reply::NotFound => Ok(false),
             other => Err(Self::unexpected("delete", other)),
+        }
+    }
+
+    /// `incr`: the new value, or `None` when the key does not exist.
+    pub async fn incr(&self, key: &[u8], by: u64) -> Result<Option<u64>> {
+        check_key(key)?;
+        let mut req = b"incr ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(format!(" {by}\r\n").as_bytes());
+        match self.request("incr", &req).await? {
+            Reply::Number(n) => Ok(Some(n)),
+            Reply::NotFound => Ok(None),
+            other => Err(Self::unexpected("incr", other)),
         }
     }
 

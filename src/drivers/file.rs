@@ -12,6 +12,7 @@
 //! file `<dir>/.leaders/<sha1(group)>`, whose contents name it (msgpack
 //! `{member_id, encoded}`). Upstream processes never look there.
 
+use crate::fate::Fate;
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
@@ -483,7 +484,8 @@ impl Driver for FileDriver {
                 path.display()
             )));
         }
-        Ok(Arc::new(FileLock { lock: PathLock::new(&path) }))
+        let fate = Fate::new("tooz.drivers.file", path.display().to_string());
+        Ok(Arc::new(FileLock { lock: PathLock::new(&path), fate }))
     }
 }
 
@@ -501,6 +503,8 @@ impl NaiveTime {
 
 pub struct FileLock {
     lock: PathLock,
+    /// Fencing tokens only: a record lock cannot be lost behind its holder's back.
+    fate: Fate,
 }
 
 #[async_trait]
@@ -514,7 +518,15 @@ impl DriverLock for FileLock {
     }
 
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
-        self.lock.acquire(shared, wait).await
+        let got = self.lock.acquire(shared, wait).await?;
+        if got {
+            self.fate.acquired(if shared { None } else { Some(self.lock.barrier().next_token()?) });
+        }
+        Ok(got)
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.fate.token()
     }
 
     async fn release(&self) -> Result<bool> {

@@ -200,6 +200,25 @@ impl Barrier {
             .map_err(|e| Error::io(&format!("cannot write {}", self.path.display()), e))
     }
 
+    /// The next fencing token: a decimal counter kept as the lock file's contents (upstream
+    /// never reads them), bumped through the descriptor that holds the lock exclusively.
+    pub fn next_token(&self) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let file = match (&inner.file, inner.holders, inner.shared) {
+            (Some(f), n, false) if n > 0 => f,
+            _ => return Err(Error::Tooz(format!("{} is not held exclusively", self.path.display()))),
+        };
+        let io = |e| Error::io(&format!("cannot keep the fencing counter in {}", self.path.display()), e);
+        let mut buf = [0u8; 24];
+        let n = file.read_at(&mut buf, 0).map_err(io)?;
+        let last: u64 = std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        let next = last + 1;
+        file.set_len(0).map_err(io)?;
+        file.write_all_at(next.to_string().as_bytes(), 0).map_err(io)?;
+        Ok(next)
+    }
+
     /// Gives one hold back; the record lock goes when the last holder leaves.
     pub fn release(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

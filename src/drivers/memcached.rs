@@ -27,6 +27,7 @@ use super::options::Options;
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use super::ttl_lock;
 use super::Url;
+use crate::fate::{Fate, OnLost};
 use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -214,7 +215,9 @@ impl MemcachedDriver {
         let host = url.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into());
         let port = url.port.unwrap_or(DEFAULT_PORT);
         let scope = format!("memcached://{host}:{port}");
+        let log_as = ("tooz.drivers.memcached".to_owned(), format!("member {member} on memcached at {host}:{port}"));
         let client = Client::new(Config {
+            log_as,
             host,
             port,
             timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
@@ -251,7 +254,15 @@ impl MemcachedDriver {
     }
 
     fn new_lock(&self, key: Vec<u8>, timeout: f64) -> Arc<LockState> {
-        Arc::new(LockState { key, ttl: ttl(timeout), shared: self.shared.clone(), acquired: AtomicBool::new(false) })
+        let what = format!("{} of member {}", String::from_utf8_lossy(&key), self.shared.member);
+        Arc::new(LockState {
+            fence_key: [key.as_slice(), b":fence"].concat(),
+            fate: Arc::new(Fate::new("tooz.drivers.memcached", what)),
+            key,
+            ttl: ttl(timeout),
+            shared: self.shared.clone(),
+            acquired: AtomicBool::new(false),
+        })
     }
 
     /// `gets` of a group's record: `None` when the group does not exist.
@@ -386,6 +397,10 @@ impl Driver for MemcachedDriver {
         !matches!(op, Op::GetMemberInfo | Op::StandDownGroupLeader)
     }
 
+    fn epoch(&self) -> u64 {
+        self.client().connections_lost()
+    }
+
     fn requires_beating(&self) -> bool {
         true
     }
@@ -464,6 +479,10 @@ impl Driver for MemcachedDriver {
             backoff(attempt).await;
         }
         Err(Error::Tooz(format!("group {group} kept changing under us; gave up")))
+    }
+
+    async fn destroy_group(&self, group: &Id) -> Result<()> {
+        self.client().delete(&Self::group_key(group)).await.map(|_| ())
     }
 
     async fn get_groups(&self) -> Result<Vec<Id>> {
@@ -580,6 +599,11 @@ struct LockState {
     ttl: u32,
     shared: Arc<Shared>,
     acquired: AtomicBool,
+    /// The counter of fencing tokens (`<lock key>:fence`, no expiry; upstream never touches
+    /// it). memcached may evict it under memory pressure, and tokens then start over:
+    /// weaker than the other backends' (documented).
+    fence_key: Vec<u8>,
+    fate: Arc<Fate>,
 }
 
 impl LockState {
@@ -597,6 +621,27 @@ impl LockState {
         held.retain(|l| !Arc::ptr_eq(l, self));
     }
 
+    /// The holding turned out lost: forgotten, and its holder told.
+    fn lost(self: &Arc<Self>, why: &str) {
+        if self.is_acquired() {
+            self.forget();
+            self.fate.lost(why);
+        }
+    }
+
+    /// The next fencing token: `incr` of the counter, created at 1 if missing.
+    async fn next_token(&self) -> Result<u64> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            if let Some(n) = self.client().incr(&self.fence_key, 1).await? {
+                return Ok(n);
+            }
+            if self.client().store(Store::Add, &self.fence_key, 0, 0, b"1").await? {
+                return Ok(1);
+            }
+        }
+        Err(Error::Tooz(format!("the fencing counter {} kept changing; gave up", String::from_utf8_lossy(&self.fence_key))))
+    }
+
     async fn acquire(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         let (flags, owner) = encode(&id_value(&self.shared.member));
         let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, || {
@@ -604,9 +649,17 @@ impl LockState {
         })
         .await?;
         if got {
-            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-            if !self.acquired.swap(true, Ordering::SeqCst) {
-                held.push(self.clone());
+            {
+                let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                if !self.acquired.swap(true, Ordering::SeqCst) {
+                    held.push(self.clone());
+                }
+            }
+            let token = self.next_token().await;
+            self.fate.acquired(token.as_ref().ok().copied());
+            if let Err(e) = token {
+                let _ = self.release().await;
+                return Err(e);
             }
         }
         Ok(got)
@@ -627,9 +680,10 @@ impl LockState {
         // Not atomic (memcached has no compare-and-delete): read, compare, delete.
         let owner = self.owner().await?;
         if owner.as_ref() != Some(&self.shared.member) {
-            self.forget();
+            self.lost("its key expired, was evicted or was taken by another holder");
             return Ok(false);
         }
+        self.fate.released();
         let deleted = self.client().delete(&self.key).await;
         self.forget();
         let deleted = deleted?;
@@ -637,11 +691,17 @@ impl LockState {
         Ok(deleted)
     }
 
-    async fn touch(&self) -> Result<bool> {
+    /// Extends a held lock; finds it lost if its key is gone or names another owner (a
+    /// `touch` alone would extend another holder's key).
+    async fn touch(self: &Arc<Self>) -> Result<bool> {
         if !self.is_acquired() {
             return Ok(false);
         }
-        self.client().touch(&self.key, self.ttl).await
+        if self.owner().await?.as_ref() != Some(&self.shared.member) || !self.client().touch(&self.key, self.ttl).await? {
+            self.lost("its key expired, was evicted or was taken by another holder before it was extended");
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 
@@ -680,11 +740,27 @@ impl DriverLock for MemcachedLock {
         if !self.0.is_acquired() {
             return Ok(false);
         }
-        Ok(self.0.owner().await?.as_ref() == Some(&self.0.shared.member))
+        let owned = self.0.owner().await?.as_ref() == Some(&self.0.shared.member);
+        if !owned {
+            self.0.lost("its key expired, was evicted or was taken by another holder");
+        }
+        Ok(owned)
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.0.fate.token()
+    }
+
+    fn on_lost(&self, callback: OnLost) {
+        self.0.fate.on_lost(callback);
     }
 
     async fn heartbeat(&self) -> Result<bool> {
         self.0.touch().await
+    }
+
+    async fn get_owner(&self) -> Result<Option<Id>> {
+        self.0.owner().await
     }
 }
 

@@ -24,6 +24,7 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, R
 use super::options::Options;
 use super::ttl_lock;
 use super::Url;
+use crate::fate::{Fate, OnLost};
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -88,6 +89,12 @@ const RELEASE_LOCK: &str = r#"
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
 return 0"#;
 
+/// SET NX PX (upstream's acquire, same key and value) and, when it took, the next fencing
+/// token from the lock's counter key, in one round trip.
+const ACQUIRE_LOCK: &str = r#"
+if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then return redis.call("incr", KEYS[2]) end
+return 0"#;
+
 const EXTEND_LOCK: &str = r#"
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end
 return 0"#;
@@ -101,6 +108,7 @@ struct Scripts {
     get_members: Script,
     release_lock: Script,
     extend_lock: Script,
+    acquire_lock: Script,
 }
 
 impl Scripts {
@@ -114,6 +122,7 @@ impl Scripts {
             get_members: Script::new(GET_MEMBERS),
             release_lock: Script::new(RELEASE_LOCK),
             extend_lock: Script::new(EXTEND_LOCK),
+            acquire_lock: Script::new(ACQUIRE_LOCK),
         }
     }
 }
@@ -146,6 +155,12 @@ struct Link {
     config: AsyncConnectionConfig,
     call_timeout: Duration,
     current: Mutex<Option<MultiplexedConnection>>,
+    /// Connections made so far: a new one after the first means the old one was lost (and
+    /// with it, maybe, the server's memory).
+    connections: AtomicU64,
+    health: crate::log::Health,
+    /// The master Sentinel named last (a change is a failover, logged).
+    master: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -159,11 +174,23 @@ impl Link {
                 .await
                 .map_err(|e| redis_err("cannot find the master through Sentinel", e))?,
         };
+        if let Target::Sentinel(_) = &self.target {
+            let now = client.get_connection_info().addr().to_string();
+            let before = self.master.lock().unwrap_or_else(|p| p.into_inner()).replace(now.clone());
+            if before.as_ref().is_some_and(|b| b != &now) {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    "tooz.drivers.redis",
+                    format!("Sentinel failover: the master is now {now} (was {})", before.unwrap_or_default()),
+                );
+            }
+        }
         let conn = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
             .await
             .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
             .map_err(|e| redis_err("cannot connect to Redis", e))?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        self.connections.fetch_add(1, Ordering::SeqCst);
         Ok(conn)
     }
 
@@ -195,7 +222,10 @@ impl Link {
                 }
             };
             match tokio::time::timeout(self.call_timeout, op(conn)).await {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.health.up();
+                    return Ok(v);
+                }
                 Ok(Err(e)) => {
                     let err = redis_err(what, e);
                     if !matches!(err, Error::Connection(_)) {
@@ -210,8 +240,18 @@ impl Link {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable"))))
+        let err = last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable")));
+        self.health.lost(&err);
+        Err(err)
     }
+}
+
+/// A lock held through a coordinator: its key, the token stored under it, and its fate.
+#[derive(Clone)]
+struct Held {
+    key: Vec<u8>,
+    token: Vec<u8>,
+    fate: Arc<Fate>,
 }
 
 /// Everything a coordinator and its locks share.
@@ -223,7 +263,7 @@ struct Shared {
     lock_timeout: f64,
     membership_timeout: f64,
     /// Locks currently held through this coordinator: extended by heartbeats, released at stop.
-    held: Mutex<HashMap<u64, (Vec<u8>, Vec<u8>)>>,
+    held: Mutex<HashMap<u64, Held>>,
     next_lock: AtomicU64,
     /// Names this server for the in-process wake-ups of lock waiters.
     scope: String,
@@ -304,6 +344,14 @@ impl Shared {
         Ok(n == 1)
     }
 
+    /// A held lock turned out lost: no longer extended, and its holder is told.
+    fn lost(&self, id: u64, why: &str) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(h) = held {
+            h.fate.lost(why);
+        }
+    }
+
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         let n: i64 = self.eval("release lock", &self.scripts.release_lock, &[key], &[token]).await?;
         Ok(n == 1)
@@ -381,6 +429,11 @@ impl RedisDriver {
             }
         };
 
+        let described = match (options.str("sentinel"), url.host.as_deref().filter(|h| !h.is_empty())) {
+            (Some(master), _) => format!("member {member} on redis (Sentinel master {master})"),
+            (None, Some(h)) => format!("member {member} on redis at {h}:{}", url.port.unwrap_or(DEFAULT_PORT)),
+            (None, None) => format!("member {member} on redis at {}", url.path),
+        };
         let target = if let Some(master) = options.str("sentinel") {
             let first = (
                 url.host.clone().ok_or_else(|| Error::InvalidArgument("sentinel URLs need host:port of a sentinel".into()))?,
@@ -457,6 +510,9 @@ impl RedisDriver {
                 config,
                 call_timeout: Duration::from_secs_f64(socket_timeout.max(0.001)),
                 current: Mutex::new(None),
+                connections: AtomicU64::new(0),
+                health: crate::log::Health::new("tooz.drivers.redis", described),
+                master: Mutex::new(None),
             },
             scripts: Scripts::new(),
             namespace: Vec::new(),
@@ -520,10 +576,13 @@ impl RedisDriver {
     }
 
     fn new_lock(&self, name: &[u8]) -> RedisLock {
+        let key = self.shared.lock_key(name);
         RedisLock {
             shared: self.shared.clone(),
             id: self.shared.next_lock.fetch_add(1, Ordering::Relaxed),
-            key: self.shared.lock_key(name),
+            fence_key: [key.as_slice(), b":fence"].concat(),
+            fate: Arc::new(Fate::new("tooz.drivers.redis", format!("{} of member {}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&self.member)))),
+            key,
             token: uuid::Uuid::now_v1(&node_id()).simple().to_string().into_bytes(),
         }
     }
@@ -556,6 +615,10 @@ impl Driver for RedisDriver {
         !matches!(op, Op::GetMemberInfo | Op::GetLeader | Op::StandDownGroupLeader)
     }
 
+    fn epoch(&self) -> u64 {
+        self.shared.link.connections.load(Ordering::SeqCst)
+    }
+
     fn requires_beating(&self) -> bool {
         true
     }
@@ -575,9 +638,9 @@ impl Driver for RedisDriver {
     }
 
     async fn stop(&self) -> Result<()> {
-        let held: Vec<(Vec<u8>, Vec<u8>)> =
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, v)| v).collect();
-        for (key, token) in held {
+        let held: Vec<Held> = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, v)| v).collect();
+        for Held { key, token, fate } in held {
+            fate.released();
             let _ = self.shared.release(&key, &token).await;
         }
         let _ = self.shared.query::<i64>("stop", redis::cmd("DEL").arg(self.beat_key())).await;
@@ -587,10 +650,12 @@ impl Driver for RedisDriver {
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
         self.beat().await?;
-        let held: Vec<(Vec<u8>, Vec<u8>)> =
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        for (key, token) in held {
-            self.shared.extend(&key, &token).await?;
+        let held: Vec<(u64, Held)> =
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, h)| (*id, h.clone())).collect();
+        for (id, h) in held {
+            if !self.shared.extend(&h.key, &h.token).await? {
+                self.shared.lost(id, "its key expired or was taken by another holder before the heartbeat extended it");
+            }
         }
         Ok(Some(self.shared.lock_timeout.min(self.shared.membership_timeout)))
     }
@@ -618,6 +683,11 @@ impl Driver for RedisDriver {
             -3 => Err(Error::GroupNotEmpty(group.clone())),
             _ => Err(Error::Tooz(format!("Unable to remove group {group} from the group list"))),
         }
+    }
+
+    async fn destroy_group(&self, group: &Id) -> Result<()> {
+        let gkey = self.shared.group_key(&self.shared.encode(group)?);
+        self.shared.query::<i64>("destroy group", redis::cmd("DEL").arg(gkey)).await.map(|_| ())
     }
 
     async fn get_groups(&self) -> Result<Vec<Id>> {
@@ -703,6 +773,9 @@ pub struct RedisLock {
     id: u64,
     key: Vec<u8>,
     token: Vec<u8>,
+    /// The counter of fencing tokens (`<lock key>:fence`; upstream never touches it).
+    fence_key: Vec<u8>,
+    fate: Arc<Fate>,
 }
 
 impl RedisLock {
@@ -711,12 +784,16 @@ impl RedisLock {
     }
 
     async fn try_once(&self) -> Result<bool> {
-        let ms = Shared::px(self.shared.lock_timeout);
-        let got: Option<String> = self
+        let ms = Shared::px(self.shared.lock_timeout).to_string();
+        let fence: i64 = self
             .shared
-            .query("acquire lock", redis::cmd("SET").arg(&self.key).arg(&self.token).arg("NX").arg("PX").arg(ms))
+            .eval("acquire lock", &self.shared.scripts.acquire_lock, &[&self.key, &self.fence_key], &[&self.token, ms.as_bytes()])
             .await?;
-        Ok(got.is_some())
+        if fence <= 0 {
+            return Ok(false);
+        }
+        self.fate.acquired(Some(fence as u64));
+        Ok(true)
     }
 }
 
@@ -736,7 +813,8 @@ impl DriverLock for RedisLock {
         }
         let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, || self.try_once()).await?;
         if got {
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, (self.key.clone(), self.token.clone()));
+            let held = Held { key: self.key.clone(), token: self.token.clone(), fate: self.fate.clone() };
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, held);
         }
         Ok(got)
     }
@@ -746,6 +824,7 @@ impl DriverLock for RedisLock {
         if !was_held {
             return Ok(false);
         }
+        self.fate.released();
         let released = self.shared.release(&self.key, &self.token).await;
         ttl_lock::wake(&self.shared.scope, &self.key);
         released
@@ -759,13 +838,29 @@ impl DriverLock for RedisLock {
 
     async fn is_still_owner(&self) -> Result<bool> {
         let owner: Option<Vec<u8>> = self.shared.query("check lock owner", redis::cmd("GET").arg(&self.key)).await?;
-        Ok(owner.as_deref() == Some(self.token.as_slice()))
+        let owned = owner.as_deref() == Some(self.token.as_slice());
+        if !owned && self.held_here() {
+            self.shared.lost(self.id, "its key expired or was taken by another holder");
+        }
+        Ok(owned)
     }
 
     async fn heartbeat(&self) -> Result<bool> {
         if !self.held_here() {
             return Ok(false);
         }
-        self.shared.extend(&self.key, &self.token).await
+        let extended = self.shared.extend(&self.key, &self.token).await?;
+        if !extended {
+            self.shared.lost(self.id, "its key expired or was taken by another holder before it was extended");
+        }
+        Ok(extended)
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.fate.token()
+    }
+
+    fn on_lost(&self, callback: OnLost) {
+        self.fate.on_lost(callback);
     }
 }

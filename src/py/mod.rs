@@ -1,8 +1,10 @@
 //! The PyO3 binding: `tooz._tooz`. Everything Python-facing lives under `src/py/`.
 
+mod aio;
 mod convert;
 mod errors;
 mod hashring;
+mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,11 +13,13 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet};
 
+use crate::acquire::Acquire;
 use crate::coordinator::{Coordinator, Pending};
 use crate::driver::{DriverLock, MemberInfo, Op, Wait};
 use crate::drivers::{self, Options, Url};
 use crate::error::Error;
 use crate::id::Id;
+use crate::membership::Membership;
 use crate::msgpack::{self, Value};
 use crate::runtime;
 use convert::{id_from_py, id_to_py, value_from_py, value_to_py};
@@ -25,7 +29,7 @@ use errors::to_py;
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
-enum Reply {
+pub(crate) enum Reply {
     Unit,
     List(Vec<Id>),
     Set(Vec<Id>),
@@ -33,10 +37,12 @@ enum Reply {
     MembersCaps(Vec<(Id, Value)>),
     Info(MemberInfo),
     Leader(Option<Id>),
+    Bool(bool),
+    Float(Option<f64>),
 }
 
 impl Reply {
-    fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(match self {
             Reply::Unit => py.None(),
             Reply::List(ids) => PyList::new(py, ids.iter().map(|i| id_to_py(py, i)))?.into_any().unbind(),
@@ -61,6 +67,8 @@ impl Reply {
                 Some(id) => id_to_py(py, &id).unbind(),
                 None => py.None(),
             },
+            Reply::Bool(b) => pyo3::types::PyBool::new(py, b).to_owned().into_any().unbind(),
+            Reply::Float(f) => f.into_pyobject(py)?.unbind(),
         })
     }
 }
@@ -95,6 +103,18 @@ impl PyAsyncResult {
 
     fn done(&self) -> bool {
         self.pending.is_done()
+    }
+
+    /// An asyncio future of the running loop with the call's value (``tooz.aio``).
+    fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let pending = self.pending.clone();
+        let (future, _) = aio::spawn(py, async move {
+            match pending.wait_async().await {
+                Ok(reply) => aio::Outcome::Value(reply),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok(future)
     }
 }
 
@@ -143,9 +163,12 @@ impl PyCoordinator {
         options: HashMap<String, String>,
     ) -> PyResult<Self> {
         let member = id_from_py(member_id, "member_id")?;
+        let options = Options::new(options);
+        // Beyond upstream: memberships the backend lost are re-joined (`rejoin=false`: not).
+        let membership = Membership::new(member.clone(), &scheme, options.bool("rejoin", true));
         let url = Url { scheme, host, port, path, username, password };
-        let driver = drivers::build(&url, member.clone(), &Options::new(options)).map_err(to_py)?;
-        Ok(PyCoordinator { core: Coordinator::new(driver), member })
+        let driver = drivers::build(&url, member.clone(), &options).map_err(to_py)?;
+        Ok(PyCoordinator { core: Coordinator::new(driver, membership), member })
     }
 
     #[getter]
@@ -168,7 +191,101 @@ impl PyCoordinator {
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let driver = self.core.driver().clone();
-        self.run(py, async move { driver.start().await })
+        self.run(py, async move { driver.start().await })?;
+        self.core.membership().started(self.core.driver().as_ref());
+        Ok(())
+    }
+
+    // ---------------------------------------- calls of the blocking API, as results (tooz.aio)
+
+    fn start_async(&self) -> PyAsyncResult {
+        let m = self.core.membership().clone();
+        PyAsyncResult {
+            pending: self.core.submit(move |d| async move {
+                d.start().await?;
+                m.started(d.as_ref());
+                Ok(Reply::Unit)
+            }),
+        }
+    }
+
+    /// Leaves what is joined (failures ignored), then stops the driver.
+    fn stop_async(&self) -> PyAsyncResult {
+        let m = self.core.membership().clone();
+        PyAsyncResult {
+            pending: self.core.submit(move |d| async move {
+                m.leave_all(d.as_ref()).await;
+                d.stop().await.map(|_| Reply::Unit)
+            }),
+        }
+    }
+
+    fn heartbeat_async(&self) -> PyAsyncResult {
+        PyAsyncResult { pending: self.core.submit(|d| async move { d.heartbeat().await.map(Reply::Float) }) }
+    }
+
+    fn stand_down_group_leader_async(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
+        let g = id_from_py(group_id, "group_id")?;
+        self.submit(Op::StandDownGroupLeader, move |d| async move { d.stand_down_group_leader(&g).await.map(Reply::Bool) })
+    }
+
+    /// One election attempt per group; the result lists the groups just won.
+    fn elect_async(&self, group_ids: Vec<Bound<'_, PyAny>>) -> PyResult<PyAsyncResult> {
+        let groups = group_ids.iter().map(|g| id_from_py(g, "group_id")).collect::<PyResult<Vec<_>>>()?;
+        self.submit(Op::Elect, move |d| async move {
+            let mut won = Vec::new();
+            for g in groups {
+                if d.elect(&g).await? {
+                    won.push(g);
+                }
+            }
+            Ok(Reply::List(won))
+        })
+    }
+
+    /// The groups this coordinator has joined and not left, as far as it knows (no I/O).
+    fn joined_groups<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        self.core.membership().groups().iter().map(|g| id_to_py(py, g)).collect()
+    }
+
+    fn is_joined(&self, group_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.core.membership().contains(&id_from_py(group_id, "group_id")?))
+    }
+
+    /// Records a membership made behind the core's back (``_joined_groups.add``).
+    fn note_joined(&self, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        let g = id_from_py(group_id, "group_id")?;
+        self.core.membership().add(&g, self.core.driver().epoch());
+        Ok(())
+    }
+
+    fn forget_joined(&self, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.core.membership().forget(&id_from_py(group_id, "group_id")?);
+        Ok(())
+    }
+
+    fn clear_joined(&self) {
+        self.core.membership().clear()
+    }
+
+    /// A watcher saw this member missing from the group: after any pending heal, look again
+    /// and forget the group if it is really gone. Returns whether it was.
+    fn booted_out(&self, py: Python<'_>, group_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let g = id_from_py(group_id, "group_id")?;
+        let membership = self.core.membership().clone();
+        let pending = self.core.submit(move |d| async move { membership.confirm_absent(d.as_ref(), &g).await });
+        py.detach(move || pending.wait(None)).unwrap_or(Ok(true)).map_err(to_py)
+    }
+
+    /// Leaves every joined group, after every call submitted before; failures are ignored
+    /// (stop's clean-up, as upstream's).
+    fn leave_joined(&self, py: Python<'_>) {
+        let membership = self.core.membership().clone();
+        let pending = self.core.submit(move |d| async move {
+            membership.leave_all(d.as_ref()).await;
+            Ok(())
+        });
+        let _ = py.detach(move || pending.wait(None));
     }
 
     /// Stops the driver once every call submitted before has finished.
@@ -192,6 +309,13 @@ impl PyCoordinator {
         self.submit(Op::DeleteGroup, move |d| async move { d.delete_group(&g).await.map(|_| Reply::Unit) })
     }
 
+    /// Upstream's `_destroy_group` (a test helper): blocks until done.
+    fn destroy_group(&self, py: Python<'_>, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        let g = id_from_py(group_id, "group_id")?;
+        let pending = self.core.submit(move |d| async move { d.destroy_group(&g).await });
+        py.detach(move || pending.wait(None)).unwrap_or(Ok(())).map_err(to_py)
+    }
+
     fn get_groups(&self) -> PyResult<PyAsyncResult> {
         self.submit(Op::GetGroups, move |d| async move { d.get_groups().await.map(Reply::List) })
     }
@@ -200,12 +324,14 @@ impl PyCoordinator {
     fn join_group(&self, group_id: &Bound<'_, PyAny>, capabilities: Option<&Bound<'_, PyAny>>) -> PyResult<PyAsyncResult> {
         let g = id_from_py(group_id, "group_id")?;
         let caps = capabilities.map(value_from_py).transpose()?.unwrap_or(Value::Nil);
-        self.submit(Op::JoinGroup, move |d| async move { d.join_group(&g, &caps).await.map(|_| Reply::Unit) })
+        let m = self.core.membership().clone();
+        self.submit(Op::JoinGroup, move |d| async move { m.join(d.as_ref(), &g, &caps).await.map(|_| Reply::Unit) })
     }
 
     fn leave_group(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
         let g = id_from_py(group_id, "group_id")?;
-        self.submit(Op::LeaveGroup, move |d| async move { d.leave_group(&g).await.map(|_| Reply::Unit) })
+        let m = self.core.membership().clone();
+        self.submit(Op::LeaveGroup, move |d| async move { m.leave(d.as_ref(), &g).await.map(|_| Reply::Unit) })
     }
 
     fn get_members(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
@@ -231,8 +357,9 @@ impl PyCoordinator {
     fn update_capabilities(&self, group_id: &Bound<'_, PyAny>, capabilities: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
         let g = id_from_py(group_id, "group_id")?;
         let caps = value_from_py(capabilities)?;
+        let m = self.core.membership().clone();
         self.submit(Op::UpdateCapabilities, move |d| async move {
-            d.update_capabilities(&g, &caps).await.map(|_| Reply::Unit)
+            m.update_capabilities(d.as_ref(), &g, &caps).await.map(|_| Reply::Unit)
         })
     }
 
@@ -353,23 +480,70 @@ impl PyLock {
         if first || wait == Wait::No {
             return Ok(first);
         }
-        // Wait on the runtime, waking regularly so Ctrl-C reaches Python.
-        let task_lock = lock.clone();
-        let mut task = runtime::runtime().spawn(async move { task_lock.acquire(wait, shared).await });
+        // Wait on the runtime, waking regularly so Ctrl-C reaches Python; an interrupted
+        // wait is withdrawn (dropping the acquire).
+        let mut acquire = Acquire::start(lock, wait, shared);
         loop {
-            let done = py.detach(|| runtime::block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut task).await.ok() }));
-            if let Some(joined) = done {
-                return joined.map_err(|e| to_py(Error::Tooz(format!("lock wait failed: {e}"))))?.map_err(to_py);
+            if let Some(outcome) = py.detach(|| runtime::block_on(acquire.finish_within(SIGNAL_CHECK))) {
+                return outcome.map_err(to_py);
             }
-            if let Err(interrupted) = py.check_signals() {
-                task.abort();
-                let outcome = py.detach(|| runtime::block_on(&mut task));
-                if let Ok(Ok(true)) = outcome {
-                    let _ = py.detach(|| runtime::block_on(lock.release()));
-                }
-                return Err(interrupted);
-            }
+            py.check_signals()?;
         }
+    }
+
+    /// ``acquire`` for asyncio: (an asyncio future of the outcome, a cancel function).
+    /// Cancelling withdraws the attempt (and releases the lock if it was won meanwhile).
+    #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
+    fn acquire_async<'py>(&self, py: Python<'py>, blocking: Option<&Bound<'py, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<(Bound<'py, PyAny>, aio::Cancel)> {
+        let wait = match blocking {
+            None => wait_from(&pyo3::types::PyBool::new(py, true).to_owned().into_any(), timeout)?,
+            Some(b) => wait_from(b, timeout)?,
+        };
+        let lock = self.lock.clone();
+        // Dropped (cancelled) before it finishes, the Acquire withdraws the attempt.
+        let acquire = Acquire::start(lock.clone(), wait, shared);
+        let (future, task) = aio::spawn(py, async move {
+            match acquire.finish().await {
+                Ok(won) => aio::Outcome::Acquired(won, lock),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok((future, aio::Cancel { task }))
+    }
+
+    /// ``release`` for asyncio: runs to the end even if the awaiting task is cancelled.
+    fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let lock = self.lock.clone();
+        let (future, _) = aio::spawn(py, async move {
+            match lock.release().await {
+                Ok(b) => aio::Outcome::Value(Reply::Bool(b)),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok(future)
+    }
+
+    /// The other lock calls for asyncio: ``what`` is one of ``is_still_owner``, ``break_``,
+    /// ``heartbeat``.
+    fn call_async<'py>(&self, py: Python<'py>, what: &str) -> PyResult<Bound<'py, PyAny>> {
+        let lock = self.lock.clone();
+        let op = match what {
+            "is_still_owner" => 0,
+            "break_" => 1,
+            "heartbeat" => 2,
+            other => return Err(to_py(Error::InvalidArgument(format!("no lock call {other:?}")))),
+        };
+        let (future, _) = aio::spawn(py, async move {
+            match match op {
+                0 => lock.is_still_owner().await,
+                1 => lock.break_().await,
+                _ => lock.heartbeat().await,
+            } {
+                Ok(b) => aio::Outcome::Value(Reply::Bool(b)),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok(future)
     }
 
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
@@ -391,6 +565,24 @@ impl PyLock {
         let lock = self.lock.clone();
         py.detach(|| runtime::block_on(lock.heartbeat())).map_err(to_py)
     }
+
+    /// The fencing token of the last successful acquire (no I/O).
+    #[getter]
+    fn fencing_token(&self) -> Option<u64> {
+        self.lock.fencing_token()
+    }
+
+    /// Calls ``callback()`` (on a thread of ours) when a holding turns out lost.
+    fn on_lost(&self, callback: Py<PyAny>) {
+        let callback = Arc::new(callback);
+        self.lock.on_lost(Arc::new(move || worker::submit(worker::Job::Call(callback.clone()))));
+    }
+
+    fn get_owner<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let lock = self.lock.clone();
+        let owner = py.detach(|| runtime::block_on(lock.get_owner())).map_err(to_py)?;
+        Ok(owner.map(|id| id_to_py(py, &id)))
+    }
 }
 
 /// `tooz.utils.dumps`: oslo msgpack encoding.
@@ -408,6 +600,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 
 #[pymodule]
 fn _tooz(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    crate::log::on_emit(worker::records_waiting);
     m.add_class::<PyCoordinator>()?;
     m.add_class::<PyAsyncResult>()?;
     m.add_class::<PyLock>()?;

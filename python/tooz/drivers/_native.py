@@ -6,6 +6,9 @@ runtime without holding the GIL. Which calls a backend offers is decided in Rust
 raise ``tooz.NotImplemented`` at call time, as upstream's drivers do.
 """
 
+import collections.abc
+import weakref
+
 import tooz
 from tooz import _tooz
 from tooz import coordination
@@ -32,25 +35,37 @@ def _url_parts(parsed_url):
     }
 
 
-class _TrackedResult(coordination.CoordAsyncResult):
-    """A result that also records a successful join/leave in ``_joined_groups``."""
+class _JoinedGroups(collections.abc.MutableSet):
+    """``_joined_groups`` of a native driver: a live view of what the Rust core records as
+    joined. The core updates it when a join or leave *completes*, whether or not anyone
+    reads the result (services fire and forget these calls)."""
 
-    __slots__ = ("_result", "_on_success", "_seen")
+    __slots__ = ("_core",)
 
-    def __init__(self, result, on_success):
-        self._result = result
-        self._on_success = on_success
-        self._seen = False
+    def __init__(self, core):
+        self._core = core
 
-    def get(self, timeout=None):
-        value = self._result.get(timeout)
-        if not self._seen:
-            self._seen = True
-            self._on_success()
-        return value
+    def __contains__(self, group_id):
+        try:
+            return self._core.is_joined(group_id)
+        except (coordination.ToozInvalidArgument, TypeError):
+            return False
 
-    def done(self):
-        return self._result.done()
+    def __iter__(self):
+        return iter(self._core.joined_groups())
+
+    def __len__(self):
+        return len(self._core.joined_groups())
+
+    def add(self, group_id):
+        self._core.note_joined(group_id)
+
+    def discard(self, group_id):
+        if group_id in self:
+            self._core.forget_joined(group_id)
+
+    def __repr__(self):
+        return "{%s}" % ", ".join(repr(g) for g in self)
 
 
 coordination.CoordAsyncResult.register(_tooz.AsyncResult)
@@ -107,6 +122,29 @@ class NativeLock(locking.Lock):
 
     def is_still_owner(self):
         return self._native.is_still_owner()
+
+    @property
+    def fencing_token(self):
+        """The fencing token of the last successful acquire: greater than every token
+        issued before it for this lock name on this backend (None before the first acquire,
+        or on a backend that cannot give one; see the README for each backend's guarantee).
+        Pass it with every write the lock protects, and have the store refuse a token lower
+        than one it has seen."""
+        return self._native.fencing_token
+
+    def on_lost(self, callback):
+        """Call ``callback(lock)`` once (on a thread of ours) when the core learns that a
+        holding of this lock was lost without ``release()``: its TTL lapsed, its key was
+        deleted or taken, its session ended. ``acquired`` and ``is_still_owner()`` are False
+        by then."""
+        ref = weakref.ref(self)
+
+        def notify():
+            lock = ref()
+            if lock is not None:
+                callback(lock)
+
+        self._native.on_lost(notify)
 
 
 class SessionLock(NativeLock):
@@ -199,11 +237,38 @@ class NativeDriver:
 
     # The calls run on the Rust runtime: the executor upstream's drivers start (and the
     # ``executor`` option still selects and validates) is never needed, so it is not started.
+    @property
+    def _joined_groups(self):
+        core = self.__dict__.get("_core")
+        return _JoinedGroups(core) if core is not None else set()
+
+    @_joined_groups.setter
+    def _joined_groups(self, groups):
+        # The base classes reset it to an empty set (at construction and start).
+        core = self.__dict__.get("_core")
+        if core is not None:
+            core.clear_joined()
+            for group_id in groups:
+                core.note_joined(group_id)
+
+    def _booted_out(self, group_id):
+        # After any pending heal, the core looks again before forgetting the group.
+        return self._core.booted_out(group_id)
+
     def start(self, start_heart=False):
         coordination.CoordinationDriver.start(self, start_heart)
 
     def stop(self):
-        coordination.CoordinationDriver.stop(self)
+        if not self._started:
+            raise tooz.ToozError("Can not stop a driver which has not been started")
+        if self.heart.is_alive():
+            self.heart.stop()
+            self.heart.wait()
+        # Leaves what the core records as joined once every earlier call has completed (so
+        # an un-awaited leave is not left twice); failures are ignored, as upstream does.
+        self._core.leave_joined()
+        self._stop()
+        self._started = False
 
     def _start(self):
         self._core.start()
@@ -224,12 +289,10 @@ class NativeDriver:
         return self._core.get_groups()
 
     def join_group(self, group_id, capabilities=None):
-        result = self._core.join_group(group_id, capabilities)
-        return _TrackedResult(result, lambda: self._joined_groups.add(group_id))
+        return self._core.join_group(group_id, capabilities)
 
     def leave_group(self, group_id):
-        result = self._core.leave_group(group_id)
-        return _TrackedResult(result, lambda: self._joined_groups.discard(group_id))
+        return self._core.leave_group(group_id)
 
     def get_members(self, group_id):
         return self._core.get_members(group_id)

@@ -55,6 +55,11 @@ class RedisDriver(_native.NativeDriver,
         encoding = self._options.get("encoding", self.DEFAULT_ENCODING)
         return value if isinstance(value, bytes) else str(value).encode(encoding)
 
+    def _destroy_group(self, group_id):
+        """Delete the group's hash, members and all, behind their backs (a test helper, as
+        upstream's)."""
+        self._core.destroy_group(group_id)
+
     @property
     def running(self):
         return self._started

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
+use crate::log;
 use proto::{code, op, xid, Acl, ConnectRequest, ConnectResponse, Reader, ReplyHeader, Stat, WatcherEvent};
 
 /// Largest frame accepted from a server (ZooKeeper's own default limit is about 1 MiB).
@@ -80,7 +81,12 @@ pub struct Host {
 }
 
 pub struct Config {
+    /// Tried in this order on every (re)connection, or in a fresh random order each time
+    /// when `randomize_hosts` (kazoo's behaviour for both).
     pub hosts: Vec<Host>,
+    pub randomize_hosts: bool,
+    /// Logger name and description of this client for session records (`crate::log`).
+    pub log_as: (String, String),
     /// Server-side prefix of every path ("" for none).
     pub chroot: String,
     pub session_timeout: Duration,
@@ -97,8 +103,6 @@ struct Session {
     password: Vec<u8>,
     timeout: Duration,
     last_zxid: i64,
-    /// Where the next connection attempt starts in the host list (rotates on reconnects).
-    next_host: usize,
 }
 
 type Reply = oneshot::Sender<ZkResult<Vec<u8>>>;
@@ -116,9 +120,51 @@ struct Watcher {
     on_missing: bool,
 }
 
-/// Resolves when the watched node changes, or with an error when the connection dropped
-/// (after which the watch is gone and the caller should look again).
+/// Resolves when the watched node changes, or with an error when the session ended (after
+/// which the watch is gone). A watch outlives dropped connections: it is set again on the
+/// next connection of the session (`SetWatches`), as ZooKeeper's own clients do.
 pub type Watch = oneshot::Receiver<()>;
+
+/// The watches a session has set, by server path: on nodes that existed when the watch was
+/// set ("data" watches: fire on change or deletion) and on nodes that did not ("exist"
+/// watches: fire on creation).
+#[derive(Default)]
+struct Watches {
+    data: HashMap<String, Vec<oneshot::Sender<()>>>,
+    exist: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
+impl Watches {
+    fn add(&mut self, path: String, existed: bool, fire: oneshot::Sender<()>) {
+        let list = if existed { &mut self.data } else { &mut self.exist }.entry(path).or_default();
+        list.retain(|f| !f.is_closed());
+        list.push(fire);
+    }
+
+    fn fire(&mut self, path: &str) {
+        for map in [&mut self.data, &mut self.exist] {
+            for fire in map.remove(path).unwrap_or_default() {
+                let _ = fire.send(());
+            }
+        }
+    }
+
+    /// The `SetWatches` payload for the watches someone still waits on, if any.
+    fn rearm(&mut self, relative_zxid: i64) -> Option<Vec<u8>> {
+        for map in [&mut self.data, &mut self.exist] {
+            map.retain(|_, list| {
+                list.retain(|f| !f.is_closed());
+                !list.is_empty()
+            });
+        }
+        if self.data.is_empty() && self.exist.is_empty() {
+            return None;
+        }
+        let data: Vec<&str> = self.data.keys().map(String::as_str).collect();
+        let exist: Vec<&str> = self.exist.keys().map(String::as_str).collect();
+        Some(proto::set_watches(relative_zxid, &data, &exist, &[]))
+    }
+}
 
 struct Inner {
     commands: mpsc::UnboundedSender<Command>,
@@ -142,7 +188,6 @@ impl Client {
             password: vec![0; 16],
             timeout: config.session_timeout,
             last_zxid: 0,
-            next_host: 0,
         };
         let stream = establish(&config, &mut session, deadline).await?;
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -394,7 +439,20 @@ async fn attempt(config: &Config, host: &Host, session: &mut Session, deadline: 
     Ok(stream)
 }
 
-/// Connects to one of the servers, cycling through them until `deadline`.
+/// The order in which to try the hosts on one pass: as given, or shuffled.
+fn host_order(config: &Config) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..config.hosts.len()).collect();
+    if config.randomize_hosts {
+        let mut seed = uuid::Uuid::new_v4().as_u128();
+        for i in (1..order.len()).rev() {
+            order.swap(i, (seed % (i as u128 + 1)) as usize);
+            seed /= i as u128 + 1;
+        }
+    }
+    order
+}
+
+/// Connects to one of the servers, passing over them until `deadline`.
 async fn establish(config: &Config, session: &mut Session, deadline: Instant) -> ZkResult<Stream> {
     if config.hosts.is_empty() {
         return Err(ZkError::Unreachable("no hosts given".into()));
@@ -402,13 +460,11 @@ async fn establish(config: &Config, session: &mut Session, deadline: Instant) ->
     let mut last = String::from("no attempt made");
     let mut pause = Duration::from_millis(50);
     loop {
-        for _ in 0..config.hosts.len() {
+        for i in host_order(config) {
             if Instant::now() >= deadline {
                 return Err(ZkError::Unreachable(last));
             }
-            let host = &config.hosts[session.next_host % config.hosts.len()];
-            session.next_host = session.next_host.wrapping_add(1);
-            match attempt(config, host, session, deadline).await {
+            match attempt(config, &config.hosts[i], session, deadline).await {
                 Ok(stream) => return Ok(stream),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(why)) => last = why,
@@ -444,6 +500,7 @@ async fn run(
     let mut stream = Some(first);
     let mut last_heard = Instant::now();
     let mut closer: Option<oneshot::Sender<()>> = None;
+    let mut watches = Watches::default();
     let ended = loop {
         let conn = match stream.take() {
             Some(s) => s,
@@ -467,6 +524,7 @@ async fn run(
                     Some(Ok(s)) => {
                         epoch += 1;
                         let _ = state.send(State::Connected(epoch));
+                        log::emit(log::Level::Info, config.log_as.0.clone(), format!("{}: reconnected, session kept", config.log_as.1));
                         s
                     }
                     Some(Err(ZkError::SessionEnded(e))) => break e,
@@ -475,11 +533,27 @@ async fn run(
                 }
             }
         };
-        match serve(conn, epoch, &mut session, &mut commands, &mut last_heard, &mut closer).await {
-            Outcome::Lost => continue,
+        match serve(conn, epoch, &mut session, &mut watches, &mut commands, &mut last_heard, &mut closer).await {
+            Outcome::Lost => {
+                log::emit(
+                    log::Level::Warning,
+                    config.log_as.0.clone(),
+                    format!("{}: connection lost; reconnecting within the {:?} session timeout", config.log_as.1, session.timeout),
+                );
+                continue;
+            }
             Outcome::Ended(e) => break e,
         }
     };
+    if ended == Ended::Expired {
+        log::emit(
+            log::Level::Warning,
+            config.log_as.0.clone(),
+            format!("{}: session expired; its ephemeral nodes (members, locks, leaders) are gone", config.log_as.1),
+        );
+    }
+    // The session is gone, and its watches with it (their receivers see the sender dropped).
+    drop(watches);
     let _ = state.send(State::Ended(ended));
     commands.close();
     while let Some(cmd) = commands.recv().await {
@@ -502,6 +576,7 @@ async fn serve(
     mut stream: Stream,
     epoch: u64,
     session: &mut Session,
+    watches: &mut Watches,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     last_heard: &mut Instant,
     closer: &mut Option<oneshot::Sender<()>>,
@@ -509,8 +584,13 @@ async fn serve(
     let read_timeout = (session.timeout * 2 / 3).max(Duration::from_millis(100));
     let ping_every = read_timeout / 2;
     let mut pending: HashMap<i32, Pending> = HashMap::new();
-    let mut watches: HashMap<String, Vec<oneshot::Sender<()>>> = HashMap::new();
     let mut next_xid: i32 = 1;
+    // Set the session's watches again before anything else is sent on this connection.
+    if let Some(payload) = watches.rearm(session.last_zxid) {
+        if write_frame(&mut stream, &proto::request(xid::SET_WATCHES, op::SET_WATCHES, &payload)).await.is_err() {
+            return Outcome::Lost;
+        }
+    }
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut last_sent = Instant::now();
     *last_heard = Instant::now();
@@ -539,11 +619,17 @@ async fn serve(
                 xid::NOTIFICATION => {
                     let Ok(event) = WatcherEvent::decode(&mut r) else { break 'conn Outcome::Lost };
                     if event.kind != -1 {
-                        for fire in watches.remove(&event.path).unwrap_or_default() {
-                            let _ = fire.send(());
-                        }
+                        watches.fire(&event.path);
                     }
                 }
+                // The watches could not be set again: wake their waiters to look again.
+                xid::SET_WATCHES if header.err != 0 => {
+                    let paths: Vec<String> = watches.data.keys().chain(watches.exist.keys()).cloned().collect();
+                    for p in paths {
+                        watches.fire(&p);
+                    }
+                }
+                xid::SET_WATCHES => {}
                 n => {
                     let Some(p) = pending.remove(&n) else { continue };
                     if p.op == op::CLOSE_SESSION {
@@ -555,9 +641,7 @@ async fn serve(
                     }
                     if let Some(w) = p.watch {
                         if header.err == 0 || (w.on_missing && header.err == code::NO_NODE) {
-                            let list = watches.entry(w.path).or_default();
-                            list.retain(|f| !f.is_closed());
-                            list.push(w.fire);
+                            watches.add(w.path, header.err == 0, w.fire);
                         }
                     }
                     let rest = frame[frame.len() - r.remaining()..].to_vec();
@@ -614,8 +698,8 @@ async fn serve(
             _ = sleep_until(close_at), if closing.is_some() => break 'conn Outcome::Ended(Ended::Closed),
         }
     };
-    // Whatever was in flight on this connection has an unknown outcome; watches set through
-    // it are gone (their receivers see the sender dropped).
+    // Whatever was in flight on this connection has an unknown outcome. Watches stay with the
+    // session (set again on its next connection).
     for (_, p) in pending.drain() {
         let err = match outcome {
             Outcome::Lost => ZkError::ConnectionLoss,
@@ -623,7 +707,6 @@ async fn serve(
         };
         let _ = p.reply.send(Err(err));
     }
-    drop(watches);
     let _ = stream.shutdown().await;
     outcome
 }
@@ -644,5 +727,60 @@ mod tests {
         assert!(take_frame(&mut bad).is_err());
         let mut huge = vec![0x7f, 0xff, 0xff, 0xff];
         assert!(take_frame(&mut huge).is_err());
+    }
+
+    fn config(n: usize, randomize_hosts: bool) -> Config {
+        Config {
+            hosts: (0..n).map(|i| Host { name: format!("h{i}"), port: 2181 }).collect(),
+            randomize_hosts,
+            log_as: ("tooz.test".into(), "test".into()),
+            chroot: String::new(),
+            session_timeout: Duration::from_secs(1),
+            auth: Vec::new(),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn hosts_are_tried_in_the_given_order_on_every_pass_unless_randomized() {
+        let fixed = config(5, false);
+        for _ in 0..20 {
+            assert_eq!(host_order(&fixed), vec![0, 1, 2, 3, 4]);
+        }
+        let random = config(5, true);
+        let orders: Vec<Vec<usize>> = (0..50).map(|_| host_order(&random)).collect();
+        for o in &orders {
+            let mut sorted = o.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![0, 1, 2, 3, 4], "a permutation");
+        }
+        assert!(orders.iter().any(|o| o != &orders[0]), "fresh order per pass");
+    }
+
+    #[test]
+    fn watches_are_kept_for_rearming_and_fired_once() {
+        let mut w = Watches::default();
+        assert!(w.rearm(5).is_none(), "nothing to set again");
+        let (fire_a, mut got_a) = oneshot::channel();
+        let (fire_b, mut got_b) = oneshot::channel();
+        let (fire_c, got_c) = oneshot::channel();
+        w.add("/a".into(), true, fire_a);
+        w.add("/b".into(), false, fire_b);
+        w.add("/c".into(), true, fire_c);
+        drop(got_c); // nobody waits on /c any more: not set again
+        let payload = w.rearm(42).expect("watches to set again");
+        let mut r = Reader::new(&payload);
+        assert_eq!(r.long().unwrap(), 42);
+        assert_eq!(r.int().unwrap(), 1);
+        assert_eq!(r.string().unwrap(), "/a");
+        assert_eq!(r.int().unwrap(), 1);
+        assert_eq!(r.string().unwrap(), "/b");
+        assert_eq!(r.int().unwrap(), 0);
+        w.fire("/b");
+        assert!(got_b.try_recv().is_ok());
+        assert!(got_a.try_recv().is_err(), "/a still armed");
+        w.fire("/a");
+        assert!(got_a.try_recv().is_ok());
+        assert!(w.rearm(42).is_none());
     }
 }

@@ -12,6 +12,7 @@ pub mod op {
     pub const GET_CHILDREN: i32 = 8;
     pub const PING: i32 = 11;
     pub const AUTH: i32 = 100;
+    pub const SET_WATCHES: i32 = 101;
     pub const CLOSE_SESSION: i32 = -11;
 }
 
@@ -20,6 +21,7 @@ pub mod xid {
     pub const NOTIFICATION: i32 = -1;
     pub const PING: i32 = -2;
     pub const AUTH: i32 = -4;
+    pub const SET_WATCHES: i32 = -8;
 }
 
 /// Server error codes (`KeeperException.Code`) this driver tells apart.
@@ -317,6 +319,21 @@ pub fn request(xid: i32, op: i32, payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::new();
     w.int(xid).int(op);
     w.buf.extend_from_slice(payload);
+    w.buf
+}
+
+/// `SetWatches`: re-registers, on a new connection of the same session, the watches the
+/// session had, relative to the last zxid it saw (the server fires those whose node changed
+/// in between at once).
+pub fn set_watches(relative_zxid: i64, data: &[&str], exist: &[&str], child: &[&str]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.long(relative_zxid);
+    for paths in [data, exist, child] {
+        w.int(paths.len() as i32);
+        for p in paths {
+            w.string(p);
+        }
+    }
     w.buf
 }
 

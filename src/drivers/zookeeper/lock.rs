@@ -21,6 +21,7 @@ use crate::clients::zookeeper::proto::{code, mode};
 use crate::clients::zookeeper::{Client, ZkError};
 use super::{zk_error, Link};
 use crate::driver::{DriverLock, Wait};
+use crate::fate::{Fate, OnLost};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -66,6 +67,15 @@ fn predecessor<'a>(children: &'a [String], node: &str) -> Option<&'a str> {
         .filter(|(s, _)| *s < mine)
         .max()
         .map(|(_, c)| c)
+}
+
+/// The fencing token of a contender node: its sequence number, which ZooKeeper increments
+/// for every child made under the lock directory. The 32-bit counter wraps to negative
+/// numbers after 2^31 of them; read as unsigned, the order holds for 2^32.
+fn fencing_token(node: &str) -> Option<u64> {
+    let name = node.rsplit('/').next()?;
+    let seq: i64 = contender_sequence(name)?.parse().ok()?;
+    Some((seq as i32) as u32 as u64)
 }
 
 fn join(dir: &str, child: &str) -> String {
@@ -163,12 +173,15 @@ pub struct ZkLock {
     gate: tokio::sync::Mutex<()>,
     held: Mutex<Option<Held>>,
     released: Notify,
+    fate: Arc<Fate>,
 }
 
 impl ZkLock {
     pub(super) fn new(link: Arc<Link>, name: Id, dir: String, data: Vec<u8>) -> ZkLock {
         let prefix = format!("{}{NODE_NAME}", uuid::Uuid::new_v4().simple());
+        let fate = Arc::new(Fate::new("tooz.drivers.zookeeper", format!("{dir} of member {}", String::from_utf8_lossy(&data))));
         ZkLock {
+            fate,
             link,
             name,
             dir,
@@ -190,6 +203,7 @@ impl ZkLock {
             Some(_) => {
                 *held = None;
                 self.released.notify_waiters();
+                self.fate.lost("its ZooKeeper session ended, and its node with it");
                 false
             }
             None => false,
@@ -280,6 +294,8 @@ impl ZkLock {
             let Some(ahead) = predecessor(&children, &node) else {
                 let mut contender = contender;
                 contender.armed = false;
+                self.fate.acquired(fencing_token(&node));
+                self.link.note_holding(&self.fate, client.session_id());
                 *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held { path, session: client.session_id() });
                 return Ok(true);
             };
@@ -295,8 +311,8 @@ impl ZkLock {
                 Ok(Ok((false, _))) => continue,
                 Ok(Ok((true, watch))) => watch,
             };
-            // Woken by the predecessor's change, a dropped connection (the watch goes with
-            // it: look again once reconnected) or the deadline.
+            // Woken by the predecessor's change (the watch outlives dropped connections: the
+            // client sets it again on the next one), the end of the session, or the deadline.
             match deadline {
                 Some(d) => {
                     tokio::select! {
@@ -352,6 +368,7 @@ impl DriverLock for ZkLock {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.released.notify_waiters();
         let Some(held) = held else { return Ok(false) };
+        self.fate.released();
         let Some(client) = self.link.peek().filter(|c| c.session_id() == held.session) else {
             return Ok(false); // the session, and the node with it, is gone
         };
@@ -383,9 +400,24 @@ impl DriverLock for ZkLock {
         match timeout_at(deadline, client.get_data(&path)).await {
             Ok(Ok((data, _))) => Ok(data == self.data),
             Ok(Err(ZkError::Server(c))) if c != code::NO_NODE => Err(zk_error("check lock owner", ZkError::Server(c))),
-            // Gone, or cannot tell (connection trouble): not provably ours.
+            Ok(Err(ZkError::Server(_))) => {
+                // Our node was deleted behind our back (an operator, a break).
+                self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+                self.released.notify_waiters();
+                self.fate.lost("its node was deleted");
+                Ok(false)
+            }
+            // Cannot tell (connection trouble): not provably ours.
             _ => Ok(false),
         }
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.fate.token()
+    }
+
+    fn on_lost(&self, callback: OnLost) {
+        self.fate.on_lost(callback);
     }
 }
 

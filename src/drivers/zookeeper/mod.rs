@@ -60,6 +60,11 @@ pub(crate) struct Link {
     /// The session and the fork generation (`runtime::generation`) it was opened in.
     current: Mutex<Option<(u64, Client)>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Sessions opened so far: a new one means the previous one ended, and its ephemeral
+    /// nodes (members, locks, leaders) with it.
+    sessions: std::sync::atomic::AtomicU64,
+    /// Locks held, with the session they are held in (checked at each heartbeat).
+    holdings: Mutex<Vec<(std::sync::Weak<crate::fate::Fate>, i64)>>,
 }
 
 impl Link {
@@ -115,12 +120,41 @@ impl Link {
                 e => Error::Connection(format!("cannot connect to ZooKeeper ({}): {e}", self.describe())),
             })?;
             *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((runtime::generation(), c.clone()));
+            self.sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Ok(c);
         }
     }
 
     fn describe(&self) -> String {
-        self.config.hosts.iter().map(|h| format!("{}:{}", h.name, h.port)).collect::<Vec<_>>().join(",")
+        describe_hosts(&self.config.hosts)
+    }
+
+    /// A lock was won in `session`.
+    pub(crate) fn note_holding(&self, fate: &Arc<crate::fate::Fate>, session: i64) {
+        let mut holdings = self.holdings.lock().unwrap_or_else(|p| p.into_inner());
+        holdings.retain(|(f, _)| f.upgrade().is_some_and(|f| f.holding() && !Arc::ptr_eq(&f, fate)));
+        holdings.push((Arc::downgrade(fate), session));
+    }
+
+    /// Reports the held locks whose session is no longer the current one.
+    fn check_holdings(&self) {
+        let current = self.peek().map(|c| c.session_id());
+        let lost: Vec<Arc<crate::fate::Fate>> = {
+            let mut holdings = self.holdings.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lost = Vec::new();
+            holdings.retain(|(f, session)| match f.upgrade() {
+                Some(f) if f.holding() && Some(*session) != current => {
+                    lost.push(f);
+                    false
+                }
+                Some(f) => f.holding(),
+                None => false,
+            });
+            lost
+        };
+        for fate in lost {
+            fate.lost("its ZooKeeper session ended, and its node with it");
+        }
     }
 
     /// The error for a call that ran out of time: a timeout if the session is connected
@@ -274,6 +308,10 @@ fn parse_host(raw: &str) -> Result<Host> {
     Ok(Host { name: name.to_owned(), port })
 }
 
+fn describe_hosts(hosts: &[Host]) -> String {
+    hosts.iter().map(|h| format!("{}:{}", h.name, h.port)).collect::<Vec<_>>().join(",")
+}
+
 /// The hosts and chroot of kazoo's connect string: `h1[:p1],h2[:p2][/chroot]`.
 fn parse_hosts(entries: &[String]) -> Result<(Vec<Host>, String)> {
     let mut hosts = Vec::new();
@@ -357,15 +395,7 @@ impl ZooKeeperDriver {
         if let Some(extra) = options.str("hosts") {
             entries.extend(extra.split(',').filter(|s| !s.trim().is_empty()).map(str::to_owned));
         }
-        let (mut hosts, chroot) = parse_hosts(&entries)?;
-        if options.bool("randomize_hosts", true) {
-            // Spread clients over the ensemble (a cheap shuffle is plenty for that).
-            let seed = uuid::Uuid::new_v4().as_u128();
-            for i in (1..hosts.len()).rev() {
-                let j = ((seed >> (i % 64)) as usize ^ i.wrapping_mul(0x9e37_79b9)) % (i + 1);
-                hosts.swap(i, j);
-            }
-        }
+        let (hosts, chroot) = parse_hosts(&entries)?;
         let tls = tls_config(options)?;
         let (auth, acls) = match (url.username.as_deref(), url.password.as_deref()) {
             (Some(u), Some(p)) if !u.is_empty() => {
@@ -376,8 +406,11 @@ impl ZooKeeperDriver {
         let namespace = options.str("namespace").unwrap_or("tooz");
         let base = zk_path(&[namespace])?;
         let member_node = id_text(&member, "member id");
+        let log_as = ("tooz.drivers.zookeeper".to_owned(), format!("member {member} on zookeeper at {}", describe_hosts(&hosts)));
         let config = Config {
             hosts,
+            randomize_hosts: options.bool("randomize_hosts", true),
+            log_as,
             chroot,
             session_timeout: Duration::from_secs_f64(timeout),
             auth,
@@ -392,6 +425,8 @@ impl ZooKeeperDriver {
                 budget: Duration::from_secs_f64(timeout),
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                sessions: std::sync::atomic::AtomicU64::new(0),
+                holdings: Mutex::new(Vec::new()),
             }),
             base,
             timeout,
@@ -453,6 +488,10 @@ impl Driver for ZooKeeperDriver {
         true
     }
 
+    fn epoch(&self) -> u64 {
+        self.link.sessions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn requires_beating(&self) -> bool {
         true
     }
@@ -472,6 +511,7 @@ impl Driver for ZooKeeperDriver {
     }
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
+        self.link.check_holdings();
         let base = self.base.clone();
         match self.link.run("heartbeat", |c| async move { c.get_data(&base).await }).await? {
             Ok(_) | Err(ZkError::Server(code::NO_NODE)) => Ok(Some(self.timeout)),
@@ -528,6 +568,34 @@ impl Driver for ZooKeeperDriver {
             }
             Err(ZkError::Server(code::NO_NODE)) => Err(Error::GroupNotCreated(group.clone())),
             Err(e) => Err(zk_error("join group", e)),
+        }
+    }
+
+    async fn rejoin_group(&self, group: &Id, capabilities: &Value) -> Result<()> {
+        match self.join_group(group, capabilities).await {
+            Err(Error::MemberAlreadyExist { .. }) => {}
+            other => return other,
+        }
+        // A restarted server keeps an expired session's ephemeral nodes until it expires the
+        // session itself: a node of ours from an earlier session is about to vanish. Replace it.
+        let path = self.member_path(group, self.member_node()?)?;
+        let stale = self
+            .link
+            .run("rejoin group", |c| async move {
+                let (_, stat) = c.get_data(&path).await?;
+                if stat.ephemeral_owner == c.session_id() {
+                    return Ok(false);
+                }
+                match c.delete(&path).await {
+                    Ok(()) | Err(ZkError::Server(code::NO_NODE)) => Ok(true),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        match stale {
+            Ok(false) => Err(Error::MemberAlreadyExist { group: group.clone(), member: self.member.clone() }),
+            Ok(true) | Err(ZkError::Server(code::NO_NODE)) => self.join_group(group, capabilities).await,
+            Err(e) => Err(zk_error("rejoin group", e)),
         }
     }
 
