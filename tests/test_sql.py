@@ -369,8 +369,8 @@ def _server_of(request, scheme):
 
 def test_killed_session_loses_the_lock_visibly(sql, coordinators, caplog, request):
     """The server ends our session (an admin, a failover): the lock is gone and we say so:
-    is_still_owner() False with a warning in the driver's log, release() False, and the
-    lock can be taken again."""
+    is_still_owner() False, a warning in the driver's log and the on_lost callbacks (once),
+    release() False, and the lock can be taken again."""
     scheme, url = sql
     server = _server_of(request, scheme)
     logger = "tooz.drivers.pgsql" if scheme == "postgresql" else "tooz.drivers.mysql"
@@ -378,13 +378,20 @@ def test_killed_session_loses_the_lock_visibly(sql, coordinators, caplog, reques
     c = coordinators(url)
     name = new_id("l")
     lock = c.get_lock(name)
+    lost = []
+    lock.on_lost(lost.append)
     assert lock.acquire()
     assert lock.is_still_owner() is True
     _kill_sessions_of(scheme, server)
     other = coordinators(url).get_lock(name)
     assert other.acquire(blocking=5), "the server freed the lock with the session"
     assert lock.is_still_owner() is False
-    assert "was lost" in caplog.text
+    # The record and the callback come through the core's Python-calling thread.
+    deadline = time.monotonic() + 5
+    while not (lost and "was lost" in caplog.text) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lost == [lock]
+    assert "was lost" in caplog.text and name.decode() in caplog.text
     assert lock.acquired is False
     assert lock.release() is False
     other.release()

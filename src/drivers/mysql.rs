@@ -190,6 +190,10 @@ impl Backend for My {
         "MySQL"
     }
 
+    fn logger(&self) -> &'static str {
+        "tooz.drivers.mysql"
+    }
+
     fn key(&self, name: &[u8]) -> Result<String> {
         Ok(hex_literal(name))
     }

@@ -267,6 +267,10 @@ impl Backend for Pg {
         "PostgreSQL"
     }
 
+    fn logger(&self) -> &'static str {
+        "tooz.drivers.pgsql"
+    }
+
     fn key(&self, name: &[u8]) -> Result<(i32, i32)> {
         Ok(advisory_key(name))
     }

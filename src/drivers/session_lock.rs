@@ -14,7 +14,8 @@
 //!   back to a small idle pool of the coordinator, and the next acquire takes it from there.
 //!   A pooled connection that turns out to be dead is replaced once, transparently.
 //! * A held lock whose connection has died is lost (the server has let it go): the lock
-//!   object notices (`is_still_owner()` false, `release()` false) instead of pretending.
+//!   object notices (`is_still_owner()` false, `release()` false) instead of pretending, and
+//!   reports it through its [`Fate`] (a WARNING on the backend's logger, `on_lost` callbacks).
 //! * Fork: a connection belongs to the process (runtime generation) that opened it; a forked
 //!   child never touches its parent's connections (they are forgotten, not closed, as the
 //!   parent still uses them) and does not consider its parent's locks its own.
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::driver::{DriverLock, Wait};
 use crate::error::{Error, Result};
+use crate::fate::{Fate, OnLost};
 use crate::id::Id;
 use crate::runtime;
 
@@ -44,6 +46,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// "PostgreSQL" / "MySQL", for messages.
     fn product(&self) -> &'static str;
+    /// The logger of the backend's records ("tooz.drivers.pgsql", ...).
+    fn logger(&self) -> &'static str;
     fn key(&self, name: &[u8]) -> Result<Self::Key>;
     /// A new connection (bounded in time; a failure is an `Error::Connection`).
     async fn connect(&self) -> Result<Self::Conn>;
@@ -212,7 +216,12 @@ pub struct SessionLock<B: Backend> {
     state_generation: AtomicU64,
     /// One acquire at a time per object.
     gate: tokio::sync::Mutex<()>,
+    /// Reports a holding lost behind our back (logged once, `on_lost` callbacks).
+    fate: Fate,
 }
+
+/// Why a holding is reported lost.
+const LOST: &str = "its connection to the server is gone, and the server freed the lock with it";
 
 impl<B: Backend> SessionLock<B> {
     pub fn new(sessions: Arc<Sessions<B>>, name: &[u8]) -> Result<Self> {
@@ -220,7 +229,12 @@ impl<B: Backend> SessionLock<B> {
             return Err(Error::InvalidArgument("Locks must be provided a name".into()));
         }
         let key = sessions.backend.key(name)?;
+        let fate = Fate::new(
+            sessions.backend.logger(),
+            format!("{} ({})", String::from_utf8_lossy(name), sessions.backend.product()),
+        );
         Ok(SessionLock {
+            fate,
             sessions,
             name: name.to_vec(),
             key,
@@ -329,6 +343,7 @@ impl<B: Backend> DriverLock for SessionLock<B> {
         let (got, conn) = self.sessions.attempt_on_some_conn(&self.key, how).await?;
         if got {
             self.set_held(conn).await;
+            self.fate.acquired(None);
         } else {
             self.sessions.put_idle(conn, runtime::generation());
         }
@@ -348,26 +363,31 @@ impl<B: Backend> DriverLock for SessionLock<B> {
         if backend.is_closed(&conn) {
             // The server freed the lock when the connection went.
             backend.discard(conn);
+            self.fate.lost(LOST);
             return Ok(false);
         }
         match backend.unlock(&mut conn, &self.key).await {
             Ok(true) => {
+                self.fate.released();
                 self.sessions.put_idle(conn, runtime::generation());
                 Ok(true)
             }
             Ok(false) => {
                 // The connection no longer held it: do not reuse it.
                 backend.discard(conn);
+                self.fate.lost("the server says this connection does not hold it");
                 Ok(false)
             }
             // The connection is gone, and the lock with it.
             Err(Error::Connection(_)) => {
                 backend.discard(conn);
+                self.fate.lost(LOST);
                 Ok(false)
             }
             Err(e) => {
                 // Closing the connection frees the lock on the server whatever went wrong.
                 backend.discard(conn);
+                self.fate.released();
                 Err(e)
             }
         }
@@ -389,8 +409,13 @@ impl<B: Backend> DriverLock for SessionLock<B> {
             if let Some(conn) = self.take_held(&mut slot) {
                 backend.discard(conn);
             }
+            self.fate.lost(LOST);
         }
         Ok(alive)
+    }
+
+    fn on_lost(&self, callback: OnLost) {
+        self.fate.on_lost(callback);
     }
 }
 

@@ -152,31 +152,13 @@ class SessionLock(NativeLock):
 
     The server frees such a lock as soon as that connection closes, which may happen behind
     our back (a server restart, a network cut, a killed session). Upstream cannot tell; here
-    :meth:`is_still_owner` checks the connection, and a lock found lost that way (or when
-    released) is reported in the driver's log.
+    :meth:`is_still_owner` checks the connection, and a holding found lost (there or at
+    ``release()``) is logged by the core on the driver's logger and reported to
+    :meth:`on_lost` callbacks.
     """
 
     #: The driver module's logger (set by the subclass).
     LOG = None
-
-    def _lost(self):
-        if self.LOG is not None:
-            self.LOG.warning("lock %r was lost: its connection to the server is gone, and the "
-                             "server released the lock with it", self.name)
-
-    def release(self):
-        held = self._native.acquired
-        released = self._native.release()
-        if held and not released:
-            self._lost()
-        return released
-
-    def is_still_owner(self):
-        held = self._native.acquired
-        owner = self._native.is_still_owner()
-        if held and not owner:
-            self._lost()
-        return owner
 
     def __del__(self):
         native = getattr(self, "_native", None)
