@@ -112,6 +112,21 @@ def need_groups(backend):
         pytest.skip("%s offers locks only" % backend[0])
 
 
+def distinct_lock_names(backend, n):
+    """``n`` lock names that are ``n`` different locks on ``backend``: postgresql:// keys a
+    lock by two bytes of md5(name), as upstream (65,536 keys), so random names can share one."""
+    import hashlib
+
+    names, keys = [], set()
+    while len(names) < n:
+        name = new_id("l")
+        key = hashlib.md5(name).digest()[:2] if backend[0] == "postgresql" else name
+        if key not in keys:
+            keys.add(key)
+            names.append(name)
+    return names
+
+
 def need(backend, *features):
     """Skip unless ``backend`` (the fixture's (name, url)) offers every one of ``features``."""
     missing = [f for f in features if f not in FEATURES[backend[0]]]
