@@ -68,6 +68,17 @@ PLAN = {
         ("heartbeat", 2000, None),
         ("coordinator_lifecycle", 300, None),
     ],
+    "postgresql": [
+        ("lock_uncontended", 1000, "floor_pg_advisory_lock"),
+        ("lock_contended", 200, None),
+        ("coordinator_lifecycle", 100, None),
+    ],
+    # Upstream's blocking MySQL acquire polls GET_LOCK(name, 0) with 1 s pauses: few ops.
+    "mysql": [
+        ("lock_uncontended", 1000, "floor_mysql_get_lock"),
+        ("lock_contended", 40, None),
+        ("coordinator_lifecycle", 100, None),
+    ],
     "ipc": [
         ("lock_uncontended", 5000, None),
         ("lock_contended", 2000, None),
@@ -83,14 +94,17 @@ PLAN = {
 
 # Floors that need a client library only upstream's virtualenv has run under its interpreter.
 FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream", "floor_redis_set_del": "upstream",
-                "floor_zk_create_delete": "upstream"}
+                "floor_zk_create_delete": "upstream", "floor_pg_advisory_lock": "upstream",
+                "floor_mysql_get_lock": "upstream"}
 
 # Servers started for the run (backend -> tests/servers.py Server), stopped at the end.
 SERVERS = {}
 
 
 # Backends served by a server from tests/servers.py, started once for the whole run.
-NETWORKED = ("redis", "memcached", "zookeeper", "etcd3")
+NETWORKED = ("redis", "memcached", "zookeeper", "etcd3", "postgresql", "mysql")
+# Backend -> its launcher in tests/servers.py, where the names differ.
+LAUNCHER = {"etcd3": "etcd", "postgresql": "postgres", "mysql": "mariadb"}
 
 
 def url_for(backend, scratch):
@@ -99,10 +113,9 @@ def url_for(backend, scratch):
             sys.path.insert(0, os.path.join(ROOT, "tests"))
             import servers
 
-            SERVERS[backend] = getattr(servers, "etcd" if backend == "etcd3" else backend)().start()
-        if backend == "etcd3":
-            return SERVERS[backend].url
-        return "%s://127.0.0.1:%d" % (backend, SERVERS[backend].port)
+            SERVERS[backend] = getattr(servers, LAUNCHER.get(backend, backend))().start()
+        server = SERVERS[backend]
+        return getattr(server, "url", None) or "%s://127.0.0.1:%d" % (backend, server.port)
     if backend == "file":
         return "file://" + os.path.join(scratch, "file")
     if backend == "ipc":

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 
 
@@ -345,6 +346,50 @@ def floor_etcd3_grpc_txns(url, ops):
                        stdout=sys.stderr)
     out = subprocess.run([binary, url, str(ops)], capture_output=True, text=True, check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def floor_pg_advisory_lock(url, ops):
+    """``pg_advisory_lock`` + ``pg_advisory_unlock`` on one open psycopg2 connection (runs
+    under the upstream virtualenv, which has psycopg2): two round trips, no connecting."""
+    import psycopg2
+
+    parsed = urllib.parse.urlsplit(url)
+    conn = psycopg2.connect(host=parsed.hostname, port=parsed.port, user=parsed.username,
+                            password=parsed.password, dbname=parsed.path[1:])
+    conn.autocommit = True
+    cur = conn.cursor()
+
+    def op():
+        cur.execute("SELECT pg_advisory_lock(1, 2)")
+        cur.fetchone()
+        cur.execute("SELECT pg_advisory_unlock(1, 2)")
+        cur.fetchone()
+
+    _timed(op, min(ops, 200))
+    out = _timed(op, ops)
+    conn.close()
+    return out
+
+
+def floor_mysql_get_lock(url, ops):
+    """``GET_LOCK`` + ``RELEASE_LOCK`` on one open PyMySQL connection (upstream virtualenv)."""
+    import pymysql
+
+    parsed = urllib.parse.urlsplit(url)
+    conn = pymysql.connect(host=parsed.hostname, port=parsed.port, user=parsed.username,
+                           password=parsed.password, database=parsed.path[1:])
+    cur = conn.cursor()
+
+    def op():
+        cur.execute("SELECT GET_LOCK('bench-floor', 0)")
+        cur.fetchone()
+        cur.execute("SELECT RELEASE_LOCK('bench-floor')")
+        cur.fetchone()
+
+    _timed(op, min(ops, 200))
+    out = _timed(op, ops)
+    conn.close()
+    return out
 
 
 WORKLOADS = {name: fn for name, fn in globals().items()

@@ -34,6 +34,24 @@ DESELECTED = {
     # gives bit-identical rings (tests/test_hashring.py checks them against upstream's).
     "tooz/tests/test_hashring.py::HashRingTestCase::test_hash2int_returns_int":
         "mocks hashlib.md5, which the Rust ring does not call",
+    # Upstream's PostgreSQL and MySQL driver tests that replace the Python database client
+    # (psycopg2 / PyMySQL) with mocks: ours speaks to the server from Rust and imports neither,
+    # so there is nothing to patch. The behaviours are covered against real servers by
+    # tests/test_sql.py (connect failures, a failing acquire/release, the TLS options).
+    "tooz/tests/drivers/test_postgresql.py::TestPostgreSQLFailures::test_connect_failure":
+        "mocks psycopg2.connect (ours does not use psycopg2)",
+    "tooz/tests/drivers/test_postgresql.py::TestPostgreSQLFailures::test_connect_failure_operational":
+        "mocks psycopg2.connect (ours does not use psycopg2)",
+    "tooz/tests/drivers/test_postgresql.py::TestPostgreSQLFailures::test_failure_acquire_lock":
+        "mocks psycopg2.connect (ours does not use psycopg2)",
+    "tooz/tests/drivers/test_postgresql.py::TestPostgreSQLFailures::test_failure_release_lock":
+        "mocks psycopg2.connect (ours does not use psycopg2)",
+    "tooz/tests/drivers/test_mysql.py::TestMySQLDriver::test_parsing_tls_settings":
+        "mocks pymysql.Connect (ours does not use PyMySQL)",
+    "tooz/tests/drivers/test_mysql.py::TestMySQLDriver::test_parsing_timeout_settings":
+        "mocks pymysql.Connect (ours does not use PyMySQL)",
+    "tooz/tests/drivers/test_mysql.py::TestMySQLDriver::test_parsing_blocking_settings":
+        "mocks pymysql.Connect (ours does not use PyMySQL)",
 }
 
 # backend -> test files (relative to the copied tests) run with its TOOZ_TEST_URL.
@@ -45,6 +63,8 @@ SUITES = {
     "memcached": COORDINATION,
     "zookeeper": COORDINATION,
     "etcd3": COORDINATION,
+    "postgresql": COORDINATION + ["tooz/tests/drivers/test_postgresql.py"],
+    "mysql": COORDINATION + ["tooz/tests/drivers/test_mysql.py"],
     "unit": ["tooz/tests/test_hashring.py",
              "tooz/tests/test_utils.py", "tooz/tests/test_retry.py"],
 }
@@ -98,6 +118,12 @@ def start_server(backend):
     if backend == "zookeeper":
         server = servers.zookeeper().start()
         return "zookeeper://127.0.0.1:%d" % server.port, server
+    if backend == "postgresql":
+        server = servers.postgres().start()
+        return server.url, server
+    if backend == "mysql":
+        server = servers.mariadb().start()
+        return server.url, server
     raise ValueError("unknown backend %r" % backend)
 
 

@@ -5,12 +5,16 @@
 #    packaged system services are not used); openssl makes the certificates of the TLS tests;
 #  - protobuf-compiler and libprotobuf-dev: the etcd client crate compiles etcd's .proto files
 #    at build time (protoc and its well-known types);
+#  - postgresql-15 and mariadb-server (started by the tests in temporary directories; the
+#    packaged services are stopped);
 #  - the Rust extension, built and installed into python3 with the test tools;
-#  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency).
+#  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency),
+#    with psycopg2-binary and PyMySQL for its postgresql:// and mysql:// drivers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(redis-server memcached zookeeper etcd-server etcd-client protobuf-compiler libprotobuf-dev python3-venv openssl)
+packages=(redis-server memcached zookeeper etcd-server etcd-client protobuf-compiler libprotobuf-dev python3-venv openssl
+          postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,9 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # The packaged services are not needed (tests run their own); keep them from holding ports.
-for svc in redis-server memcached zookeeper etcd; do
+# Without systemd (containers), the packages' init scripts may have started them instead.
+for svc in redis-server memcached zookeeper etcd postgresql mariadb; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
         systemctl stop "$svc" || true
+    elif command -v service >/dev/null 2>&1 && service "$svc" status >/dev/null 2>&1; then
+        service "$svc" stop >/dev/null 2>&1 || true
     fi
 done
 
@@ -39,5 +46,10 @@ if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import 
     python3 -m venv .venv-upstream
     .venv-upstream/bin/pip install -q --disable-pip-version-check "tooz[redis,memcached,zookeeper,etcd3gw]==9.1.0" sysv_ipc \
         pytest fixtures testtools oslo.utils
+fi
+# The database clients of upstream's postgresql:// and mysql:// drivers (binary psycopg2: no
+# compiler or libpq headers needed); added to an existing virtualenv without rebuilding it.
+if ! .venv-upstream/bin/python -c "import psycopg2, pymysql" 2>/dev/null; then
+    .venv-upstream/bin/pip install -q --disable-pip-version-check psycopg2-binary PyMySQL
 fi
 echo "set-up done"

@@ -51,6 +51,15 @@ def _zookeeper_url(request, tmp_path_factory):
     return "zookeeper://127.0.0.1:%d?namespace=%s" % (server.port, new_id("ns").decode())
 
 
+def _postgresql_url(request, tmp_path_factory):
+    # Advisory locks have no namespaces: tests keep apart through their random lock names.
+    return request.getfixturevalue("postgres_server").url
+
+
+def _mysql_url(request, tmp_path_factory):
+    return request.getfixturevalue("mariadb_server").url
+
+
 # name -> function(request, tmp_path_factory) giving a URL private to the test. Networked
 # backends take a session server fixture and, where the backend has namespaces, a fresh one per
 # test; tests add their own options with with_options().
@@ -61,11 +70,14 @@ BACKENDS = {
     "etcd3": _etcd3_url,
     "memcached": _memcached_url,
     "zookeeper": _zookeeper_url,
+    "postgresql": _postgresql_url,
+    "mysql": _mysql_url,
 }
 
 
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
+# "locks_only": no groups at all (group calls raise NotImplemented); see has_groups().
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
@@ -89,6 +101,10 @@ FEATURES = {
               "beat_liveness"},
     "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
                   "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
+    # Locks only, each held by the server for one connection of ours: the server frees it
+    # the moment that connection closes ("connection_release"), e.g. when its process dies.
+    "postgresql": {"locks_only", "is_still_owner", "connection_release"},
+    "mysql": {"locks_only", "is_still_owner", "connection_release"},
 }
 
 
@@ -106,6 +122,31 @@ def wait_for(predicate, timeout=30.0, every=0.1):
 
 def has(backend, feature):
     return feature in FEATURES[backend[0]]
+
+
+def has_groups(backend):
+    """Whether the backend offers groups (every one does except the locks-only ones)."""
+    return not has(backend, "locks_only")
+
+
+def need_groups(backend):
+    if not has_groups(backend):
+        pytest.skip("%s offers locks only" % backend[0])
+
+
+def distinct_lock_names(backend, n):
+    """``n`` lock names that are ``n`` different locks on ``backend``: postgresql:// keys a
+    lock by two bytes of md5(name), as upstream (65,536 keys), so random names can share one."""
+    import hashlib
+
+    names, keys = [], set()
+    while len(names) < n:
+        name = new_id("l")
+        key = hashlib.md5(name).digest()[:2] if backend[0] == "postgresql" else name
+        if key not in keys:
+            keys.add(key)
+            names.append(name)
+    return names
 
 
 def need(backend, *features):
@@ -152,6 +193,24 @@ def etcd_server():
     from servers import etcd
 
     server = etcd().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from servers import postgres
+
+    server = postgres().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    from servers import mariadb
+
+    server = mariadb().start()
     yield server
     server.close()
 

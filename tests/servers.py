@@ -260,3 +260,125 @@ class EtcdCluster:
     def close(self):
         for m in self.members:
             m.close()
+
+
+# Credentials of the database servers the tests start (password auth on loopback).
+SQL_USER = "tooz"
+SQL_PASSWORD = "tooz-secret-pw"
+SQL_DATABASE = "tooz"
+POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def _as_postgres():
+    """``setpriv`` prefix running a command as the ``postgres`` user (initdb and postgres
+    refuse to run as root); empty when not root."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+
+def postgres(port=None, tls=None):
+    """A PostgreSQL 15 cluster from the Debian package, initialised in a temporary directory,
+    listening on 127.0.0.1 only, with SCRAM password auth for ``SQL_USER`` (a superuser)
+    and database ``SQL_DATABASE``. ``.url`` is its ``postgresql://`` URL. ``tls``: a directory
+    made by ``certs.make_pki`` whose server certificate it serves (plain connections stay
+    allowed)."""
+    workdir = tempfile.mkdtemp(prefix="tooz-postgres-")
+    tls_args = []
+    if tls:
+        for name in ("server.crt", "server.key", "ca.pem"):
+            shutil.copy(os.path.join(str(tls), name), os.path.join(workdir, name))
+        os.chmod(os.path.join(workdir, "server.key"), 0o600)
+        tls_args = ["-c", "ssl=on", "-c", "ssl_cert_file=" + os.path.join(workdir, "server.crt"),
+                    "-c", "ssl_key_file=" + os.path.join(workdir, "server.key"),
+                    "-c", "ssl_ca_file=" + os.path.join(workdir, "ca.pem")]
+    data = os.path.join(workdir, "data")
+    pwfile = os.path.join(workdir, "pw")
+    with open(pwfile, "w") as f:
+        f.write(SQL_PASSWORD + "\n")
+    if os.geteuid() == 0:
+        import pwd
+
+        pg = pwd.getpwnam("postgres")
+        for name in os.listdir(workdir):
+            os.chown(os.path.join(workdir, name), pg.pw_uid, pg.pw_gid)
+        os.chown(workdir, pg.pw_uid, pg.pw_gid)
+    subprocess.run(_as_postgres() + [os.path.join(POSTGRES_BIN, "initdb"), "-D", data, "-U", SQL_USER,
+                                      "--pwfile", pwfile, "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+                                      "-E", "UTF8", "--no-sync", "--no-instructions"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def argv(port, workdir):
+        return _as_postgres() + [os.path.join(POSTGRES_BIN, "postgres"), "-D", data, "-p", str(port),
+                                 "-k", workdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                                 "-c", "max_connections=300", "-c", "shared_buffers=16MB", *tls_args]
+
+    def ready(port):
+        # Accepting connections is not enough: the first start also creates the database.
+        done = subprocess.run([os.path.join(POSTGRES_BIN, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)])
+        return done.returncode == 0
+
+    server = Server("postgres", argv, port=port, workdir=workdir, ready=ready, ready_timeout=60.0)
+    server.url = "postgresql://%s:%s@127.0.0.1:%d/%s" % (SQL_USER, SQL_PASSWORD, server.port, SQL_DATABASE)
+    _start = server.start
+
+    def start():
+        _start()
+        if not getattr(server, "_created", False):
+            env = dict(os.environ, PGPASSWORD=SQL_PASSWORD)
+            made = subprocess.run([os.path.join(POSTGRES_BIN, "createdb"), "-h", "127.0.0.1", "-p", str(server.port),
+                                   "-U", SQL_USER, SQL_DATABASE], env=env, stderr=subprocess.PIPE, text=True)
+            if made.returncode != 0 and "already exists" not in made.stderr:
+                raise RuntimeError("createdb failed: %s" % made.stderr)
+            server._created = True
+        return server
+
+    server.start = start
+    _stop = server.stop
+
+    def stop(sig=signal.SIGINT):
+        # SIGINT is PostgreSQL's "fast" shutdown (sessions are ended); SIGTERM ("smart")
+        # would wait for every client to disconnect first.
+        _stop(sig)
+
+    server.stop = stop
+    return server
+
+
+def mariadb(port=None, tls=None):
+    """A MariaDB server from the Debian package, data in a temporary directory, listening on
+    127.0.0.1 (and a socket in that directory), with ``SQL_USER``/``SQL_PASSWORD`` allowed
+    everything and database ``SQL_DATABASE``. ``.url`` is its ``mysql://`` URL, ``.socket``
+    the socket path. ``tls``: a ``certs.make_pki`` directory whose server certificate it
+    serves (plain connections stay allowed)."""
+    workdir = tempfile.mkdtemp(prefix="tooz-mariadb-")
+    data = os.path.join(workdir, "data")
+    socket_path = os.path.join(workdir, "mysqld.sock")
+    subprocess.run(["mariadb-install-db", "--no-defaults", "--datadir=" + data, "--user=root",
+                    "--auth-root-authentication-method=socket", "--skip-test-db"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    init = os.path.join(workdir, "init.sql")
+    with open(init, "w") as f:
+        for host in ("%", "localhost"):
+            f.write("CREATE USER IF NOT EXISTS '%s'@'%s' IDENTIFIED BY '%s';\n" % (SQL_USER, host, SQL_PASSWORD))
+            f.write("GRANT ALL ON *.* TO '%s'@'%s';\n" % (SQL_USER, host))
+        f.write("CREATE DATABASE IF NOT EXISTS %s;\n" % SQL_DATABASE)
+    binary = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    tls_args = []
+    if tls:
+        tls_args = ["--ssl-cert=" + os.path.join(str(tls), "server.crt"),
+                    "--ssl-key=" + os.path.join(str(tls), "server.key"),
+                    "--ssl-ca=" + os.path.join(str(tls), "ca.pem")]
+
+    def argv(port, workdir):
+        return [binary, "--no-defaults", "--datadir=" + data, "--port=%d" % port, "--socket=" + socket_path,
+                "--bind-address=127.0.0.1", "--user=root", "--init-file=" + init, "--skip-name-resolve",
+                "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--max-connections=300",
+                "--pid-file=" + os.path.join(workdir, "mariadbd.pid"),
+                "--log-error=" + os.path.join(workdir, "error.log")] + tls_args
+
+    server = Server("mariadb", argv, port=port, workdir=workdir, ready_timeout=60.0)
+    server.url = "mysql://%s:%s@127.0.0.1:%d/%s" % (SQL_USER, SQL_PASSWORD, server.port, SQL_DATABASE)
+    server.socket = socket_path
+    return server

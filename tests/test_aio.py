@@ -12,7 +12,7 @@ import tooz
 from tooz import aio
 from tooz import coordination
 
-from conftest import Peer, has, need, new_id
+from conftest import Peer, distinct_lock_names, has, has_groups, need, new_id
 
 
 def run(coro):
@@ -46,6 +46,10 @@ def test_groups_members_and_capabilities(backend, async_coordinators, make_coord
     async def body():
         c = await async_coordinators()
         group = new_id("g")
+        if not has_groups(backend):
+            with pytest.raises(tooz.NotImplemented):
+                await c.create_group(group)
+            return
         if not has(backend, "members"):
             await c.create_group(group)
             assert group in await c.get_groups()
@@ -243,9 +247,13 @@ def test_many_concurrent_acquires_make_no_threads(backend, async_coordinators):
     if backend[0] == "ipc":
         pytest.skip("a SysV semaphore per lock: 1,000 of them is a host-wide resource")
 
+    # A backend with a server connection per held lock (as upstream) gets 100: the test
+    # servers accept 300 connections.
+    n = 100 if has(backend, "connection_release") else 1000
+
     async def body():
         c = await async_coordinators()
-        locks = [c.get_lock(new_id("l")) for _ in range(1000)]
+        locks = [c.get_lock(name) for name in distinct_lock_names(backend, n)]
         before = threading.active_count()
         assert all(await asyncio.gather(*(lock.acquire() for lock in locks)))
         assert threading.active_count() == before, "no Python thread per call"
@@ -262,7 +270,8 @@ def test_under_uvloop(backend, async_coordinators):
         lock = c.get_lock(new_id("l"))
         async with lock:
             assert await lock.is_still_owner() if has(backend, "is_still_owner") else lock.acquired
-        assert await c.get_groups() is not None
+        if has_groups(backend):
+            assert await c.get_groups() is not None
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(body())

@@ -5,7 +5,7 @@ import pytest
 
 from tooz import coordination
 
-from conftest import Peer, PeerError, need, new_id
+from conftest import Peer, PeerError, need, need_groups, new_id
 
 pytestmark = pytest.mark.interop
 
@@ -56,6 +56,7 @@ def test_ours_holds_upstream_waits(upstream, coord):
 
 
 def test_groups_seen_both_ways(backend, upstream, coord):
+    need_groups(backend)
     up = upstream()
     g_up, g_ours = new_id("gu"), new_id("go")
     try:

@@ -178,7 +178,7 @@ def test_held_by_other_process(backend, coord):
 
 def test_killed_holder_frees_lock(backend, coord):
     name = new_id("l")
-    if has(backend, "kernel_release"):
+    if has(backend, "kernel_release") or has(backend, "connection_release"):
         holder_url = backend[1]
     elif has(backend, "session_release"):
         holder_url = with_options(backend[1], timeout=2)  # the holder's session expires
@@ -188,8 +188,8 @@ def test_killed_holder_frees_lock(backend, coord):
     lock = coord.get_lock(name)
     assert not lock.acquire(blocking=False)
     holder.kill()
-    if has(backend, "kernel_release"):
-        assert lock.acquire(blocking=5), "the kernel frees a dead process's lock at once"
+    if has(backend, "kernel_release") or has(backend, "connection_release"):
+        assert lock.acquire(blocking=5), "the kernel (or the server) frees a dead process's lock at once"
     else:
         began = time.monotonic()
         assert not lock.acquire(blocking=False), "the server keeps the dead holder's lock for a while"

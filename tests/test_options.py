@@ -29,13 +29,6 @@ def test_unknown_scheme():
         coordination.get_coordinator("no-scheme-at-all", b"me")
 
 
-@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
-def test_backends_not_yet_available(scheme):
-    with pytest.raises(tooz.ToozError) as e:
-        coordination.get_coordinator("%s://localhost:1" % scheme, b"me")
-    assert "%s backend is not yet available" % scheme in str(e.value)
-
-
 def test_options_from_url_and_kwargs(tmp_path, make_coordinator):
     c = coordination.get_coordinator("file://%s?timeout=3&timeout=4" % tmp_path, b"me")
     assert c.heartbeat() == 4, "the last repeated query value wins"
@@ -113,5 +106,5 @@ def test_third_party_backend_via_entry_point(tmp_path, monkeypatch):
 def test_registered_entry_points():
     table = coordination._backend_entry_points()
     for scheme in ("file", "ipc", "redis", "zookeeper", "kazoo", "memcached", "postgresql", "mysql",
-                   "etcd3+http", "etcd3+https"):
+                   "etcd3+http", "etcd3+https", "kubernetes"):
         assert scheme in table

@@ -3,5 +3,6 @@
 //! tooz's data model, which the drivers in `crate::drivers` lay over them.
 
 pub mod memcache;
+pub mod pg_tls;
 pub mod tls;
 pub mod zookeeper;

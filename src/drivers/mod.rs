@@ -5,8 +5,11 @@ pub mod file;
 pub mod fslock;
 pub mod ipc;
 pub mod memcached;
+pub mod mysql;
 pub mod options;
+pub mod pgsql;
 pub mod redis;
+pub mod session_lock;
 pub mod sysv;
 pub mod ttl_lock;
 pub mod zookeeper;
@@ -29,9 +32,6 @@ pub struct Url {
     pub password: Option<String>,
 }
 
-/// Backends whose Python module exists but whose Rust driver has not landed yet.
-const NOT_YET: &[&str] = &["postgresql", "mysql"];
-
 pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>> {
     match url.scheme.as_str() {
         "file" => Ok(Arc::new(file::FileDriver::new(member, &url.path, options)?)),
@@ -39,10 +39,9 @@ pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>
         "redis" => Ok(Arc::new(redis::RedisDriver::new(member, url, options)?)),
         "memcached" => Ok(Arc::new(memcached::MemcachedDriver::new(member, url, options)?)),
         "etcd3+http" | "etcd3+https" => Ok(Arc::new(etcd3::Etcd3Driver::new(member, url, options)?)),
+        "postgresql" => Ok(Arc::new(pgsql::PostgresDriver::new(url, options)?)),
+        "mysql" => Ok(Arc::new(mysql::MySqlDriver::new(url, options)?)),
         "zookeeper" | "kazoo" => Ok(Arc::new(zookeeper::ZooKeeperDriver::new(member, url, options)?)),
-        s if NOT_YET.contains(&s) => Err(Error::Tooz(format!(
-            "the {s} backend is not yet available in this version of tooz"
-        ))),
         s => Err(Error::InvalidArgument(format!("no built-in driver for scheme {s:?}"))),
     }
 }

@@ -147,6 +147,49 @@ class NativeLock(locking.Lock):
         self._native.on_lost(notify)
 
 
+class SessionLock(NativeLock):
+    """A lock the server holds for one connection of ours (PostgreSQL, MySQL).
+
+    The server frees such a lock as soon as that connection closes, which may happen behind
+    our back (a server restart, a network cut, a killed session). Upstream cannot tell; here
+    :meth:`is_still_owner` checks the connection, and a holding found lost (there or at
+    ``release()``) is logged by the core on the driver's logger and reported to
+    :meth:`on_lost` callbacks.
+    """
+
+    #: The driver module's logger (set by the subclass).
+    LOG = None
+
+    def __del__(self):
+        native = getattr(self, "_native", None)
+        if native is not None and native.acquired and self.LOG is not None:
+            self.LOG.warning("unreleased lock %r garbage collected (its connection is closed, "
+                             "which releases it)", self.name)
+
+
+class LocksOnly:
+    """Mixin of a backend that offers locks only: watching raises ``tooz.NotImplemented``,
+    as upstream's PostgreSQL and MySQL drivers do (the group calls raise it from Rust)."""
+
+    def watch_join_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def unwatch_join_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def watch_leave_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def unwatch_leave_group(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def watch_elected_as_leader(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+    def unwatch_elected_as_leader(self, group_id, callback):
+        raise tooz.NotImplemented("not implemented")
+
+
 class NativeDriver:
     """Mixin placed first in a built-in driver's bases; the Rust core does the work."""
 
@@ -273,11 +316,3 @@ class NativeDriver:
 
     def get_lock(self, name):
         return self.LOCK_CLASS(self._core.get_lock(name))
-
-
-class UnavailableDriver:
-    """Mixin of a backend whose Rust driver has not landed yet: constructing it fails."""
-
-    def __init__(self, member_id, parsed_url, options):
-        raise tooz.ToozError(
-            "The %s backend is not yet available in this version of tooz" % parsed_url.scheme)

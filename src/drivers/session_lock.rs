@@ -1,0 +1,434 @@
+//! A lock held on a dedicated connection to a database server (PostgreSQL advisory locks,
+//! MySQL/MariaDB `GET_LOCK`): the server owns the lock for as long as the connection that
+//! took it stays open, and frees it when that connection closes, whoever closes it.
+//!
+//! What the two backends share lives here; each supplies a [`Backend`] (how to connect,
+//! how to try, wait for, and give back one lock on one connection, how to tell whether a
+//! connection is still alive).
+//!
+//! * Every held lock has its own connection, as upstream: MySQL before 5.7 keeps one user
+//!   lock per connection, and a PostgreSQL session re-enters its own advisory locks, so two
+//!   lock objects sharing a session would not exclude each other.
+//! * Connections are not opened and closed around every acquire as upstream does: a
+//!   connection that holds nothing (after a release, or an attempt that failed cleanly) goes
+//!   back to a small idle pool of the coordinator, and the next acquire takes it from there.
+//!   A pooled connection that turns out to be dead is replaced once, transparently.
+//! * A held lock whose connection has died is lost (the server has let it go): the lock
+//!   object notices (`is_still_owner()` false, `release()` false) instead of pretending, and
+//!   reports it through its [`Fate`] (a WARNING on the backend's logger, `on_lost` callbacks).
+//! * Fork: a connection belongs to the process (runtime generation) that opened it; a forked
+//!   child never touches its parent's connections (they are forgotten, not closed, as the
+//!   parent still uses them) and does not consider its parent's locks its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::driver::{DriverLock, Wait};
+use crate::error::{Error, Result};
+use crate::fate::{Fate, OnLost};
+use crate::id::Id;
+use crate::runtime;
+
+/// Idle connections kept per coordinator.
+const MAX_IDLE: usize = 4;
+
+/// One kind of database server and how a lock lives on one of its connections.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    type Conn: Send + 'static;
+    /// The server-side identity of a lock, derived from its name.
+    type Key: Send + Sync + 'static;
+
+    /// "PostgreSQL" / "MySQL", for messages.
+    fn product(&self) -> &'static str;
+    /// The logger of the backend's records ("tooz.drivers.pgsql", ...).
+    fn logger(&self) -> &'static str;
+    fn key(&self, name: &[u8]) -> Result<Self::Key>;
+    /// A new connection (bounded in time; a failure is an `Error::Connection`).
+    async fn connect(&self) -> Result<Self::Conn>;
+    /// Whether the connection is known to be dead without asking the server.
+    fn is_closed(&self, conn: &Self::Conn) -> bool;
+    /// One attempt that does not wait.
+    async fn try_lock(&self, conn: &mut Self::Conn, key: &Self::Key) -> Result<bool>;
+    /// Waits for the lock on the server, for ever (`None`) or at most `limit`.
+    async fn lock(&self, conn: &mut Self::Conn, key: &Self::Key, limit: Option<Duration>) -> Result<bool>;
+    /// Gives the lock back; false when this connection did not hold it.
+    async fn unlock(&self, conn: &mut Self::Conn, key: &Self::Key) -> Result<bool>;
+    /// A round trip proving the connection (and so its locks) is still there.
+    async fn ping(&self, conn: &mut Self::Conn) -> Result<()>;
+    /// Closes a connection (the server frees whatever it held); the default drops it.
+    fn discard(&self, conn: Self::Conn) {
+        drop(conn);
+    }
+}
+
+/// What a coordinator of one of these backends keeps: the backend and its idle connections.
+pub struct Sessions<B: Backend> {
+    backend: B,
+    /// Idle connections and the runtime generation they were opened in.
+    idle: Mutex<(u64, Vec<B::Conn>)>,
+}
+
+impl<B: Backend> Sessions<B> {
+    pub fn new(backend: B) -> Arc<Self> {
+        Arc::new(Sessions { backend, idle: Mutex::new((runtime::generation(), Vec::new())) })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// An idle connection of this process, if any.
+    fn take_idle(&self) -> Option<B::Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = runtime::generation();
+        if idle.0 != generation {
+            // Forked: these belong to the parent, which still uses them.
+            for inherited in idle.1.drain(..) {
+                std::mem::forget(inherited);
+            }
+            idle.0 = generation;
+        }
+        while let Some(conn) = idle.1.pop() {
+            if !self.backend.is_closed(&conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection that holds no lock for the next acquire.
+    fn put_idle(&self, conn: B::Conn, generation: u64) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if generation != runtime::generation() {
+            std::mem::forget(conn);
+            return;
+        }
+        if idle.0 == generation && idle.1.len() < MAX_IDLE && !self.backend.is_closed(&conn) {
+            idle.1.push(conn);
+        } else {
+            self.backend.discard(conn);
+        }
+    }
+
+    /// Opens a connection and keeps it idle: proves the address and credentials work.
+    pub async fn start(&self) -> Result<()> {
+        if let Some(conn) = self.take_idle() {
+            self.put_idle(conn, runtime::generation());
+            return Ok(());
+        }
+        let conn = self.backend.connect().await?;
+        self.put_idle(conn, runtime::generation());
+        Ok(())
+    }
+
+    /// Closes the idle connections (held locks keep theirs until released, as upstream).
+    pub fn stop(&self) {
+        let drained: Vec<B::Conn> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.0 != runtime::generation() {
+                for inherited in idle.1.drain(..) {
+                    std::mem::forget(inherited);
+                }
+                idle.0 = runtime::generation();
+                return;
+            }
+            idle.1.drain(..).collect()
+        };
+        for conn in drained {
+            self.backend.discard(conn);
+        }
+    }
+
+    /// One attempt on `conn`.
+    async fn attempt(&self, conn: &mut B::Conn, key: &B::Key, how: Attempt) -> Result<bool> {
+        let b = &self.backend;
+        match how {
+            Attempt::Try => b.try_lock(conn, key).await,
+            Attempt::Forever => b.lock(conn, key, None).await,
+            Attempt::Until(deadline) => {
+                // One quick try first: a free lock is taken even when no time is left.
+                if b.try_lock(conn, key).await? {
+                    return Ok(true);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                b.lock(conn, key, Some(left)).await
+            }
+        }
+    }
+
+    /// Runs an attempt on an idle connection, or on a new one; a pooled connection that
+    /// fails with a connection error is replaced by a new one once. The connection comes
+    /// back with the result unless the attempt failed (it is closed then).
+    async fn attempt_on_some_conn(&self, key: &B::Key, how: Attempt) -> Result<(bool, B::Conn)> {
+        if let Some(mut conn) = self.take_idle() {
+            match self.attempt(&mut conn, key, how).await {
+                Ok(v) => return Ok((v, conn)),
+                Err(Error::Connection(_)) => self.backend.discard(conn),
+                Err(e) => {
+                    self.backend.discard(conn);
+                    return Err(e);
+                }
+            }
+        }
+        let mut conn = self.backend.connect().await?;
+        match self.attempt(&mut conn, key, how).await {
+            Ok(v) => Ok((v, conn)),
+            Err(e) => {
+                self.backend.discard(conn);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Attempt {
+    Try,
+    Forever,
+    Until(Instant),
+}
+
+/// The connection of a held lock and the process it was opened in.
+struct Held<C> {
+    conn: C,
+    generation: u64,
+}
+
+/// One lock object: holds its lock on its own connection while acquired.
+pub struct SessionLock<B: Backend> {
+    sessions: Arc<Sessions<B>>,
+    name: Vec<u8>,
+    key: B::Key,
+    /// The connection holding the lock while this object holds it.
+    held: tokio::sync::Mutex<Option<Held<B::Conn>>>,
+    /// Whether this object holds the lock (waiters of this same object watch it).
+    state: watch::Sender<bool>,
+    /// The generation `state` was last set in (a forked child holds nothing).
+    state_generation: AtomicU64,
+    /// One acquire at a time per object.
+    gate: tokio::sync::Mutex<()>,
+    /// Reports a holding lost behind our back (logged once, `on_lost` callbacks).
+    fate: Fate,
+}
+
+/// Why a holding is reported lost.
+const LOST: &str = "its connection to the server is gone, and the server freed the lock with it";
+
+impl<B: Backend> SessionLock<B> {
+    pub fn new(sessions: Arc<Sessions<B>>, name: &[u8]) -> Result<Self> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("Locks must be provided a name".into()));
+        }
+        let key = sessions.backend.key(name)?;
+        let fate = Fate::new(
+            sessions.backend.logger(),
+            format!("{} ({})", String::from_utf8_lossy(name), sessions.backend.product()),
+        );
+        Ok(SessionLock {
+            fate,
+            sessions,
+            name: name.to_vec(),
+            key,
+            held: tokio::sync::Mutex::new(None),
+            state: watch::Sender::new(false),
+            state_generation: AtomicU64::new(runtime::generation()),
+            gate: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether this object holds the lock in this process.
+    fn holds(&self) -> bool {
+        *self.state.borrow() && self.state_generation.load(Ordering::SeqCst) == runtime::generation()
+    }
+
+    /// Records the connection now holding the lock.
+    async fn set_held(&self, conn: B::Conn) {
+        let generation = runtime::generation();
+        let mut slot = self.held.lock().await;
+        if let Some(old) = slot.take() {
+            // Only a forked child gets here with something in the slot: the parent's.
+            std::mem::forget(old);
+        }
+        *slot = Some(Held { conn, generation });
+        self.state_generation.store(generation, Ordering::SeqCst);
+        self.state.send_replace(true);
+    }
+
+    /// Takes the held connection out of `slot`: this object no longer holds the lock.
+    fn take_held(&self, slot: &mut Option<Held<B::Conn>>) -> Option<B::Conn> {
+        let generation = runtime::generation();
+        let conn = match slot.take() {
+            Some(h) if h.generation == generation => Some(h.conn),
+            Some(h) => {
+                std::mem::forget(h);
+                None
+            }
+            None => None,
+        };
+        self.state_generation.store(generation, Ordering::SeqCst);
+        self.state.send_replace(false);
+        conn
+    }
+
+    /// Waits until this object no longer holds the lock; false when `deadline` passed first.
+    async fn until_not_held(&self, deadline: Option<Instant>) -> bool {
+        let mut rx = self.state.subscribe();
+        loop {
+            if !self.holds() {
+                return true;
+            }
+            let changed = rx.changed();
+            match deadline {
+                None => {
+                    if changed.await.is_err() {
+                        return false;
+                    }
+                }
+                Some(d) => match tokio::time::timeout_at(d, changed).await {
+                    Ok(Ok(())) => {}
+                    _ => return !self.holds(),
+                },
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> DriverLock for SessionLock<B> {
+    fn name(&self) -> Id {
+        Id::Bytes(self.name.clone())
+    }
+
+    fn acquired(&self) -> bool {
+        self.holds()
+    }
+
+    async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
+        if shared {
+            return Err(Error::NotImplemented(format!(
+                "shared {} locks are not supported",
+                self.sessions.backend.product()
+            )));
+        }
+        let deadline = wait.deadline();
+        let _one_at_a_time = match (wait, deadline) {
+            (Wait::No, _) => match self.gate.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(false),
+            },
+            (_, Some(d)) => match tokio::time::timeout_at(d, self.gate.lock()).await {
+                Ok(g) => g,
+                Err(_) => return Ok(false),
+            },
+            _ => self.gate.lock().await,
+        };
+        // Not re-entrant: a lock object that holds its lock waits for its own release.
+        if self.holds() && (wait == Wait::No || !self.until_not_held(deadline).await) {
+            return Ok(false);
+        }
+        let how = match (wait, deadline) {
+            (Wait::No, _) => Attempt::Try,
+            (_, Some(d)) => Attempt::Until(d),
+            _ => Attempt::Forever,
+        };
+        let (got, conn) = self.sessions.attempt_on_some_conn(&self.key, how).await?;
+        if got {
+            self.set_held(conn).await;
+            self.fate.acquired(None);
+        } else {
+            self.sessions.put_idle(conn, runtime::generation());
+        }
+        Ok(got)
+    }
+
+    async fn release(&self) -> Result<bool> {
+        let mut slot = self.held.lock().await;
+        let holds = self.holds();
+        // (In a forked child this forgets the parent's connection.)
+        let conn = self.take_held(&mut slot);
+        drop(slot);
+        let Some(mut conn) = conn.filter(|_| holds) else {
+            return Ok(false);
+        };
+        let backend = self.sessions.backend();
+        if backend.is_closed(&conn) {
+            // The server freed the lock when the connection went.
+            backend.discard(conn);
+            self.fate.lost(LOST);
+            return Ok(false);
+        }
+        match backend.unlock(&mut conn, &self.key).await {
+            Ok(true) => {
+                self.fate.released();
+                self.sessions.put_idle(conn, runtime::generation());
+                Ok(true)
+            }
+            Ok(false) => {
+                // The connection no longer held it: do not reuse it.
+                backend.discard(conn);
+                self.fate.lost("the server says this connection does not hold it");
+                Ok(false)
+            }
+            // The connection is gone, and the lock with it.
+            Err(Error::Connection(_)) => {
+                backend.discard(conn);
+                self.fate.lost(LOST);
+                Ok(false)
+            }
+            Err(e) => {
+                // Closing the connection frees the lock on the server whatever went wrong.
+                backend.discard(conn);
+                self.fate.released();
+                Err(e)
+            }
+        }
+    }
+
+    async fn is_still_owner(&self) -> Result<bool> {
+        let mut slot = self.held.lock().await;
+        if !self.holds() {
+            return Ok(false);
+        }
+        let backend = self.sessions.backend();
+        let alive = match slot.as_mut() {
+            Some(h) if h.generation == runtime::generation() => {
+                !backend.is_closed(&h.conn) && backend.ping(&mut h.conn).await.is_ok()
+            }
+            _ => false,
+        };
+        if !alive {
+            if let Some(conn) = self.take_held(&mut slot) {
+                backend.discard(conn);
+            }
+            self.fate.lost(LOST);
+        }
+        Ok(alive)
+    }
+
+    fn on_lost(&self, callback: OnLost) {
+        self.fate.on_lost(callback);
+    }
+}
+
+impl<B: Backend> Drop for SessionLock<B> {
+    fn drop(&mut self) {
+        let taken = self.held.get_mut().take();
+        if let Some(h) = taken {
+            if h.generation == runtime::generation() {
+                // Closing the connection frees the lock on the server.
+                self.sessions.backend.discard(h.conn);
+            } else {
+                std::mem::forget(h);
+            }
+        }
+    }
+}
