@@ -16,7 +16,6 @@
 //! abandoned wait must end by itself soon).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,9 +24,8 @@ use mysql_async::{ClientIdentity, Conn, OptsBuilder, SslOpts};
 use tokio::time::Instant;
 
 use super::options::Options;
-use super::session_lock::{Backend, SessionLock, Sessions};
+use super::session_lock::{Backend, SessionDriver};
 use super::Url;
-use crate::driver::{Driver, DriverLock, Op};
 use crate::error::{Error, Result};
 
 const DEFAULT_PORT: u16 = 3306;
@@ -253,33 +251,12 @@ impl Backend for My {
     }
 }
 
-pub struct MySqlDriver {
-    sessions: Arc<Sessions<My>>,
-}
+/// Locks only, on dedicated connections (`session_lock.rs`).
+pub type MySqlDriver = SessionDriver<My>;
 
 impl MySqlDriver {
     pub fn new(url: &Url, options: &Options) -> Result<MySqlDriver> {
-        Ok(MySqlDriver { sessions: Sessions::new(My::new(url, options)?) })
-    }
-}
-
-#[async_trait]
-impl Driver for MySqlDriver {
-    fn supports(&self, _op: Op) -> bool {
-        false
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.sessions.start().await
-    }
-
-    async fn stop(&self) -> Result<()> {
-        self.sessions.stop();
-        Ok(())
-    }
-
-    fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
-        Ok(Arc::new(SessionLock::new(self.sessions.clone(), name)?))
+        Ok(SessionDriver::over(My::new(url, options)?))
     }
 }
 

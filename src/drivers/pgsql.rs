@@ -24,14 +24,12 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{CancelToken, Client, Config, SimpleQueryMessage, Socket};
 
 use super::options::Options;
-use super::session_lock::{Backend, SessionLock, Sessions};
+use super::session_lock::{Backend, SessionDriver};
 use super::Url;
 use crate::clients::pg_tls::{MakeRustls, RustlsStream};
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
-use crate::driver::{Driver, DriverLock, Op};
 use crate::error::{Error, Result};
 use std::pin::Pin;
-use std::sync::Arc;
 
 const DEFAULT_PORT: u16 = 5432;
 /// libpq's compiled-in socket directory on Debian, used when no host is given anywhere.
@@ -343,33 +341,12 @@ impl Backend for Pg {
     }
 }
 
-pub struct PostgresDriver {
-    sessions: Arc<Sessions<Pg>>,
-}
+/// Locks only, on dedicated connections (`session_lock.rs`).
+pub type PostgresDriver = SessionDriver<Pg>;
 
 impl PostgresDriver {
     pub fn new(url: &Url, options: &Options) -> Result<PostgresDriver> {
-        Ok(PostgresDriver { sessions: Sessions::new(Pg::new(url, options)?) })
-    }
-}
-
-#[async_trait]
-impl Driver for PostgresDriver {
-    fn supports(&self, _op: Op) -> bool {
-        false
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.sessions.start().await
-    }
-
-    async fn stop(&self) -> Result<()> {
-        self.sessions.stop();
-        Ok(())
-    }
-
-    fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
-        Ok(Arc::new(SessionLock::new(self.sessions.clone(), name)?))
+        Ok(SessionDriver::over(Pg::new(url, options)?))
     }
 }
 

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::driver::{DriverLock, Wait};
+use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::fate::{Fate, OnLost};
 use crate::id::Id;
@@ -430,5 +430,37 @@ impl<B: Backend> Drop for SessionLock<B> {
                 std::mem::forget(h);
             }
         }
+    }
+}
+
+/// A locks-only driver over a session backend (groups raise `NotImplemented`, as upstream's
+/// SQL drivers do).
+pub struct SessionDriver<B: Backend> {
+    sessions: Arc<Sessions<B>>,
+}
+
+impl<B: Backend> SessionDriver<B> {
+    pub fn over(backend: B) -> Self {
+        SessionDriver { sessions: Sessions::new(backend) }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Driver for SessionDriver<B> {
+    fn supports(&self, _op: Op) -> bool {
+        false
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.sessions.start().await
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.sessions.stop();
+        Ok(())
+    }
+
+    fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
+        Ok(Arc::new(SessionLock::new(self.sessions.clone(), name)?))
     }
 }
