@@ -19,6 +19,7 @@ lock is left held or queued); leaving ``async with lock`` by cancellation releas
 """
 
 import asyncio
+import weakref
 
 import tooz
 from tooz import coordination
@@ -78,7 +79,7 @@ class AsyncLock:
     def on_lost(self, callback):
         """As ``Lock.on_lost``: ``callback(lock)`` runs on a thread of ours, not in the loop
         (use ``loop.call_soon_threadsafe`` to get back to it)."""
-        ref = __import__("weakref").ref(self)
+        ref = weakref.ref(self)
         self._native.on_lost(lambda: callback(ref()) if ref() is not None else None)
 
     async def is_still_owner(self):

@@ -437,10 +437,12 @@ impl PyCoordinator {
 }
 
 /// `utils.convert_blocking`: a real bool is (blocking, timeout); anything else is a timeout.
-fn wait_from(blocking: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<Wait> {
-    let (blocking, timeout) = match blocking.downcast::<pyo3::types::PyBool>() {
-        Ok(b) => (b.is_true(), timeout),
-        Err(_) => (true, Some(blocking.extract::<f64>()?)),
+/// No `blocking` at all is `True`.
+fn wait_from(blocking: Option<&Bound<'_, PyAny>>, timeout: Option<f64>) -> PyResult<Wait> {
+    let (blocking, timeout) = match blocking.map(|b| (b, b.downcast::<pyo3::types::PyBool>())) {
+        None => (true, timeout),
+        Some((_, Ok(b))) => (b.is_true(), timeout),
+        Some((b, Err(_))) => (true, Some(b.extract::<f64>()?)),
     };
     Ok(match (blocking, timeout) {
         (false, _) => Wait::No,
@@ -470,10 +472,7 @@ impl PyLock {
 
     #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
     fn acquire(&self, py: Python<'_>, blocking: Option<&Bound<'_, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<bool> {
-        let wait = match blocking {
-            None => wait_from(&pyo3::types::PyBool::new(py, true).to_owned().into_any(), timeout)?,
-            Some(b) => wait_from(b, timeout)?,
-        };
+        let wait = wait_from(blocking, timeout)?;
         let lock = self.lock.clone();
         // Fast path: one attempt, no task.
         let first = py.detach(|| runtime::block_on(lock.acquire(Wait::No, shared))).map_err(to_py)?;
@@ -495,10 +494,7 @@ impl PyLock {
     /// Cancelling withdraws the attempt (and releases the lock if it was won meanwhile).
     #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
     fn acquire_async<'py>(&self, py: Python<'py>, blocking: Option<&Bound<'py, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<(Bound<'py, PyAny>, aio::Cancel)> {
-        let wait = match blocking {
-            None => wait_from(&pyo3::types::PyBool::new(py, true).to_owned().into_any(), timeout)?,
-            Some(b) => wait_from(b, timeout)?,
-        };
+        let wait = wait_from(blocking, timeout)?;
         let lock = self.lock.clone();
         // Dropped (cancelled) before it finishes, the Acquire withdraws the attempt.
         let acquire = Acquire::start(lock.clone(), wait, shared);
