@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::log::{self, Level};
 use crate::msgpack::Value;
+use crate::runtime;
 
 struct Joined {
     capabilities: Value,
@@ -28,12 +29,18 @@ pub struct Membership {
     backend: String,
     heal: bool,
     started: AtomicBool,
-    joined: Mutex<HashMap<Id, Joined>>,
+    joined: Mutex<Table>,
     /// The driver epoch up to which every membership has been checked.
     healed_epoch: AtomicU64,
 }
 
 const LOGGER: &str = "tooz.coordination";
+
+/// The memberships, and the process image (`runtime::generation`) that made them.
+struct Table {
+    generation: u64,
+    groups: HashMap<Id, Joined>,
+}
 
 impl Membership {
     pub fn new(member: Id, backend: &str, heal: bool) -> Membership {
@@ -42,7 +49,7 @@ impl Membership {
             backend: backend.to_owned(),
             heal,
             started: AtomicBool::new(false),
-            joined: Mutex::new(HashMap::new()),
+            joined: Mutex::new(Table { generation: runtime::generation(), groups: HashMap::new() }),
             healed_epoch: AtomicU64::new(0),
         }
     }
@@ -52,8 +59,17 @@ impl Membership {
         format!("member {} on {}", self.member, self.backend)
     }
 
-    fn joined(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Joined>> {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner())
+    /// The memberships of this process. A forked child starts with none: what its parent
+    /// joined stays the parent's (a child that re-joined them on its own session would take
+    /// them away from the parent when it exits), and a child's `stop()` leaves nothing of them.
+    fn joined(&self) -> MappedGuard<'_> {
+        let mut table = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = runtime::generation();
+        if table.generation != generation {
+            table.generation = generation;
+            table.groups.clear();
+        }
+        MappedGuard(table)
     }
 
     /// The driver has started: what it holds now is the baseline.
@@ -210,6 +226,22 @@ impl Membership {
             self.forget(group);
         }
         Ok(absent)
+    }
+}
+
+/// The lock on [`Table`], seen as its map of groups.
+struct MappedGuard<'a>(std::sync::MutexGuard<'a, Table>);
+
+impl std::ops::Deref for MappedGuard<'_> {
+    type Target = HashMap<Id, Joined>;
+    fn deref(&self) -> &Self::Target {
+        &self.0.groups
+    }
+}
+
+impl std::ops::DerefMut for MappedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0.groups
     }
 }
 

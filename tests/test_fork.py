@@ -7,7 +7,7 @@ import pytest
 
 from tooz import coordination
 
-from conftest import has_groups, new_id
+from conftest import has_groups, need, new_id
 
 
 def _child_work(url, name, group, conn=None):
@@ -69,3 +69,31 @@ def test_multiprocessing_fork_pool(backend, make_coordinator, group, method):
     assert results == [True] * 6
     if group is not None:
         assert group in parent.get_groups().get()
+
+
+def test_a_forked_child_leaves_its_parents_memberships_alone(backend, make_coordinator, group):
+    """A child that goes on using its parent's coordinator does not take over (or heal onto a
+    session of its own) the groups its parent joined: when it exits, the parent is still a
+    member."""
+    need(backend, "members")
+    parent = make_coordinator()
+    watcher = make_coordinator()
+    parent.create_group(group).get()
+    parent.join_group(group, capabilities=b"parent").get()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            ok = parent._member_id in parent.get_members(group).get()
+            parent.heartbeat()
+            ok = ok and parent._member_id in parent.get_members(group).get()
+            ok = ok and group not in parent._joined_groups  # the parent's, not the child's
+            code = 0 if ok else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert group in parent._joined_groups
+    parent.heartbeat()
+    assert watcher.get_members(group).get() == {parent._member_id}
+    assert parent.get_member_capabilities(group, parent._member_id).get() == b"parent"
