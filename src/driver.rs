@@ -79,6 +79,22 @@ pub struct MemberInfo {
     pub updated_at: f64,
 }
 
+/// A missing group has no members.
+pub fn members_or_none(found: Result<Vec<Id>>) -> Result<Vec<Id>> {
+    match found {
+        Err(Error::GroupNotCreated(_)) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// Whether two member lists hold the same members (in any order).
+pub fn same_members(a: &[Id], b: &[Id]) -> bool {
+    fn set(l: &[Id]) -> std::collections::HashSet<&[u8]> {
+        l.iter().map(Id::as_bytes).collect()
+    }
+    set(a) == set(b)
+}
+
 pub fn unsupported<T>(what: &str) -> Result<T> {
     Err(Error::NotImplemented(format!("{what} is not implemented by this backend")))
 }
@@ -161,6 +177,20 @@ pub trait Driver: Send + Sync + 'static {
     /// One non-blocking attempt to become the group's leader; true when this call won.
     async fn elect(&self, _group: &Id) -> Result<bool> {
         unsupported("run_elect_coordinator")
+    }
+
+    /// Waits until the members of `group` differ from `known` and returns them (a group that
+    /// does not exist has none). A backend that pushes changes (ZooKeeper child watches, etcd
+    /// watch streams) waits for the push and looks every `poll` only as a safety net; this
+    /// default looks every `poll`.
+    async fn next_members(&self, group: &Id, known: &[Id], poll: Duration) -> Result<Vec<Id>> {
+        loop {
+            tokio::time::sleep(poll).await;
+            let now = members_or_none(self.get_members(group).await)?;
+            if !same_members(&now, known) {
+                return Ok(now);
+            }
+        }
     }
 
     /// A lock object for `name` (no I/O).

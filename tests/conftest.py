@@ -96,11 +96,13 @@ FEATURES = {
     # without contact), not when heartbeat() stops being called ("session_release").
     # Liveness is a lease refreshed by heartbeat(); a lock has a lease of its own, so a dead
     # holder's lock lapses after lock_timeout. Waiters are woken by etcd watches.
+    # "pushed_watch": membership changes reach tooz.aio's watch_group as the backend pushes
+    # them (etcd watch stream, ZooKeeper child watch), not at the next poll.
     "etcd3": {"members", "update_capabilities", "member_info", "heartbeat", "break", "is_still_owner", "election",
               "watch_elected_as_leader", "get_leader", "stand_down", "lock_heartbeat", "ttl_locks",
-              "beat_liveness"},
+              "beat_liveness", "pushed_watch"},
     "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
-                  "watch_elected_as_leader", "get_leader", "stand_down", "session_release"},
+                  "watch_elected_as_leader", "get_leader", "stand_down", "session_release", "pushed_watch"},
     # Locks only, each held by the server for one connection of ours: the server frees it
     # the moment that connection closes ("connection_release"), e.g. when its process dies.
     "postgresql": {"locks_only", "is_still_owner", "connection_release"},

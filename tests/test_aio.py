@@ -214,6 +214,52 @@ def test_watch_group_delivers_joins_and_leaves(backend, async_coordinators, make
     run(body())
 
 
+def test_watch_group_is_pushed_where_the_backend_pushes(backend, async_coordinators, make_coordinator):
+    """With a poll interval far longer than the test, only a push can deliver the events: a
+    group created after the watch began, a join, a leave."""
+    need(backend, "pushed_watch")
+    sync = make_coordinator()
+    group = new_id("g")
+
+    async def body():
+        c = await async_coordinators()
+        events = c.watch_group(group, interval=300)
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.3)
+        in_thread = asyncio.get_running_loop().run_in_executor
+        await in_thread(None, lambda: sync.create_group(group).get())
+        await asyncio.sleep(0.3)
+        assert not first.done(), "an empty new group changes no membership"
+        began = time.monotonic()
+        await in_thread(None, lambda: sync.join_group(group).get())
+        joined = await asyncio.wait_for(first, 20)
+        assert isinstance(joined, coordination.MemberJoinedGroup) and joined.member_id == sync._member_id
+        await in_thread(None, lambda: sync.leave_group(group).get())
+        left = await asyncio.wait_for(events.__anext__(), 20)
+        assert isinstance(left, coordination.MemberLeftGroup)
+        assert time.monotonic() - began < 60, "pushed, not polled"
+        # A watch left waiting is withdrawn when its task is cancelled.
+        waiting = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await c.get_members(group) == set(), "the coordinator still answers"
+
+    run(body())
+
+
+def test_watch_group_rejects_a_bad_interval(backend, async_coordinators):
+    need(backend, "members")
+
+    async def body():
+        c = await async_coordinators()
+        with pytest.raises(tooz.ToozError):
+            await c.watch_group(new_id("g"), interval=0).__anext__()
+
+    run(body())
+
+
 def test_campaign_and_stand_down(backend, async_coordinators):
     need(backend, "election")
     group = new_id("g")

@@ -198,12 +198,17 @@ class AsyncCoordinator:
 
     async def watch_group(self, group_id, interval=1.0):
         """Membership changes of ``group_id`` as they happen: ``MemberJoinedGroup`` and
-        ``MemberLeftGroup`` events, without ``run_watchers``. The members are looked at every
-        ``interval`` seconds (a missing group has no members)."""
+        ``MemberLeftGroup`` events, without ``run_watchers``. ZooKeeper and etcd push changes
+        (a child watch, a watch stream); the other backends are looked at every ``interval``
+        seconds, which is also the push backends' safety net. A missing group has no members."""
         before = await self._members_or_none(group_id)
         while True:
-            await asyncio.sleep(interval)
-            now = await self._members_or_none(group_id)
+            future, cancel = self._core.next_members_async(group_id, list(before), interval)
+            try:
+                now = await future
+            except asyncio.CancelledError:
+                cancel()
+                raise
             for member_id in now - before:
                 yield coordination.MemberJoinedGroup(group_id, member_id)
             for member_id in before - now:

@@ -243,6 +243,27 @@ impl PyCoordinator {
         })
     }
 
+    /// For ``tooz.aio.watch_group``: (an asyncio future of the members of `group_id` once
+    /// they differ from `known`, a cancel function). Runs beside the ordered calls (it may
+    /// wait long), pushed by backends that push and polled every `poll` seconds by the others.
+    fn next_members_async<'py>(&self, py: Python<'py>, group_id: &Bound<'py, PyAny>, known: Vec<Bound<'py, PyAny>>, poll: f64) -> PyResult<(Bound<'py, PyAny>, aio::Cancel)> {
+        self.check(Op::GetMembers)?;
+        let g = id_from_py(group_id, "group_id")?;
+        let known = known.iter().map(|m| id_from_py(m, "member_id")).collect::<PyResult<Vec<_>>>()?;
+        let poll = Duration::try_from_secs_f64(poll)
+            .ok()
+            .filter(|p| !p.is_zero())
+            .ok_or_else(|| to_py(Error::InvalidArgument(format!("interval must be a positive number of seconds, not {poll}"))))?;
+        let driver = self.core.driver().clone();
+        let (future, task) = aio::spawn(py, async move {
+            match driver.next_members(&g, &known, poll).await {
+                Ok(members) => aio::Outcome::Value(Reply::Set(members)),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok((future, aio::Cancel { task }))
+    }
+
     /// The groups this coordinator has joined and not left, as far as it knows (no I/O).
     fn joined_groups<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
         self.core.membership().groups().iter().map(|g| id_to_py(py, g)).collect()

@@ -116,8 +116,8 @@ enum Command {
 struct Watcher {
     path: String,
     fire: oneshot::Sender<()>,
-    /// `exists` also sets a watch when the node is absent.
-    on_missing: bool,
+    /// `exists` (which also sets a watch when the node is absent) or `getChildren`.
+    on_children: bool,
 }
 
 /// Resolves when the watched node changes, or with an error when the session ended (after
@@ -128,41 +128,77 @@ pub type Watch = oneshot::Receiver<()>;
 /// The watches a session has set, by server path: on nodes that existed when the watch was
 /// set ("data" watches: fire on change or deletion) and on nodes that did not ("exist"
 /// watches: fire on creation).
+/// "child" watches (set by `getChildren`: fire when a child is added or removed, or the node
+/// is deleted).
 #[derive(Default)]
 struct Watches {
     data: HashMap<String, Vec<oneshot::Sender<()>>>,
     exist: HashMap<String, Vec<oneshot::Sender<()>>>,
+    child: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
+/// Which of a session's watch tables a watch is kept in.
+#[derive(Clone, Copy)]
+enum Slot {
+    Data,
+    Exist,
+    Child,
+}
+
+/// The type of a `WatcherEvent` that reports a child added or removed.
+const NODE_CHILDREN_CHANGED: i32 = 4;
+/// The type of a `WatcherEvent` that reports a deleted node.
+const NODE_DELETED: i32 = 2;
+
 impl Watches {
-    fn add(&mut self, path: String, existed: bool, fire: oneshot::Sender<()>) {
-        let list = if existed { &mut self.data } else { &mut self.exist }.entry(path).or_default();
+    fn table(&mut self, slot: Slot) -> &mut HashMap<String, Vec<oneshot::Sender<()>>> {
+        match slot {
+            Slot::Data => &mut self.data,
+            Slot::Exist => &mut self.exist,
+            Slot::Child => &mut self.child,
+        }
+    }
+
+    fn add(&mut self, path: String, slot: Slot, fire: oneshot::Sender<()>) {
+        let list = self.table(slot).entry(path).or_default();
         list.retain(|f| !f.is_closed());
         list.push(fire);
     }
 
-    fn fire(&mut self, path: &str) {
-        for map in [&mut self.data, &mut self.exist] {
-            for fire in map.remove(path).unwrap_or_default() {
+    /// Fires the watches an event of type `kind` on `path` triggers (every kind of watch on
+    /// the path when `kind` is `None`).
+    fn fire(&mut self, path: &str, kind: Option<i32>) {
+        let slots: &[Slot] = match kind {
+            Some(NODE_CHILDREN_CHANGED) => &[Slot::Child],
+            Some(NODE_DELETED) | None => &[Slot::Data, Slot::Exist, Slot::Child],
+            Some(_) => &[Slot::Data, Slot::Exist],
+        };
+        for slot in slots {
+            for fire in self.table(*slot).remove(path).unwrap_or_default() {
                 let _ = fire.send(());
             }
         }
     }
 
+    fn paths(&self) -> Vec<String> {
+        self.data.keys().chain(self.exist.keys()).chain(self.child.keys()).cloned().collect()
+    }
+
     /// The `SetWatches` payload for the watches someone still waits on, if any.
     fn rearm(&mut self, relative_zxid: i64) -> Option<Vec<u8>> {
-        for map in [&mut self.data, &mut self.exist] {
+        for map in [&mut self.data, &mut self.exist, &mut self.child] {
             map.retain(|_, list| {
                 list.retain(|f| !f.is_closed());
                 !list.is_empty()
             });
         }
-        if self.data.is_empty() && self.exist.is_empty() {
+        if self.data.is_empty() && self.exist.is_empty() && self.child.is_empty() {
             return None;
         }
-        let data: Vec<&str> = self.data.keys().map(String::as_str).collect();
-        let exist: Vec<&str> = self.exist.keys().map(String::as_str).collect();
-        Some(proto::set_watches(relative_zxid, &data, &exist, &[]))
+        fn keys(m: &HashMap<String, Vec<oneshot::Sender<()>>>) -> Vec<&str> {
+            m.keys().map(String::as_str).collect()
+        }
+        Some(proto::set_watches(relative_zxid, &keys(&self.data), &keys(&self.exist), &keys(&self.child)))
     }
 }
 
@@ -303,12 +339,24 @@ impl Client {
         Reader::new(&body).strings().map_err(|e| ZkError::Protocol(e.0.into()))
     }
 
+    /// The node's children, with a watch that fires when one is added or removed (or the
+    /// node is deleted).
+    pub async fn get_children_and_watch(&self, path: &str) -> ZkResult<(Vec<String>, Watch)> {
+        let server_path = self.server_path(path);
+        let (fire, watch) = oneshot::channel();
+        let watcher = Watcher { path: server_path.clone(), fire, on_children: true };
+        let pending = self.send(op::GET_CHILDREN, proto::path_and_watch(&server_path, true), Some(watcher))?;
+        let body = Self::reply(pending).await?;
+        let children = Reader::new(&body).strings().map_err(|e| ZkError::Protocol(e.0.into()))?;
+        Ok((children, watch))
+    }
+
     /// Whether the node exists, with a watch on its next change (creation, data change or
     /// deletion).
     pub async fn exists_and_watch(&self, path: &str) -> ZkResult<(bool, Watch)> {
         let server_path = self.server_path(path);
         let (fire, watch) = oneshot::channel();
-        let watcher = Watcher { path: server_path.clone(), fire, on_missing: true };
+        let watcher = Watcher { path: server_path.clone(), fire, on_children: false };
         let pending = self.send(op::EXISTS, proto::path_and_watch(&server_path, true), Some(watcher))?;
         match Self::reply(pending).await {
             Ok(_) => Ok((true, watch)),
@@ -619,14 +667,13 @@ async fn serve(
                 xid::NOTIFICATION => {
                     let Ok(event) = WatcherEvent::decode(&mut r) else { break 'conn Outcome::Lost };
                     if event.kind != -1 {
-                        watches.fire(&event.path);
+                        watches.fire(&event.path, Some(event.kind));
                     }
                 }
                 // The watches could not be set again: wake their waiters to look again.
                 xid::SET_WATCHES if header.err != 0 => {
-                    let paths: Vec<String> = watches.data.keys().chain(watches.exist.keys()).cloned().collect();
-                    for p in paths {
-                        watches.fire(&p);
+                    for p in watches.paths() {
+                        watches.fire(&p, None);
                     }
                 }
                 xid::SET_WATCHES => {}
@@ -640,8 +687,14 @@ async fn serve(
                         break 'conn Outcome::Ended(Ended::Expired);
                     }
                     if let Some(w) = p.watch {
-                        if header.err == 0 || (w.on_missing && header.err == code::NO_NODE) {
-                            watches.add(w.path, header.err == 0, w.fire);
+                        let slot = match (w.on_children, header.err) {
+                            (true, 0) => Some(Slot::Child),
+                            (false, 0) => Some(Slot::Data),
+                            (false, code::NO_NODE) => Some(Slot::Exist),
+                            _ => None,
+                        };
+                        if let Some(slot) = slot {
+                            watches.add(w.path, slot, w.fire);
                         }
                     }
                     let rest = frame[frame.len() - r.remaining()..].to_vec();
@@ -764,9 +817,9 @@ mod tests {
         let (fire_a, mut got_a) = oneshot::channel();
         let (fire_b, mut got_b) = oneshot::channel();
         let (fire_c, got_c) = oneshot::channel();
-        w.add("/a".into(), true, fire_a);
-        w.add("/b".into(), false, fire_b);
-        w.add("/c".into(), true, fire_c);
+        w.add("/a".into(), Slot::Data, fire_a);
+        w.add("/b".into(), Slot::Exist, fire_b);
+        w.add("/c".into(), Slot::Data, fire_c);
         drop(got_c); // nobody waits on /c any more: not set again
         let payload = w.rearm(42).expect("watches to set again");
         let mut r = Reader::new(&payload);
@@ -776,11 +829,35 @@ mod tests {
         assert_eq!(r.int().unwrap(), 1);
         assert_eq!(r.string().unwrap(), "/b");
         assert_eq!(r.int().unwrap(), 0);
-        w.fire("/b");
+        w.fire("/b", Some(1));
         assert!(got_b.try_recv().is_ok());
         assert!(got_a.try_recv().is_err(), "/a still armed");
-        w.fire("/a");
+        w.fire("/a", Some(3));
         assert!(got_a.try_recv().is_ok());
         assert!(w.rearm(42).is_none());
+    }
+
+    #[test]
+    fn child_watches_fire_on_child_changes_and_deletion_only() {
+        let mut w = Watches::default();
+        let (fire_c, mut got_c) = oneshot::channel();
+        let (fire_d, mut got_d) = oneshot::channel();
+        w.add("/g".into(), Slot::Child, fire_c);
+        w.add("/g".into(), Slot::Data, fire_d);
+        let payload = w.rearm(7).expect("watches to set again");
+        let mut r = Reader::new(&payload);
+        assert_eq!(r.long().unwrap(), 7);
+        assert_eq!((r.int().unwrap(), r.string().unwrap()), (1, "/g".to_owned()), "data");
+        assert_eq!(r.int().unwrap(), 0, "exist");
+        assert_eq!((r.int().unwrap(), r.string().unwrap()), (1, "/g".to_owned()), "child");
+        w.fire("/g", Some(3)); // data changed: not a child change
+        assert!(got_d.try_recv().is_ok());
+        assert!(got_c.try_recv().is_err(), "child watch still armed");
+        w.fire("/g", Some(NODE_CHILDREN_CHANGED));
+        assert!(got_c.try_recv().is_ok());
+        let (fire_e, mut got_e) = oneshot::channel();
+        w.add("/g".into(), Slot::Child, fire_e);
+        w.fire("/g", Some(NODE_DELETED));
+        assert!(got_e.try_recv().is_ok(), "deletion fires child watches");
     }
 }

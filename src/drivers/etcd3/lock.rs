@@ -17,6 +17,7 @@ use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFi
 use tokio::time::Instant;
 
 use super::link::lapsed;
+use super::watch::wait_for_event;
 use super::{first_kvs, Shared, LOCK_PREFIX};
 use crate::driver::{DriverLock, Wait};
 use crate::fate::{Fate, OnLost};
@@ -130,56 +131,6 @@ impl Etcd3Lock {
         }
         Ok(Attempt::Taken(resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
-
-    /// Waits until etcd reports the key deleted after `revision`, or `deadline` passes.
-    /// Returns early (letting the caller try again) if the watch cannot be kept up.
-    async fn wait_for_release(&self, revision: i64, deadline: Option<Instant>) {
-        let key = self.key.clone();
-        let opened = self
-            .shared
-            .link
-            .run("watch lock", |mut c| {
-                let key = key.clone();
-                async move {
-                    let options = WatchOptions::new().with_start_revision(revision + 1).with_filters([WatchFilterType::NoPut]);
-                    c.watch(key, Some(options)).await
-                }
-            })
-            .await;
-        let mut stream = match opened {
-            Ok(s) => s,
-            Err(_) => {
-                // No watch (etcd unreachable for now): look again a little later.
-                sleep_until_or(Duration::from_millis(200), deadline).await;
-                return;
-            }
-        };
-        loop {
-            let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
-                    Ok(m) => m,
-                    Err(_) => return,
-                },
-                None => stream.message().await,
-            };
-            match next {
-                Ok(Some(resp)) => {
-                    if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                        return;
-                    }
-                }
-                _ => {
-                    sleep_until_or(Duration::from_millis(100), deadline).await;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn sleep_until_or(pause: Duration, deadline: Option<Instant>) {
-    let until = Instant::now() + pause;
-    tokio::time::sleep_until(deadline.map_or(until, |d| d.min(until))).await;
 }
 
 #[async_trait]
@@ -213,7 +164,10 @@ impl DriverLock for Etcd3Lock {
                     if wait == Wait::No || deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(false);
                     }
-                    self.wait_for_release(revision, deadline).await;
+                    // Woken by etcd when the holder's key is deleted.
+                    let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+                    let deleted = |e: &etcd_client::Event| e.event_type() == EventType::Delete;
+                    wait_for_event(&self.shared.link, "watch lock", self.key.clone(), options, revision, deadline, deleted).await;
                 }
             }
         }

@@ -24,6 +24,7 @@
 
 mod link;
 mod lock;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, PutOptions};
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, PutOptions, WatchOptions};
 
 use super::options::{self, Options};
 use super::Url;
@@ -382,12 +383,19 @@ impl Etcd3Driver {
     }
 
     async fn list_group(&self, group: &Id, keys_only: bool) -> Result<Vec<(Id, Vec<u8>)>> {
+        self.read_group(group, keys_only).await?.1.ok_or_else(|| Error::GroupNotCreated(group.clone()))
+    }
+
+    /// The revision of the read, and the group's members with their values (`None` when the
+    /// group does not exist).
+    async fn read_group(&self, group: &Id, keys_only: bool) -> Result<(i64, Option<Vec<(Id, Vec<u8>)>>)> {
         let gkey = group_key(group.as_bytes());
         let mut opts = GetOptions::new().with_prefix();
         if keys_only {
             opts = opts.with_keys_only();
         }
         let mut r = self.shared.get("get members", gkey.clone(), Some(opts)).await?;
+        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
         let mut found = false;
         let mut out = Vec::new();
         for kv in r.take_kvs() {
@@ -398,10 +406,7 @@ impl Etcd3Driver {
                 out.push((Id::Bytes(key[gkey.len()..].to_vec()), value));
             }
         }
-        if !found {
-            return Err(Error::GroupNotCreated(group.clone()));
-        }
-        Ok(out)
+        Ok((revision, found.then_some(out)))
     }
 
     fn election_key(&self, g: &[u8]) -> Vec<u8> {
@@ -578,6 +583,23 @@ impl Driver for Etcd3Driver {
 
     async fn get_members(&self, group: &Id) -> Result<Vec<Id>> {
         Ok(self.list_group(group, true).await?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// Pushed: a watch stream on the group's prefix from the revision of the last read wakes
+    /// the wait; `poll` is only a safety net.
+    async fn next_members(&self, group: &Id, known: &[Id], poll: Duration) -> Result<Vec<Id>> {
+        loop {
+            let (revision, found) = self.read_group(group, true).await?;
+            let now: Vec<Id> = found.unwrap_or_default().into_iter().map(|(m, _)| m).collect();
+            if !crate::driver::same_members(&now, known) {
+                return Ok(now);
+            }
+            let options = WatchOptions::new().with_prefix();
+            let deadline = Some(tokio::time::Instant::now() + poll);
+            // A put under the prefix may only update capabilities: looking again tells.
+            let key = group_key(group.as_bytes());
+            watch::wait_for_event(&self.shared.link, "watch members", key, options, revision, deadline, |_| true).await;
+        }
     }
 
     async fn get_members_with_capabilities(&self, group: &Id) -> Result<Vec<(Id, Value)>> {

@@ -595,6 +595,39 @@ impl Driver for ZooKeeperDriver {
         }
     }
 
+    /// Pushed: a child watch on the group node (an exists watch while the group is missing)
+    /// wakes the wait; `poll` is only a safety net.
+    async fn next_members(&self, group: &Id, known: &[Id], poll: Duration) -> Result<Vec<Id>> {
+        let path = self.group_path(group)?;
+        loop {
+            let p = path.clone();
+            let seen = self
+                .link
+                .run("watch members", |c| async move {
+                    match c.get_children_and_watch(&p).await {
+                        Ok((children, watch)) => Ok((Some(children), watch)),
+                        Err(ZkError::Server(code::NO_NODE)) => {
+                            c.exists_and_watch(&p).await.map(|(exists, watch)| (if exists { None } else { Some(Vec::new()) }, watch))
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .await?;
+            match seen {
+                // The group appeared between the two reads: look at its children again.
+                Ok((None, _)) => continue,
+                Ok((Some(children), watch)) => {
+                    let now: Vec<Id> = children.into_iter().map(|m| Id::Bytes(m.into_bytes())).collect();
+                    if !crate::driver::same_members(&now, known) {
+                        return Ok(now);
+                    }
+                    let _ = tokio::time::timeout(poll, watch).await;
+                }
+                Err(e) => return Err(zk_error("watch members", e)),
+            }
+        }
+    }
+
     async fn get_member_capabilities(&self, group: &Id, member: &Id) -> Result<Value> {
         let path = self.member_path(group, &id_text(member, "member id")?)?;
         match self.link.run("get member capabilities", |c| async move { c.get_data(&path).await }).await? {
