@@ -193,6 +193,14 @@ pub trait Driver: Send + Sync + 'static {
         }
     }
 
+    /// After an election attempt in `group` that did not win: waits until the leadership may
+    /// have changed (the leader left), at most `poll`. A backend that pushes changes wakes
+    /// at once; this default just waits `poll`.
+    async fn wait_leader_change(&self, _group: &Id, poll: Duration) -> Result<()> {
+        tokio::time::sleep(poll).await;
+        Ok(())
+    }
+
     /// A lock object for `name` (no I/O).
     fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>>;
 }

@@ -289,6 +289,39 @@ def test_campaign_and_stand_down(backend, async_coordinators):
     run(body())
 
 
+def test_campaign_is_woken_by_the_leaders_departure_where_the_backend_pushes(backend, async_coordinators):
+    """A contender that has waited long (its retry pause grown to many seconds) still wins
+    within moments of the leader standing down: the backend's push wakes it."""
+    need(backend, "pushed_watch", "stand_down")
+    group = new_id("g")
+
+    async def body():
+        first = await async_coordinators(start_heart=True)
+        second = await async_coordinators(start_heart=True)
+        await first.create_group(group)
+        await asyncio.wait_for(first.campaign(group), 10)
+        contender = asyncio.ensure_future(second.campaign(group, interval=300))
+        # Polling alone would try at 0, 0.05, 0.15, … 6.35, 12.75 and 25.55 s (the pause
+        # doubling): a stand-down at 13 s would wait 12.5 s for the next attempt.
+        await asyncio.sleep(13)
+        assert not contender.done()
+        await first.stand_down_group_leader(group)
+        began = time.monotonic()
+        elected = await asyncio.wait_for(contender, 30)
+        assert elected.member_id == second.member_id
+        assert time.monotonic() - began < 5, "pushed, not polled"
+        # A campaign left waiting is withdrawn when its task is cancelled.
+        third = await async_coordinators(start_heart=True)
+        waiting = asyncio.ensure_future(third.campaign(group))
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await third.get_leader(group) == second.member_id
+
+    run(body())
+
+
 def test_many_concurrent_acquires_make_no_threads(backend, async_coordinators):
     if backend[0] == "ipc":
         pytest.skip("a SysV semaphore per lock: 1,000 of them is a host-wide resource")

@@ -227,14 +227,20 @@ class AsyncCoordinator:
         return await _value(self._core.get_leader(group_id))
 
     async def campaign(self, group_id, interval=1.0):
-        """Returns once this member leads ``group_id`` (trying every ``interval`` seconds at
-        most, sooner at first)."""
+        """Returns once this member leads ``group_id``. After a lost attempt it waits for the
+        leader to go: pushed by ZooKeeper and etcd; the other backends try again after a
+        pause that grows to ``interval`` seconds."""
         pause = 0.05
         while True:
             won = await _value(self._core.elect_async([group_id]))
             if won:
                 return coordination.LeaderElected(group_id, self.member_id)
-            await asyncio.sleep(pause)
+            future, cancel = self._core.wait_leader_change_async(group_id, pause)
+            try:
+                await future
+            except asyncio.CancelledError:
+                cancel()
+                raise
             pause = min(pause * 2, interval)
 
     async def stand_down_group_leader(self, group_id):

@@ -118,6 +118,14 @@ impl PyAsyncResult {
     }
 }
 
+
+/// A positive number of seconds given by Python, as a `Duration`.
+fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| to_py(Error::InvalidArgument(format!("{what} must be a positive number of seconds, not {value}"))))
+}
 #[pyclass(frozen, module = "tooz._tooz", name = "Coordinator")]
 struct PyCoordinator {
     core: Coordinator,
@@ -250,14 +258,28 @@ impl PyCoordinator {
         self.check(Op::GetMembers)?;
         let g = id_from_py(group_id, "group_id")?;
         let known = known.iter().map(|m| id_from_py(m, "member_id")).collect::<PyResult<Vec<_>>>()?;
-        let poll = Duration::try_from_secs_f64(poll)
-            .ok()
-            .filter(|p| !p.is_zero())
-            .ok_or_else(|| to_py(Error::InvalidArgument(format!("interval must be a positive number of seconds, not {poll}"))))?;
+        let poll = seconds(poll, "interval")?;
         let driver = self.core.driver().clone();
         let (future, task) = aio::spawn(py, async move {
             match driver.next_members(&g, &known, poll).await {
                 Ok(members) => aio::Outcome::Value(Reply::Set(members)),
+                Err(e) => aio::Outcome::Failed(e),
+            }
+        })?;
+        Ok((future, aio::Cancel { task }))
+    }
+
+    /// For ``tooz.aio.campaign``: (an asyncio future resolved when the leadership of
+    /// `group_id` may have changed, at most `poll` seconds later; a cancel function). Runs
+    /// beside the ordered calls.
+    fn wait_leader_change_async<'py>(&self, py: Python<'py>, group_id: &Bound<'py, PyAny>, poll: f64) -> PyResult<(Bound<'py, PyAny>, aio::Cancel)> {
+        self.check(Op::Elect)?;
+        let g = id_from_py(group_id, "group_id")?;
+        let poll = seconds(poll, "interval")?;
+        let driver = self.core.driver().clone();
+        let (future, task) = aio::spawn(py, async move {
+            match driver.wait_leader_change(&g, poll).await {
+                Ok(()) => aio::Outcome::Value(Reply::Unit),
                 Err(e) => aio::Outcome::Failed(e),
             }
         })?;

@@ -728,6 +728,24 @@ impl Driver for Etcd3Driver {
         Ok(leading && !was)
     }
 
+    /// Pushed: a watch on the election prefix from the revision at which someone else was
+    /// seen leading; no leader, or this member leading, returns at once.
+    async fn wait_leader_change(&self, group: &Id, poll: Duration) -> Result<()> {
+        let g = group.as_bytes().to_vec();
+        let prefix = election_prefix(&g);
+        let mut r = self.shared.get("get leader", prefix.clone(), Some(Self::oldest_candidate())).await?;
+        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+        match r.take_kvs().first() {
+            Some(kv) if kv.key() != self.election_key(&g).as_slice() => {
+                let deadline = Some(tokio::time::Instant::now() + poll);
+                let options = WatchOptions::new().with_prefix();
+                watch::wait_for_event(&self.shared.link, "watch leader", prefix, options, revision, deadline, |_| true).await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
         if name.is_empty() {
             return Err(Error::InvalidArgument("Locks must be provided a name".into()));

@@ -748,6 +748,21 @@ impl Driver for ZooKeeperDriver {
         lock.acquire(Wait::No, false).await
     }
 
+    /// Pushed: a child watch on the election's lock directory; an empty directory (the leader
+    /// left before we looked) returns at once.
+    async fn wait_leader_change(&self, group: &Id, poll: Duration) -> Result<()> {
+        let dir = self.leader_dir(group)?;
+        let seen = self.link.run("watch leader", |c| async move { c.get_children_and_watch(&dir).await }).await?;
+        match seen {
+            Ok((contenders, watch)) if !contenders.is_empty() => {
+                let _ = tokio::time::timeout(poll, watch).await;
+                Ok(())
+            }
+            Ok(_) | Err(ZkError::Server(code::NO_NODE)) => Ok(()),
+            Err(e) => Err(zk_error("watch leader", e)),
+        }
+    }
+
     fn lock(&self, name: &[u8]) -> Result<Arc<dyn DriverLock>> {
         if name.is_empty() {
             return Err(Error::InvalidArgument("Locks must be provided a name".into()));
