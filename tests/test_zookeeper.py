@@ -15,7 +15,7 @@ from tooz import coordination
 from tooz import locking
 from tooz.drivers import zookeeper as zk_driver
 
-from conftest import Peer, PeerError, new_id, with_options
+from conftest import Peer, PeerError, new_id, wait_for, with_options
 from certs import make_pki
 from servers import free_port, zookeeper
 
@@ -63,15 +63,6 @@ def upstream(ns_url, upstream_python, peers):
         return peers(url or ns_url, python=upstream_python, member_id=new_id("up"))
 
     return make
-
-
-def _wait_for(predicate, timeout=15, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 # ------------------------------------------------------------------ classes and names
@@ -221,7 +212,7 @@ def test_leaders_seen_both_ways(upstream, make_coordinator):
     up.call("c.run_watchers()")
     assert up.call("len(elected)") == 1, "we lead now"
     ours.stop()
-    assert _wait_for(lambda: (up.call("c.run_watchers()"), up.call("len(elected)"))[1] == 2, timeout=10)
+    assert wait_for(lambda: (up.call("c.run_watchers()"), up.call("len(elected)"))[1] == 2, timeout=10)
     assert up.call("c.get_leader(%r).get()" % group) == up_id
 
 
@@ -251,7 +242,7 @@ def test_session_expiry_releases_locks_and_members(ns_url, peers, make_coordinat
     assert frozen.call("lock.is_still_owner()") is False
     assert frozen.call("lock.release()") is False, "a lock lost with the session is not reported released"
     # The thawed coordinator carries on with a new session.
-    assert _wait_for(lambda: _quiet(frozen, "c.join_group(%r).get()" % group), timeout=10)
+    assert wait_for(lambda: _quiet(frozen, "c.join_group(%r).get()" % group), timeout=10)
     assert observer.get_members(group).get() == {frozen_id}
     mine.release()
     assert frozen.call("lock.acquire(blocking=5)") is True
@@ -337,7 +328,7 @@ def test_server_restart_then_recover(own_server, make_coordinator):
     assert lock.is_still_owner() is False, "a lock of the lost session is not claimed"
     assert lock.acquire(blocking=10), "the old session's node goes when the server expires it"
     # The member of the ended session was re-joined by the new one (healing), and stays.
-    assert _wait_for(lambda: c.get_members(group).get() == {c._member_id}, timeout=10)
+    assert wait_for(lambda: c.get_members(group).get() == {c._member_id}, timeout=10)
     time.sleep(2.5)
     assert c.get_members(group).get() == {c._member_id}
     assert c.heartbeat() == 3
@@ -357,7 +348,7 @@ def test_short_outage_keeps_the_session(own_server, make_coordinator):
     own_server.stop()
     time.sleep(1)
     own_server.start()
-    assert _wait_for(lambda: _ok(lambda: c.heartbeat()), timeout=15)
+    assert wait_for(lambda: _ok(lambda: c.heartbeat()), timeout=15)
     assert lock.is_still_owner() is True
     assert other.get_members(group).get() == {c._member_id}
     assert not other.get_lock(b"res").acquire(blocking=False)
@@ -380,7 +371,7 @@ def test_waiter_is_woken_through_a_watch_set_again_after_reconnecting(own_server
     own_server.stop()
     time.sleep(1)
     own_server.start()
-    assert _wait_for(lambda: _ok(lambda: holder.heartbeat()), timeout=15)
+    assert wait_for(lambda: _ok(lambda: holder.heartbeat()), timeout=15)
     assert outcome == [], "still waiting: the holder's session survived"
     assert held.release() is True
     t.join(25)
@@ -652,10 +643,10 @@ def test_interrupted_wait_withdraws_its_node(ns_url, ns, upstream, make_coordina
                               stdout=subprocess.PIPE, text=True)
     try:
         assert waiter.stdout.readline().strip() == "waiting"
-        assert _wait_for(lambda: len(up.call(children)) == 2, timeout=10)
+        assert wait_for(lambda: len(up.call(children)) == 2, timeout=10)
         waiter.send_signal(signal.SIGINT)
         assert waiter.stdout.readline().strip() == "interrupted"
-        assert _wait_for(lambda: len(up.call(children)) == 1, timeout=10), up.call(children)
+        assert wait_for(lambda: len(up.call(children)) == 1, timeout=10), up.call(children)
         assert holder.release()
         other = make_coordinator().get_lock(b"res")
         assert other.acquire(blocking=5)
