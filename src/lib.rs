@@ -18,3 +18,8 @@ pub mod runtime;
 
 #[cfg(feature = "python")]
 mod py;
+
+/// mimalloc: per-thread heaps, no arena contention between the runtime's threads (Cargo.toml
+/// has the measurement).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
