@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The one benchmark command: builds and installs ours, makes the upstream tooz 9.1.0 virtualenv
 # (both through the idempotent set-up script), then runs every workload under both, interleaved,
-# against servers it starts on loopback. Arguments go to run.py (e.g. --rounds 5 --backends redis).
+# against servers it starts on loopback. Arguments go to run.py (e.g. --rounds 5 --backends redis);
+# without arguments the scaling table (scale.py: group reads as groups grow) follows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 python3 benchmarks/run.py "$@"
+if [ "$#" -eq 0 ]; then
+  python3 benchmarks/scale.py
+fi

@@ -86,7 +86,7 @@ def memcached(port=None):
     binary = shutil.which("memcached") or "/usr/bin/memcached"
 
     def argv(port, workdir):
-        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64"]
+        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64", "-c", "4096"]
 
     return Server("memcached", argv, port=port)
 
@@ -121,7 +121,7 @@ def zookeeper(port=None, tls=None):
         with open(conf, "w") as f:
             f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
                     "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
-                    "4lw.commands.whitelist=*\n%s" % (data, port, extra_config))
+                    "4lw.commands.whitelist=*\nmaxClientCnxns=0\n%s" % (data, port, extra_config))
         return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
                 "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
 
