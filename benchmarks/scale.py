@@ -111,13 +111,14 @@ def read(python, url, what, group, n):
 
 
 def fill(url, group, n):
-    """``n`` started coordinators of ours, each a member of ``group`` with capabilities."""
+    """``n`` started coordinators of ours, each a member of ``group`` with capabilities, kept
+    alive by their hearts (a heart is a task on the core's runtime, not a thread)."""
     from tooz import coordination
 
     members = []
     for i in range(n):
         c = coordination.get_coordinator(url, uuid.uuid4().hex.encode())
-        c.start()
+        c.start(start_heart=True)
         if i == 0:
             c.create_group(group).get()
         members.append((c, c.join_group(group, capabilities={"index": i})))
