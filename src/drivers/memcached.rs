@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use crate::clients::memcache::{self, Client, Config, Item, Store};
 use super::options::Options;
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
-use super::ttl_lock;
+use super::handoff::Courtesy;
+use super::ttl_lock::{self, Attempt};
 use super::Url;
 use crate::fate::{Fate, OnLost};
 use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};
@@ -257,6 +258,8 @@ impl MemcachedDriver {
         let what = format!("{} of member {}", String::from_utf8_lossy(&key), self.shared.member);
         Arc::new(LockState {
             fence_key: [key.as_slice(), b":fence"].concat(),
+            waiting_key: [key.as_slice(), b":waiting"].concat(),
+            courtesy: Courtesy::default(),
             fate: Arc::new(Fate::new("tooz.drivers.memcached", what)),
             key,
             ttl: ttl(timeout),
@@ -603,8 +606,15 @@ struct LockState {
     /// it). memcached may evict it under memory pressure, and tokens then start over:
     /// weaker than the other backends' (documented).
     fence_key: Vec<u8>,
+    /// Set by waiters, for [`WAITING_SECONDS`] after their last try (ours only): tells a
+    /// releaser that others wait, so it steps aside (`handoff.rs`).
+    waiting_key: Vec<u8>,
+    courtesy: Courtesy,
     fate: Arc<Fate>,
 }
+
+/// How long a waiter's mark lasts after its last try (memcached counts whole seconds).
+const WAITING_SECONDS: f64 = 1.0;
 
 impl LockState {
     fn client(&self) -> &Client {
@@ -644,8 +654,14 @@ impl LockState {
 
     async fn acquire(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         let (flags, owner) = encode(&id_value(&self.shared.member));
-        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, || {
-            self.client().store(Store::Add, &self.key, flags, self.ttl, &owner)
+        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || async {
+            if self.client().store(Store::Add, &self.key, flags, self.ttl, &owner).await? {
+                return Ok(Attempt::Got);
+            }
+            if wait == Wait::No {
+                return Ok(Attempt::Busy(None));
+            }
+            Ok(Attempt::Busy(self.show_waiting().await?))
         })
         .await?;
         if got {
@@ -665,6 +681,16 @@ impl LockState {
         Ok(got)
     }
 
+    /// Marks the lock as waited for, and reads the fencing counter: whether the lock changed
+    /// hands since the last try (see `handoff::Pace`).
+    async fn show_waiting(&self) -> Result<Option<u64>> {
+        if memcache::check_key(&self.waiting_key).is_ok() {
+            self.client().store(Store::Set, &self.waiting_key, 0, memcache::expiry(WAITING_SECONDS), b"1").await?;
+        }
+        let fence = self.client().get(&self.fence_key).await?;
+        Ok(fence.and_then(|item| std::str::from_utf8(&item.data).ok()?.trim().parse().ok()))
+    }
+
     /// The member id stored under the key (`None`: free, or not a member id).
     async fn owner(&self) -> Result<Option<Id>> {
         match self.client().get(&self.key).await? {
@@ -677,8 +703,12 @@ impl LockState {
         if !self.is_acquired() {
             return Ok(false);
         }
-        // Not atomic (memcached has no compare-and-delete): read, compare, delete.
-        let owner = self.owner().await?;
+        // Not atomic (memcached has no compare-and-delete): read, compare, delete. The read
+        // also tells whether others wait.
+        let keys: &[&[u8]] = if memcache::check_key(&self.waiting_key).is_ok() { &[&self.key, &self.waiting_key] } else { &[&self.key] };
+        let items = self.client().get_many(keys, false).await?;
+        let owner = items.iter().find(|i| i.key == self.key).and_then(|i| decode(i).ok()).as_ref().and_then(value_id);
+        let others_waiting = items.iter().any(|i| i.key == self.waiting_key);
         if owner.as_ref() != Some(&self.shared.member) {
             self.lost("its key expired, was evicted or was taken by another holder");
             return Ok(false);
@@ -688,6 +718,7 @@ impl LockState {
         self.forget();
         let deleted = deleted?;
         ttl_lock::wake(&self.shared.scope, &self.key);
+        self.courtesy.released(others_waiting);
         Ok(deleted)
     }
 
