@@ -102,6 +102,12 @@ PLAN = {
     ],
 }
 
+# The scale rows: how get_members and get_members_with_capabilities grow with the group.
+SCALE = [("get_members%s_%d" % (caps, n), ops, None)
+         for n, ops in ((10, 300), (100, 200), (1000, 40)) for caps in ("", "_caps")]
+for _backend in ("redis", "memcached", "zookeeper", "etcd3"):
+    PLAN[_backend] += SCALE
+
 # Floors that need a client library only upstream's virtualenv has run under its interpreter.
 FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream", "floor_redis_set_del": "upstream",
                 "floor_zk_create_delete": "upstream", "floor_pg_advisory_lock": "upstream",

@@ -179,6 +179,47 @@ def get_members_50(url, ops):
     return out
 
 
+def _members(n, with_capabilities):
+    """``get_members`` (or ``get_members_with_capabilities``) of a group of ``n`` members,
+    each a coordinator of its own in this process (started without a heart: the run is
+    shorter than any membership timeout)."""
+
+    def workload(url, ops):
+        from tooz import coordination
+
+        group = b"bench-" + uuid.uuid4().hex.encode()
+        members = []
+        for i in range(n):
+            m = coordination.get_coordinator(url, b"member-%d-" % i + uuid.uuid4().hex[:8].encode())
+            m.start(start_heart=False)
+            members.append(m)
+        members[0].create_group(group).get()
+        for i, m in enumerate(members):
+            m.join_group(group, capabilities=b"capabilities of member %d" % i).get()
+        c = members[0]
+        call = c.get_members_with_capabilities if with_capabilities else c.get_members
+
+        def op():
+            got = call(group).get()
+            assert len(got) == n, (len(got), n)
+
+        _timed(op, max(1, ops // 10))  # warm up
+        # The members are left to go with the process: upstream's redis stop() takes a
+        # second each.
+        return _timed(op, ops)
+
+    workload.__name__ = "get_members_%s%d" % ("caps_" if with_capabilities else "", n)
+    workload.__doc__ = _members.__doc__.replace("``n``", str(n))
+    return workload
+
+
+# The scale table: get_members_10 … get_members_caps_1000.
+for _n in (10, 100, 1000):
+    for _caps in (False, True):
+        _w = _members(_n, _caps)
+        globals()[_w.__name__] = _w
+
+
 def heartbeat(url, ops):
     c = _coordinator(url)
     group = b"bench-" + uuid.uuid4().hex.encode()

@@ -613,8 +613,10 @@ struct LockState {
     fate: Arc<Fate>,
 }
 
-/// How long a waiter's mark lasts after its last try (memcached counts whole seconds).
-const WAITING_SECONDS: f64 = 1.0;
+/// How long a waiter's mark lasts (memcached counts whole seconds, and a key with TTL 1 can
+/// lapse at once), and how often a waiter renews it.
+const WAITING_SECONDS: f64 = 2.0;
+const WAITING_RENEW: Duration = Duration::from_millis(500);
 
 impl LockState {
     fn client(&self) -> &Client {
@@ -654,6 +656,7 @@ impl LockState {
 
     async fn acquire(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         let (flags, owner) = encode(&id_value(&self.shared.member));
+        let marked: Mutex<Option<std::time::Instant>> = Mutex::new(None);
         let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || async {
             if self.client().store(Store::Add, &self.key, flags, self.ttl, &owner).await? {
                 return Ok(Attempt::Got);
@@ -661,7 +664,12 @@ impl LockState {
             if wait == Wait::No {
                 return Ok(Attempt::Busy(None));
             }
-            Ok(Attempt::Busy(self.show_waiting().await?))
+            let renew = marked.lock().unwrap_or_else(|p| p.into_inner()).map_or(true, |at| at.elapsed() >= WAITING_RENEW);
+            if renew {
+                self.show_waiting().await?;
+                *marked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            }
+            Ok(Attempt::Busy(self.hand_over_marker().await?))
         })
         .await?;
         if got {
@@ -681,12 +689,17 @@ impl LockState {
         Ok(got)
     }
 
-    /// Marks the lock as waited for, and reads the fencing counter: whether the lock changed
-    /// hands since the last try (see `handoff::Pace`).
-    async fn show_waiting(&self) -> Result<Option<u64>> {
+    /// Marks the lock as waited for.
+    async fn show_waiting(&self) -> Result<()> {
         if memcache::check_key(&self.waiting_key).is_ok() {
             self.client().store(Store::Set, &self.waiting_key, 0, memcache::expiry(WAITING_SECONDS), b"1").await?;
         }
+        Ok(())
+    }
+
+    /// The fencing counter: whether the lock changed hands since the last try (see
+    /// `handoff::Pace`).
+    async fn hand_over_marker(&self) -> Result<Option<u64>> {
         let fence = self.client().get(&self.fence_key).await?;
         Ok(fence.and_then(|item| std::str::from_utf8(&item.data).ok()?.trim().parse().ok()))
     }
