@@ -656,20 +656,28 @@ impl LockState {
 
     async fn acquire(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         let (flags, owner) = encode(&id_value(&self.shared.member));
+        // After a failed add, a poll looks first (the lock key and the fencing counter in one
+        // multi-get) and adds only when the lock is free: one round trip while it stays held.
+        let tried = AtomicBool::new(false);
         let marked: Mutex<Option<std::time::Instant>> = Mutex::new(None);
         let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || async {
+            let mut marker = None;
+            if tried.swap(true, Ordering::Relaxed) {
+                let (held, fence) = self.peek().await?;
+                marker = fence;
+                if held {
+                    self.show_waiting(&marked).await?;
+                    return Ok(Attempt::Busy(marker));
+                }
+            }
             if self.client().store(Store::Add, &self.key, flags, self.ttl, &owner).await? {
                 return Ok(Attempt::Got);
             }
             if wait == Wait::No {
                 return Ok(Attempt::Busy(None));
             }
-            let renew = marked.lock().unwrap_or_else(|p| p.into_inner()).map_or(true, |at| at.elapsed() >= WAITING_RENEW);
-            if renew {
-                self.show_waiting().await?;
-                *marked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-            }
-            Ok(Attempt::Busy(self.hand_over_marker().await?))
+            self.show_waiting(&marked).await?;
+            Ok(Attempt::Busy(marker))
         })
         .await?;
         if got {
@@ -689,19 +697,24 @@ impl LockState {
         Ok(got)
     }
 
-    /// Marks the lock as waited for.
-    async fn show_waiting(&self) -> Result<()> {
-        if memcache::check_key(&self.waiting_key).is_ok() {
+    /// Marks the lock as waited for, unless this waiter did so less than [`WAITING_RENEW`]
+    /// ago (`marked`: when it last did).
+    async fn show_waiting(&self, marked: &Mutex<Option<std::time::Instant>>) -> Result<()> {
+        let due = marked.lock().unwrap_or_else(|p| p.into_inner()).map_or(true, |at| at.elapsed() >= WAITING_RENEW);
+        if due && memcache::check_key(&self.waiting_key).is_ok() {
             self.client().store(Store::Set, &self.waiting_key, 0, memcache::expiry(WAITING_SECONDS), b"1").await?;
+            *marked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         }
         Ok(())
     }
 
-    /// The fencing counter: whether the lock changed hands since the last try (see
-    /// `handoff::Pace`).
-    async fn hand_over_marker(&self) -> Result<Option<u64>> {
-        let fence = self.client().get(&self.fence_key).await?;
-        Ok(fence.and_then(|item| std::str::from_utf8(&item.data).ok()?.trim().parse().ok()))
+    /// Whether the lock key exists, and the fencing counter (which tells whether the lock
+    /// changed hands since the last look, see `handoff::Pace`).
+    async fn peek(&self) -> Result<(bool, Option<u64>)> {
+        let items = self.client().get_many(&[&self.key, &self.fence_key], false).await?;
+        let held = items.iter().any(|i| i.key == self.key);
+        let fence = items.iter().find(|i| i.key == self.fence_key);
+        Ok((held, fence.and_then(|item| std::str::from_utf8(&item.data).ok()?.trim().parse().ok())))
     }
 
     /// The member id stored under the key (`None`: free, or not a member id).
