@@ -92,7 +92,7 @@ FEATURES = {
               "fair_locks"},
     "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
                   "election", "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning",
-                  "text_ids", "beat_liveness"},
+                  "text_ids", "beat_liveness", "fair_locks"},
     # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
     # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
     # without contact), not when heartbeat() stops being called ("session_release").
