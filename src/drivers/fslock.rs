@@ -421,4 +421,54 @@ mod tests {
         });
         std::fs::remove_dir_all(dir).ok();
     }
+
+    /// An open-file-description lock of another descriptor conflicts with this process's
+    /// record locks as another process's would.
+    fn ofd_lock(file: &File, kind: libc::c_int) {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+    }
+
+    #[test]
+    fn a_waiter_shows_while_it_waits_and_the_releaser_sees_it() {
+        let dir = std::env::temp_dir().join(format!("tooz-fslock-fair-{}", std::process::id()));
+        let path = dir.join("l");
+        let lock = Arc::new(PathLock::new(&path));
+        runtime::block_on(async {
+            assert!(lock.barrier().acquire(false, Wait::No, None).await.unwrap());
+            assert!(!lock.barrier().release(), "no one waits");
+            if !lock.barrier().inner.lock().unwrap().flock_apart {
+                return; // a filesystem where waiters do not register
+            }
+            let elsewhere = open_lock_file(&path).unwrap();
+            ofd_lock(&elsewhere, libc::F_WRLCK);
+            let waiter = {
+                let lock = lock.clone();
+                tokio::spawn(async move { lock.acquire(false, Wait::For(Duration::from_secs(10))).await })
+            };
+            let probe = open_lock_file(&path).unwrap();
+            let mut shown = false;
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if !try_flock(&probe, libc::LOCK_EX) {
+                    shown = true;
+                    break;
+                }
+                unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_UN) };
+            }
+            assert!(shown, "the waiter's shared flock refuses an exclusive one");
+            ofd_lock(&elsewhere, libc::F_UNLCK);
+            assert!(waiter.await.unwrap().unwrap(), "the waiter gets the lock once it is free");
+            assert!(try_flock(&probe, libc::LOCK_EX), "and no longer shows as waiting");
+            unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_UN) };
+            // It holds the record lock: the other description cannot take it.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as _;
+            assert_ne!(unsafe { libc::fcntl(elsewhere.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+            assert!(lock.release());
+        });
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

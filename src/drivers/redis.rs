@@ -90,11 +90,13 @@ end
 return out"#;
 
 /// Deletes the lock key if it holds ARGV[1]: 0 if it did not, 1 if it did, 2 if it did and
-/// live waiters are registered in KEYS[2].
+/// live waiters are registered in KEYS[2]. (`replicate_commands`: servers before 5.0 refuse a
+/// write after `TIME` without it; later ones always replicate effects.)
 const RELEASE_LOCK: &str = r#"
 if redis.call("get", KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call("del", KEYS[1])
 if redis.call("exists", KEYS[2]) == 0 then return 1 end
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call("time")
 redis.call("zremrangebyscore", KEYS[2], "-inf", t[1] * 1000 + math.floor(t[2] / 1000))
 if redis.call("zcard", KEYS[2]) > 0 then return 2 end
@@ -110,6 +112,7 @@ if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
   return redis.call("incr", KEYS[2])
 end
 if ARGV[3] ~= "0" then
+  if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call("time")
   redis.call("zadd", KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
   redis.call("pexpire", KEYS[3], ARGV[3])
