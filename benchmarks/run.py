@@ -6,7 +6,9 @@ Each workload of ``workloads.py`` runs in a fresh process under our interpreter 
 with this package installed) and under ``.venv-upstream/bin/python`` (upstream tooz 9.1.0 from
 PyPI), alternating A, B, A, B for ``--rounds`` rounds to cancel drift. Prints one Markdown
 table per backend: ops/s of each side (median of rounds, with min-max), the ratio ours /
-upstream, p50/p99 latency, and, where there is one, the raw-operation floor.
+upstream, p50/p99 latency, and, where there is one, the raw-operation floor. Workloads that
+report acquisitions per process (``lock_fairness``) get a second table: the fewest and most
+acquisitions of one process in each round, and their spread (most / fewest).
 """
 
 import argparse
@@ -22,11 +24,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
 
-# (workload, ops per round, floor workload or None).
+# (workload, ops per round — milliseconds for lock_fairness —, floor workload or None).
 PLAN = {
     "redis": [
         ("lock_uncontended", 3000, "floor_redis_set_del"),
         ("lock_contended", 1000, None),
+        ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
         ("get_members_50", 300, None),
         ("heartbeat", 2000, None),
@@ -37,6 +40,7 @@ PLAN = {
     "zookeeper": [
         ("lock_uncontended", 1000, "floor_zk_create_delete"),
         ("lock_contended", 400, None),
+        ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
         ("get_members_50", 300, None),
         ("heartbeat", 2000, None),
@@ -45,6 +49,7 @@ PLAN = {
     "etcd3": [
         ("lock_uncontended", 1000, "floor_etcd3_grpc_txns"),
         ("lock_contended", 400, None),
+        ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
         ("get_members_50", 300, None),
         ("heartbeat", 1000, None),
@@ -53,6 +58,7 @@ PLAN = {
     "file": [
         ("lock_uncontended", 5000, "floor_fcntl_lock"),
         ("lock_contended", 2000, None),
+        ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
         ("get_members_50", 300, None),
         ("heartbeat", 1000, None),
@@ -63,6 +69,7 @@ PLAN = {
     "memcached": [
         ("lock_uncontended", 3000, "floor_memcached_add_delete"),
         ("lock_contended", 400, None),
+        ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
         ("get_members_50", 300, None),
         ("heartbeat", 2000, None),
@@ -71,17 +78,20 @@ PLAN = {
     "postgresql": [
         ("lock_uncontended", 1000, "floor_pg_advisory_lock"),
         ("lock_contended", 200, None),
+        ("lock_fairness", 3000, None),
         ("coordinator_lifecycle", 100, None),
     ],
     # Upstream's blocking MySQL acquire polls GET_LOCK(name, 0) with 1 s pauses: few ops.
     "mysql": [
         ("lock_uncontended", 1000, "floor_mysql_get_lock"),
         ("lock_contended", 40, None),
+        ("lock_fairness", 5000, None),
         ("coordinator_lifecycle", 100, None),
     ],
     "ipc": [
         ("lock_uncontended", 5000, None),
         ("lock_contended", 2000, None),
+        ("lock_fairness", 3000, None),
         ("coordinator_lifecycle", 300, None),
     ],
     "none": [
@@ -190,19 +200,44 @@ def run_backends(args, only, ours, scratch):
                     f.append(run_one(UPSTREAM if FLOOR_PYTHON.get(floor) == "upstream" else ours, floor, url, ops))
             sa, sb = summarise(a), summarise(b)
             sf = summarise(f) if f else None
-            rows.append((workload, sa, sb, sf))
+            rows.append((workload, sa, sb, sf, a, b))
         if not rows:
             continue
         print("### %s\n" % ("hash ring (no backend)" if backend == "none" else backend))
         print("| operation | upstream ops/s | ours ops/s | ours/upstream | p50 µs up / ours | p99 µs up / ours "
               "| floor ops/s | ours/floor |")
         print("|---|---|---|---|---|---|---|---|")
-        for workload, sa, sb, sf in rows:
+        for workload, sa, sb, sf, _, _ in rows:
             floor_cols = ("%s | %.2f" % (human(sf["median"]), sa["median"] / sf["median"])) if sf else "– | –"
             print("| %s | %s | %s | **%.2f×** | %.2f / %.2f | %.2f / %.2f | %s |" % (
                 workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], sb["p50"], sa["p50"],
                 sb["p99"], sa["p99"], floor_cols))
         print()
+        print_fairness(rows)
+
+
+def spread(results):
+    """Fewest … most acquisitions of one process, over every round, and the worst spread."""
+    if not all("per_process" in r for r in results):
+        return None
+    fewest = min(min(r["per_process"]) for r in results)
+    most = max(max(r["per_process"]) for r in results)
+    worst = max(max(r["per_process"]) / max(1, min(r["per_process"])) for r in results)
+    return "%s … %s" % (fewest, most), worst
+
+
+def print_fairness(rows):
+    rows = [(w, spread(a), spread(b), sa, sb) for w, sa, sb, _, a, b in rows]
+    rows = [r for r in rows if r[1] and r[2]]
+    if not rows:
+        return
+    print("| contended lock, 4 processes | upstream per process | upstream spread | ours per process "
+          "| ours spread | ours/upstream ops/s |")
+    print("|---|---|---|---|---|---|")
+    for workload, (ours_range, ours_worst), (up_range, up_worst), sa, sb in rows:
+        print("| %s | %s | %.1f× | %s | **%.1f×** | %.2f× |" % (
+            workload, up_range, up_worst, ours_range, ours_worst, sa["median"] / sb["median"]))
+    print()
 
 
 if __name__ == "__main__":

@@ -95,6 +95,57 @@ def lock_contended(url, ops, processes=4):
     return {"ops": total, "seconds": seconds, "samples_us": [seconds * 1e6 / total]}
 
 
+def _hammer(url, name, counter_path, seconds, ready, go, counts, slot):
+    c = _coordinator(url)
+    lock = c.get_lock(name)
+    ready.set()
+    go.wait()
+    n = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        with lock:
+            with open(counter_path, "r+") as f:
+                total = int(f.read() or 0)
+                f.seek(0)
+                f.write(str(total + 1))
+                f.truncate()
+        n += 1
+    counts[slot] = n
+    c.stop()
+
+
+def lock_fairness(url, ops, processes=4):
+    """4 processes hammer one lock for ``ops`` milliseconds, each counting its acquisitions:
+    ``per_process`` shows whether one process starves the others (the counter they bump under
+    the lock checks that none of the acquisitions overlapped)."""
+    name = b"bench-" + uuid.uuid4().hex.encode()
+    fd, counter_path = tempfile.mkstemp()
+    os.write(fd, b"0")
+    os.close(fd)
+    seconds = ops / 1000.0
+    ctx = multiprocessing.get_context("spawn")
+    counts = ctx.Array("q", processes)
+    ready = [ctx.Event() for _ in range(processes)]
+    go = ctx.Event()
+    procs = [ctx.Process(target=_hammer, args=(url, name, counter_path, seconds, r, go, counts, i))
+             for i, r in enumerate(ready)]
+    for p in procs:
+        p.start()
+    for r in ready:
+        r.wait(60)
+    go.set()
+    for p in procs:
+        p.join()
+    with open(counter_path) as f:
+        total = int(f.read())
+    os.unlink(counter_path)
+    per_process = sorted(counts[:])
+    if total != sum(per_process):
+        raise SystemExit("overlapping holders: counter %d != %d acquisitions" % (total, sum(per_process)))
+    return {"ops": total, "seconds": seconds, "samples_us": [seconds * 1e6 / max(1, total)],
+            "per_process": per_process}
+
+
 def join_leave(url, ops):
     c = _coordinator(url)
     group = b"bench-" + uuid.uuid4().hex.encode()

@@ -78,19 +78,21 @@ BACKENDS = {
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
 # "locks_only": no groups at all (group calls raise NotImplemented); see has_groups().
+# "fair_locks": a process that releases a lock others wait for steps aside (handoff.rs).
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
-             "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness"},
+             "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness", "fair_locks"},
     "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release", "is_still_owner"},
     # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
     # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
     # coordinator always counts itself among the living.
     "redis": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "election",
-              "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning", "beat_liveness"},
+              "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning", "beat_liveness",
+              "fair_locks"},
     "memcached": {"members", "update_capabilities", "heartbeat", "break", "is_still_owner", "get_leader",
                   "election", "watch_elected_as_leader", "lock_heartbeat", "ttl_locks", "lazy_pruning",
-                  "text_ids", "beat_liveness"},
+                  "text_ids", "beat_liveness", "fair_locks"},
     # Liveness is the ZooKeeper session, which the client keeps up by itself: members and
     # locks of a coordinator go when its session ends (stop, or expiry after `timeout`
     # without contact), not when heartbeat() stops being called ("session_release").

@@ -6,6 +6,13 @@
 //! lock to one holder at a time (or to several shared holders, which only the process
 //! itself can tell apart; between processes the lock is always exclusive). Upstream tooz's
 //! file driver behaves the same way, so ours and theirs exclude each other on a directory.
+//!
+//! Fairness between processes (see `handoff.rs`): a process with a waiter holds a shared
+//! `flock` on the lock file through a descriptor of its own. `flock` locks are independent of
+//! record locks on local filesystems, so this does not touch the lock itself, and a releaser
+//! finds out whether anyone waits by trying an exclusive `flock` (on filesystems that may
+//! emulate `flock` with record locks, NFS and the like, no one registers). A waiter reads the
+//! fencing counter from the file to tell whether the lock changed hands since its last try.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -19,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::handoff::{self, Courtesy, Pace};
 use crate::driver::Wait;
 use crate::error::{Error, Result};
 use crate::runtime;
@@ -36,6 +44,15 @@ struct Inner {
     /// The lock file, kept open between holds (unlocking instead of closing saves two system
     /// calls per acquire; lock files are never deleted, by upstream or by us).
     file: Option<File>,
+    /// Whether `flock` is independent of record locks where the file lives.
+    flock_apart: bool,
+    /// Acquires of this process waiting for another process to let go.
+    waiters: usize,
+    /// The descriptor whose shared `flock` says so while there are waiters. Opened once and
+    /// kept: closing any descriptor of the file would drop this process's record lock.
+    waiting: Option<File>,
+    /// Whether `waiting` holds its shared `flock`.
+    shown: bool,
 }
 
 type Registry = (u64, HashMap<PathBuf, Weak<Barrier>>);
@@ -100,15 +117,62 @@ pub fn held_elsewhere(path: &Path) -> io::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-const FIRST_PAUSE: Duration = Duration::from_millis(2);
 const LONGEST_PAUSE: Duration = Duration::from_millis(100);
 
 enum Step {
     Got,
     /// Another holder in this process: wait for the barrier to change.
     InProcess,
-    /// Another process holds the record lock: poll again later.
-    OtherProcess,
+    /// Another process holds the record lock: poll again later. With the fencing counter.
+    OtherProcess(Option<u64>),
+}
+
+/// Filesystems where `flock` and record locks never interact (elsewhere, NFS, SMB, FUSE or
+/// cluster filesystems, `flock` may be emulated by record locks and would block the lock).
+fn flock_is_apart(file: &File) -> bool {
+    // tmpfs, ext2/3/4, xfs, btrfs, overlayfs, zfs, f2fs, ramfs.
+    const LOCAL: [i64; 8] = [0x0102_1994, 0xEF53, 0x5846_5342, 0x9123_683E, 0x794C_7630, 0x2FC1_2FC1, 0xF2F5_2010, 0x8584_58F6];
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    LOCAL.contains(&(st.f_type as i64))
+}
+
+/// `flock(op | LOCK_NB)`: whether it took.
+fn try_flock(file: &File, op: libc::c_int) -> bool {
+    loop {
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
+        }
+    }
+}
+
+/// The fencing counter kept as the file's contents (see [`Barrier::next_token`]).
+fn read_counter(file: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 24];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
+/// Takes one waiter off the barrier's count when an acquire stops waiting, however it ends.
+struct Waiting<'a>(&'a Barrier);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.waiters -= 1;
+        if inner.waiters == 0 && inner.shown {
+            inner.shown = false;
+            if let Some(file) = &inner.waiting {
+                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            }
+        }
+    }
 }
 
 impl Barrier {
@@ -128,6 +192,7 @@ impl Barrier {
         if inner.file.is_none() {
             let file = open_lock_file(&self.path)
                 .map_err(|e| Error::io(&format!("cannot open lock file {}", self.path.display()), e))?;
+            inner.flock_apart = flock_is_apart(&file);
             inner.file = Some(file);
         }
         let file = inner.file.as_ref().expect("opened above");
@@ -136,14 +201,33 @@ impl Barrier {
             inner.shared = shared;
             Ok(Step::Got)
         } else {
-            Ok(Step::OtherProcess)
+            Ok(Step::OtherProcess(read_counter(file)))
         }
     }
 
+    /// Counts an acquire as waiting, until the guard is dropped.
+    fn start_waiting(&self) -> Waiting<'_> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).waiters += 1;
+        Waiting(self)
+    }
+
+    /// Makes sure this process's waiting shows (the shared `flock` may have been refused
+    /// while a releaser was looking; then the next poll tries again).
+    fn show_waiting(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.shown || inner.waiters == 0 || !inner.flock_apart {
+            return;
+        }
+        if inner.waiting.is_none() {
+            inner.waiting = open_lock_file(&self.path).ok();
+        }
+        inner.shown = inner.waiting.as_ref().is_some_and(|file| try_flock(file, libc::LOCK_SH));
+    }
+
     /// Takes the lock; false when `wait` ran out first.
-    pub async fn acquire(&self, shared: bool, wait: Wait) -> Result<bool> {
-        let deadline = wait.deadline();
-        let mut pause = FIRST_PAUSE;
+    pub async fn acquire(&self, shared: bool, wait: Wait, deadline: Option<Instant>) -> Result<bool> {
+        let mut pace = Pace::new(LONGEST_PAUSE);
+        let mut waiting = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -153,10 +237,10 @@ impl Barrier {
                 Step::Got => return Ok(true),
                 _ if wait == Wait::No => return Ok(false),
                 Step::InProcess => None,
-                Step::OtherProcess => {
-                    let p = pause;
-                    pause = (pause * 2).min(LONGEST_PAUSE);
-                    Some(p)
+                Step::OtherProcess(counter) => {
+                    waiting.get_or_insert_with(|| self.start_waiting());
+                    self.show_waiting();
+                    Some(pace.after_busy(counter))
                 }
             };
             let until = match (sleep_for, deadline) {
@@ -172,7 +256,7 @@ impl Barrier {
             match until {
                 Some(t) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(t) => {}
+                        _ = handoff::nap(t.saturating_duration_since(Instant::now())) => {}
                         _ = &mut notified => {}
                     }
                 }
@@ -219,21 +303,30 @@ impl Barrier {
         Ok(next)
     }
 
-    /// Gives one hold back; the record lock goes when the last holder leaves.
-    pub fn release(&self) {
+    /// Gives one hold back; the record lock goes when the last holder leaves. Whether
+    /// others (in this process or another) were waiting for it then.
+    pub fn release(&self) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.holders = inner.holders.saturating_sub(1);
+        let mut others_waiting = false;
         if inner.holders == 0 {
             inner.shared = false;
             if let Some(file) = &inner.file {
                 if record_lock(file, libc::F_UNLCK).is_err() {
                     // Closing the descriptor drops the record lock whatever happened.
                     inner.file = None;
+                } else if inner.flock_apart {
+                    // Someone's shared flock refuses this exclusive one: a waiter.
+                    others_waiting = !try_flock(file, libc::LOCK_EX);
+                    if !others_waiting {
+                        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+                    }
                 }
             }
         }
         drop(inner);
         self.changed.notify_waiters();
+        others_waiting
     }
 }
 
@@ -241,11 +334,12 @@ impl Barrier {
 pub struct PathLock {
     barrier: Arc<Barrier>,
     held: Mutex<usize>,
+    courtesy: Courtesy,
 }
 
 impl PathLock {
     pub fn new(path: &Path) -> PathLock {
-        PathLock { barrier: barrier(path), held: Mutex::new(0) }
+        PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default() }
     }
 
     pub fn path(&self) -> &Path {
@@ -261,7 +355,9 @@ impl PathLock {
     }
 
     pub async fn acquire(&self, shared: bool, wait: Wait) -> Result<bool> {
-        let got = self.barrier.acquire(shared, wait).await?;
+        let deadline = wait.deadline();
+        self.courtesy.step_aside(wait, deadline).await;
+        let got = self.barrier.acquire(shared, wait, deadline).await?;
         if got {
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }
@@ -274,13 +370,14 @@ impl PathLock {
             return false;
         }
         *held -= 1;
-        self.barrier.release();
+        let others_waiting = self.barrier.release();
+        self.courtesy.released(others_waiting);
         true
     }
 
     /// Runs `f` while holding the lock exclusively.
     pub async fn with<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.barrier.acquire(false, Wait::Forever).await?;
+        self.barrier.acquire(false, Wait::Forever, None).await?;
         let out = f();
         self.barrier.release();
         out
@@ -321,6 +418,56 @@ mod tests {
             assert!(!c.acquire(false, Wait::No).await.unwrap());
             b.release();
             assert!(c.acquire(false, Wait::No).await.unwrap());
+        });
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// An open-file-description lock of another descriptor conflicts with this process's
+    /// record locks as another process's would.
+    fn ofd_lock(file: &File, kind: libc::c_int) {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+    }
+
+    #[test]
+    fn a_waiter_shows_while_it_waits_and_the_releaser_sees_it() {
+        let dir = std::env::temp_dir().join(format!("tooz-fslock-fair-{}", std::process::id()));
+        let path = dir.join("l");
+        let lock = Arc::new(PathLock::new(&path));
+        runtime::block_on(async {
+            assert!(lock.barrier().acquire(false, Wait::No, None).await.unwrap());
+            assert!(!lock.barrier().release(), "no one waits");
+            if !lock.barrier().inner.lock().unwrap().flock_apart {
+                return; // a filesystem where waiters do not register
+            }
+            let elsewhere = open_lock_file(&path).unwrap();
+            ofd_lock(&elsewhere, libc::F_WRLCK);
+            let waiter = {
+                let lock = lock.clone();
+                tokio::spawn(async move { lock.acquire(false, Wait::For(Duration::from_secs(10))).await })
+            };
+            let probe = open_lock_file(&path).unwrap();
+            let mut shown = false;
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if !try_flock(&probe, libc::LOCK_EX) {
+                    shown = true;
+                    break;
+                }
+                unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_UN) };
+            }
+            assert!(shown, "the waiter's shared flock refuses an exclusive one");
+            ofd_lock(&elsewhere, libc::F_UNLCK);
+            assert!(waiter.await.unwrap().unwrap(), "the waiter gets the lock once it is free");
+            assert!(try_flock(&probe, libc::LOCK_EX), "and no longer shows as waiting");
+            unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_UN) };
+            // It holds the record lock: the other description cannot take it.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as _;
+            assert_ne!(unsafe { libc::fcntl(elsewhere.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+            assert!(lock.release());
         });
         std::fs::remove_dir_all(dir).ok();
     }

@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use crate::clients::memcache::{self, Client, Config, Item, Store};
 use super::options::Options;
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
-use super::ttl_lock;
+use super::handoff::Courtesy;
+use super::ttl_lock::{self, Attempt};
 use super::Url;
 use crate::fate::{Fate, OnLost};
 use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};
@@ -257,6 +258,8 @@ impl MemcachedDriver {
         let what = format!("{} of member {}", String::from_utf8_lossy(&key), self.shared.member);
         Arc::new(LockState {
             fence_key: [key.as_slice(), b":fence"].concat(),
+            waiting_key: [key.as_slice(), b":waiting"].concat(),
+            courtesy: Courtesy::default(),
             fate: Arc::new(Fate::new("tooz.drivers.memcached", what)),
             key,
             ttl: ttl(timeout),
@@ -603,8 +606,17 @@ struct LockState {
     /// it). memcached may evict it under memory pressure, and tokens then start over:
     /// weaker than the other backends' (documented).
     fence_key: Vec<u8>,
+    /// Set by waiters, for [`WAITING_SECONDS`] after their last try (ours only): tells a
+    /// releaser that others wait, so it steps aside (`handoff.rs`).
+    waiting_key: Vec<u8>,
+    courtesy: Courtesy,
     fate: Arc<Fate>,
 }
+
+/// How long a waiter's mark lasts (memcached counts whole seconds, and a key with TTL 1 can
+/// lapse at once), and how often a waiter renews it.
+const WAITING_SECONDS: f64 = 2.0;
+const WAITING_RENEW: Duration = Duration::from_millis(500);
 
 impl LockState {
     fn client(&self) -> &Client {
@@ -644,8 +656,28 @@ impl LockState {
 
     async fn acquire(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         let (flags, owner) = encode(&id_value(&self.shared.member));
-        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, || {
-            self.client().store(Store::Add, &self.key, flags, self.ttl, &owner)
+        // After a failed add, a poll looks first (the lock key and the fencing counter in one
+        // multi-get) and adds only when the lock is free: one round trip while it stays held.
+        let tried = AtomicBool::new(false);
+        let marked: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || async {
+            let mut marker = None;
+            if tried.swap(true, Ordering::Relaxed) {
+                let (held, fence) = self.peek().await?;
+                marker = fence;
+                if held {
+                    self.show_waiting(&marked).await?;
+                    return Ok(Attempt::Busy(marker));
+                }
+            }
+            if self.client().store(Store::Add, &self.key, flags, self.ttl, &owner).await? {
+                return Ok(Attempt::Got);
+            }
+            if wait == Wait::No {
+                return Ok(Attempt::Busy(None));
+            }
+            self.show_waiting(&marked).await?;
+            Ok(Attempt::Busy(marker))
         })
         .await?;
         if got {
@@ -665,6 +697,26 @@ impl LockState {
         Ok(got)
     }
 
+    /// Marks the lock as waited for, unless this waiter did so less than [`WAITING_RENEW`]
+    /// ago (`marked`: when it last did).
+    async fn show_waiting(&self, marked: &Mutex<Option<std::time::Instant>>) -> Result<()> {
+        let due = marked.lock().unwrap_or_else(|p| p.into_inner()).map_or(true, |at| at.elapsed() >= WAITING_RENEW);
+        if due && memcache::check_key(&self.waiting_key).is_ok() {
+            self.client().store(Store::Set, &self.waiting_key, 0, memcache::expiry(WAITING_SECONDS), b"1").await?;
+            *marked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Whether the lock key exists, and the fencing counter (which tells whether the lock
+    /// changed hands since the last look, see `handoff::Pace`).
+    async fn peek(&self) -> Result<(bool, Option<u64>)> {
+        let items = self.client().get_many(&[&self.key, &self.fence_key], false).await?;
+        let held = items.iter().any(|i| i.key == self.key);
+        let fence = items.iter().find(|i| i.key == self.fence_key);
+        Ok((held, fence.and_then(|item| std::str::from_utf8(&item.data).ok()?.trim().parse().ok())))
+    }
+
     /// The member id stored under the key (`None`: free, or not a member id).
     async fn owner(&self) -> Result<Option<Id>> {
         match self.client().get(&self.key).await? {
@@ -677,8 +729,12 @@ impl LockState {
         if !self.is_acquired() {
             return Ok(false);
         }
-        // Not atomic (memcached has no compare-and-delete): read, compare, delete.
-        let owner = self.owner().await?;
+        // Not atomic (memcached has no compare-and-delete): read, compare, delete. The read
+        // also tells whether others wait.
+        let keys: &[&[u8]] = if memcache::check_key(&self.waiting_key).is_ok() { &[&self.key, &self.waiting_key] } else { &[&self.key] };
+        let items = self.client().get_many(keys, false).await?;
+        let owner = items.iter().find(|i| i.key == self.key).and_then(|i| decode(i).ok()).as_ref().and_then(value_id);
+        let others_waiting = items.iter().any(|i| i.key == self.waiting_key);
         if owner.as_ref() != Some(&self.shared.member) {
             self.lost("its key expired, was evicted or was taken by another holder");
             return Ok(false);
@@ -688,6 +744,7 @@ impl LockState {
         self.forget();
         let deleted = deleted?;
         ttl_lock::wake(&self.shared.scope, &self.key);
+        self.courtesy.released(others_waiting);
         Ok(deleted)
     }
 

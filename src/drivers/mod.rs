@@ -3,6 +3,7 @@
 pub mod etcd3;
 pub mod file;
 pub mod fslock;
+pub mod handoff;
 pub mod ipc;
 pub mod memcached;
 pub mod mysql;

@@ -5,7 +5,10 @@
 //!   `member` → msgpack capabilities); `<ns>_beats:<m>` (`Not dead!`, expiring after
 //!   `membership_timeout`): a member without a beat key is dead and pruned by readers;
 //! * lock `name` = key `<ns>_<name>_lock` holding the owner's token, `SET NX PX lock_timeout`;
-//!   extended and released by scripts that first check the token;
+//!   extended and released by scripts that first check the token. Beside it (ours only):
+//!   `<key>:fence`, the fencing counter, and `<key>:waiters`, a sorted set of the tokens of
+//!   waiting lock objects scored by when their entry expires, so a release can tell whether
+//!   others wait (see `handoff.rs`);
 //! * leader of `g` = the lock `leader_of_<g>`.
 //!
 //! Connections: one multiplexed connection, replaced after any connection error (and, with
@@ -22,7 +25,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::options::Options;
-use super::ttl_lock;
+use super::handoff::Courtesy;
+use super::ttl_lock::{self, Attempt};
 use super::Url;
 use crate::fate::{Fate, OnLost};
 use crate::driver::{Driver, DriverLock, Op, Wait};
@@ -85,15 +89,38 @@ for i = 1, #all, 2 do
 end
 return out"#;
 
+/// Deletes the lock key if it holds ARGV[1]: 0 if it did not, 1 if it did, 2 if it did and
+/// live waiters are registered in KEYS[2]. (`replicate_commands`: servers before 5.0 refuse a
+/// write after `TIME` without it; later ones always replicate effects.)
 const RELEASE_LOCK: &str = r#"
-if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
-return 0"#;
+if redis.call("get", KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call("del", KEYS[1])
+if redis.call("exists", KEYS[2]) == 0 then return 1 end
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call("time")
+redis.call("zremrangebyscore", KEYS[2], "-inf", t[1] * 1000 + math.floor(t[2] / 1000))
+if redis.call("zcard", KEYS[2]) > 0 then return 2 end
+return 1"#;
 
 /// SET NX PX (upstream's acquire, same key and value) and, when it took, the next fencing
-/// token from the lock's counter key, in one round trip.
+/// token from the lock's counter key, in one round trip. When it did not: minus the counter
+/// (which tells a waiter whether the lock changed hands since its last try), after
+/// registering the token as a waiter for ARGV[3] ms in KEYS[3] (unless ARGV[3] is 0).
 const ACQUIRE_LOCK: &str = r#"
-if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then return redis.call("incr", KEYS[2]) end
-return 0"#;
+if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+  if ARGV[3] ~= "0" then redis.call("zrem", KEYS[3], ARGV[1]) end
+  return redis.call("incr", KEYS[2])
+end
+if ARGV[3] ~= "0" then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call("time")
+  redis.call("zadd", KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
+  redis.call("pexpire", KEYS[3], ARGV[3])
+end
+return -tonumber(redis.call("get", KEYS[2]) or "0")"#;
+
+/// How long a waiter's entry in `<key>:waiters` lives: beyond its slowest poll.
+const WAITER_MS: &[u8] = b"250";
 
 const EXTEND_LOCK: &str = r#"
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end
@@ -352,9 +379,11 @@ impl Shared {
         }
     }
 
-    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
-        let n: i64 = self.eval("release lock", &self.scripts.release_lock, &[key], &[token]).await?;
-        Ok(n == 1)
+    /// Deletes the lock key if it is still ours: whether it was, and whether others wait.
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<(bool, bool)> {
+        let waiters = waiters_key(key);
+        let n: i64 = self.eval("release lock", &self.scripts.release_lock, &[key, &waiters], &[token]).await?;
+        Ok((n >= 1, n == 2))
     }
 }
 
@@ -581,11 +610,17 @@ impl RedisDriver {
             shared: self.shared.clone(),
             id: self.shared.next_lock.fetch_add(1, Ordering::Relaxed),
             fence_key: [key.as_slice(), b":fence"].concat(),
+            waiters_key: waiters_key(&key),
+            courtesy: Courtesy::default(),
             fate: Arc::new(Fate::new("tooz.drivers.redis", format!("{} of member {}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&self.member)))),
             key,
             token: uuid::Uuid::now_v1(&node_id()).simple().to_string().into_bytes(),
         }
     }
+}
+
+fn waiters_key(lock_key: &[u8]) -> Vec<u8> {
+    [lock_key, b":waiters"].concat()
 }
 
 /// A node id for uuid1 tokens (upstream uses `uuid1().hex`); random per process.
@@ -775,6 +810,9 @@ pub struct RedisLock {
     token: Vec<u8>,
     /// The counter of fencing tokens (`<lock key>:fence`; upstream never touches it).
     fence_key: Vec<u8>,
+    /// Where it registers while it waits (`<lock key>:waiters`).
+    waiters_key: Vec<u8>,
+    courtesy: Courtesy,
     fate: Arc<Fate>,
 }
 
@@ -783,17 +821,18 @@ impl RedisLock {
         self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&self.id)
     }
 
-    async fn try_once(&self) -> Result<bool> {
+    /// One SET NX; a failed one registers this lock object as a waiter when `wait`s.
+    async fn try_once(&self, wait: Wait) -> Result<Attempt> {
         let ms = Shared::px(self.shared.lock_timeout).to_string();
-        let fence: i64 = self
-            .shared
-            .eval("acquire lock", &self.shared.scripts.acquire_lock, &[&self.key, &self.fence_key], &[&self.token, ms.as_bytes()])
-            .await?;
+        let register: &[u8] = if wait == Wait::No { b"0" } else { WAITER_MS };
+        let keys: [&[u8]; 3] = [&self.key, &self.fence_key, &self.waiters_key];
+        let fence: i64 =
+            self.shared.eval("acquire lock", &self.shared.scripts.acquire_lock, &keys, &[&self.token, ms.as_bytes(), register]).await?;
         if fence <= 0 {
-            return Ok(false);
+            return Ok(Attempt::Busy(Some(fence.unsigned_abs())));
         }
         self.fate.acquired(Some(fence as u64));
-        Ok(true)
+        Ok(Attempt::Got)
     }
 }
 
@@ -811,7 +850,7 @@ impl DriverLock for RedisLock {
         if shared {
             return Err(Error::NotImplemented("shared redis locks are not supported".into()));
         }
-        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, || self.try_once()).await?;
+        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || self.try_once(wait)).await?;
         if got {
             let held = Held { key: self.key.clone(), token: self.token.clone(), fate: self.fate.clone() };
             self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, held);
@@ -827,7 +866,9 @@ impl DriverLock for RedisLock {
         self.fate.released();
         let released = self.shared.release(&self.key, &self.token).await;
         ttl_lock::wake(&self.shared.scope, &self.key);
-        released
+        let (released, others_waiting) = released?;
+        self.courtesy.released(others_waiting);
+        Ok(released)
     }
 
     async fn break_(&self) -> Result<bool> {

@@ -4,7 +4,9 @@
 //!
 //! * a release in this process wakes this process's waiters on the same key at once
 //!   ([`wake`]), so threads of one process hand a lock over without a poll delay;
-//! * polls for a holder elsewhere back off from a few milliseconds to [`MAX_POLL`].
+//! * polls for a holder elsewhere are paced by [`handoff::Pace`]: fast while the lock changes
+//!   hands, backing off to [`MAX_POLL`] while one holder keeps it; and a releaser steps aside
+//!   for the waiters it saw ([`handoff::Courtesy`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,10 +16,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::handoff::{self, Courtesy, Pace};
 use crate::driver::Wait;
 use crate::error::Result;
 
-const FIRST_POLL: Duration = Duration::from_millis(5);
 pub const MAX_POLL: Duration = Duration::from_millis(100);
 
 fn table() -> &'static Mutex<HashMap<Vec<u8>, Weak<Notify>>> {
@@ -55,23 +57,33 @@ pub fn wake(scope: &str, key: &[u8]) {
     }
 }
 
-/// Calls `attempt` until it returns true or `wait` runs out; false when it ran out.
-pub async fn acquire_with<F, Fut>(scope: &str, key: &[u8], wait: Wait, mut attempt: F) -> Result<bool>
+/// What one attempt to take the lock found.
+pub enum Attempt {
+    Got,
+    /// Held elsewhere; with the backend's hand-over marker (see [`Pace`]) if it has one.
+    Busy(Option<u64>),
+}
+
+/// Calls `attempt` until it takes the lock or `wait` runs out; false when it ran out.
+pub async fn acquire_with<F, Fut>(scope: &str, key: &[u8], wait: Wait, courtesy: &Courtesy, mut attempt: F) -> Result<bool>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
+    Fut: Future<Output = Result<Attempt>>,
 {
     let deadline = wait.deadline();
     let signal = signal(scope, key);
-    let mut pause = FIRST_POLL;
+    let mut pace = Pace::new(MAX_POLL);
+    courtesy.step_aside(wait, deadline).await;
     loop {
         // Registered before the attempt, so a release between the two is not missed.
         let woken = signal.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if attempt().await? {
-            return Ok(true);
-        }
+        let marker = match attempt().await? {
+            Attempt::Got => return Ok(true),
+            Attempt::Busy(marker) => marker,
+        };
+        let pause = pace.after_busy(marker);
         let sleep_for = match (wait, deadline) {
             (Wait::No, _) => return Ok(false),
             (_, Some(d)) => {
@@ -84,10 +96,9 @@ where
             _ => pause,
         };
         tokio::select! {
-            _ = tokio::time::sleep(sleep_for) => {}
+            _ = handoff::nap(sleep_for) => {}
             _ = &mut woken => {}
         }
-        pause = (pause * 2).min(MAX_POLL);
     }
 }
 
@@ -101,9 +112,10 @@ mod tests {
         crate::runtime::block_on(async {
             let tries = AtomicUsize::new(0);
             let began = Instant::now();
-            let got = acquire_with("t", b"k", Wait::For(Duration::from_millis(150)), || async {
+            let courtesy = Courtesy::default();
+            let got = acquire_with("t", b"k", Wait::For(Duration::from_millis(150)), &courtesy, || async {
                 tries.fetch_add(1, Ordering::SeqCst);
-                Ok(false)
+                Ok(Attempt::Busy(None))
             })
             .await
             .unwrap();
@@ -111,15 +123,15 @@ mod tests {
             assert!(began.elapsed() >= Duration::from_millis(150));
             assert!(tries.load(Ordering::SeqCst) >= 2);
 
-            assert!(!acquire_with("t", b"k", Wait::No, || async { Ok(false) }).await.unwrap());
+            assert!(!acquire_with("t", b"k", Wait::No, &courtesy, || async { Ok(Attempt::Busy(None)) }).await.unwrap());
 
             let free = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let f2 = free.clone();
             let waiter = tokio::spawn(async move {
                 let began = Instant::now();
-                let ok = acquire_with("t", b"k2", Wait::Forever, || {
+                let ok = acquire_with("t", b"k2", Wait::Forever, &Courtesy::default(), || {
                     let f = f2.clone();
-                    async move { Ok(f.load(Ordering::SeqCst)) }
+                    async move { Ok(if f.load(Ordering::SeqCst) { Attempt::Got } else { Attempt::Busy(None) }) }
                 })
                 .await
                 .unwrap();

@@ -1,0 +1,126 @@
+//! Fair hand-over of a contended lock between processes, shared by the file lock and the
+//! locks that are keys on a server.
+//!
+//! Without it, a process that releases a lock takes it straight back: its next attempt comes
+//! microseconds later, while the waiters of other processes sleep between polls, so one
+//! process starves the others. Two pieces stop that:
+//!
+//! * [`Courtesy`]: a lock object whose release found other waiters (the backend tells: a
+//!   registry of waiters kept beside the lock) steps aside for [`GRACE`] before its next
+//!   attempt, so a waiter takes the lock first;
+//! * [`Pace`]: a waiter polls every [`FAST_POLL`] while the lock changes hands (a marker the
+//!   backend returns with a failed attempt, its fencing counter, moved since the last poll),
+//!   and backs off towards a slow poll while one holder keeps the lock.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::driver::Wait;
+
+/// The poll interval of a waiter while the lock changes hands.
+pub const FAST_POLL: Duration = Duration::from_micros(200);
+/// How long a releaser that others were waiting for stays away: several fast polls, so a
+/// waiter on a loaded machine still gets its turn.
+pub const GRACE: Duration = Duration::from_millis(2);
+
+/// One lock object's promise to step aside after a release that others were waiting for.
+#[derive(Default)]
+pub struct Courtesy {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Courtesy {
+    /// Records a release; `others_waiting` is what the backend saw at the release.
+    pub fn released(&self, others_waiting: bool) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = others_waiting.then(|| Instant::now() + GRACE);
+    }
+
+    /// Waits out the grace before an attempt (never past `deadline`; a one-shot attempt
+    /// does not wait).
+    pub async fn step_aside(&self, wait: Wait, deadline: Option<Instant>) {
+        let until = self.until.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut until) = until else { return };
+        if wait == Wait::No {
+            return;
+        }
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        let now = Instant::now();
+        if until > now {
+            nap(until - now).await;
+        }
+    }
+}
+
+/// The pauses of one waiter between its attempts.
+pub struct Pace {
+    pause: Duration,
+    longest: Duration,
+    marker: Option<u64>,
+}
+
+impl Pace {
+    pub fn new(longest: Duration) -> Pace {
+        Pace { pause: FAST_POLL / 2, longest, marker: None }
+    }
+
+    /// The pause after a failed attempt that saw `marker` (None: the backend has none).
+    pub fn after_busy(&mut self, marker: Option<u64>) -> Duration {
+        let moved = marker.is_some() && self.marker.is_some() && marker != self.marker;
+        self.marker = marker;
+        self.pause = if moved { FAST_POLL } else { (self.pause * 2).min(self.longest) };
+        self.pause
+    }
+}
+
+/// Sleeps for `d`, finer than the runtime's millisecond timer when `d` is shorter than that.
+pub async fn nap(d: Duration) {
+    if d >= Duration::from_millis(2) {
+        tokio::time::sleep(d).await;
+    } else {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_is_fast_while_the_lock_changes_hands_and_backs_off_otherwise() {
+        let mut pace = Pace::new(Duration::from_millis(100));
+        assert_eq!(pace.after_busy(Some(7)), FAST_POLL);
+        assert_eq!(pace.after_busy(Some(7)), FAST_POLL * 2);
+        assert_eq!(pace.after_busy(Some(7)), FAST_POLL * 4);
+        assert_eq!(pace.after_busy(Some(8)), FAST_POLL, "a new holder: poll fast again");
+        for _ in 0..20 {
+            pace.after_busy(None);
+        }
+        assert_eq!(pace.after_busy(None), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn courtesy_steps_aside_only_after_a_release_others_waited_for() {
+        crate::runtime::block_on(async {
+            let c = Courtesy::default();
+            let began = Instant::now();
+            c.step_aside(Wait::Forever, None).await;
+            c.released(false);
+            c.step_aside(Wait::Forever, None).await;
+            assert!(began.elapsed() < GRACE);
+            c.released(true);
+            c.step_aside(Wait::No, None).await;
+            assert!(began.elapsed() < GRACE, "a one-shot attempt does not wait");
+            c.released(true);
+            let began = Instant::now();
+            c.step_aside(Wait::Forever, None).await;
+            assert!(began.elapsed() >= GRACE);
+            let began = Instant::now();
+            c.step_aside(Wait::Forever, None).await;
+            assert!(began.elapsed() < GRACE, "once per release");
+        });
+    }
+}
