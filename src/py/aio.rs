@@ -74,7 +74,7 @@ impl Bridge {
         if self.scheduled.swap(true, Ordering::SeqCst) {
             return; // a drain is already on its way and will take this one too
         }
-        let scheduled = Python::try_attach(|py| {
+        let scheduled = super::gate::with_python(|py| {
             let drain = Drain { bridge: self.clone() };
             self.event_loop.call_method1(py, "call_soon_threadsafe", (drain,)).is_ok()
         });

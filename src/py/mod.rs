@@ -3,6 +3,7 @@
 mod aio;
 mod convert;
 mod errors;
+mod gate;
 mod hashring;
 mod worker;
 
@@ -640,6 +641,7 @@ fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 #[pymodule]
 fn _tooz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crate::log::on_emit(worker::records_waiting);
+    gate::install(m)?;
     m.add_class::<PyCoordinator>()?;
     m.add_class::<PyAsyncResult>()?;
     m.add_class::<PyLock>()?;

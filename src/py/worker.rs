@@ -45,8 +45,9 @@ pub fn records_waiting() {
 
 fn run(generation: u64) {
     while runtime::generation() == generation {
-        let job = JOBS.get().pop(Duration::from_secs(1));
-        let attached = Python::try_attach(|py| {
+        // Idle: no GIL taken (records always come with a `Drain` job).
+        let Some(job) = JOBS.get().pop(Duration::from_secs(1)) else { continue };
+        let attached = super::gate::with_python(|py| {
             while let Some(record) = log::next(Duration::ZERO) {
                 let out = py.import("logging").and_then(|logging| {
                     let logger = logging.call_method1("getLogger", (record.logger.as_str(),))?;
@@ -56,7 +57,7 @@ fn run(generation: u64) {
                     e.print(py);
                 }
             }
-            if let Some(Job::Call(callable)) = job {
+            if let Job::Call(callable) = job {
                 if let Err(e) = callable.call0(py) {
                     e.print(py);
                 }
