@@ -17,7 +17,7 @@ pub struct PyHashRing {
     nodes: Py<PyDict>,
     /// node -> slot in `slots`.
     index: Py<PyDict>,
-    slots: Vec<Option<Py<PyAny>>>,
+    slots: Vec<Py<PyAny>>,
 }
 
 /// `utils.to_binary(node, 'utf-8')`, failing as it fails for other types.
@@ -141,7 +141,7 @@ impl PyHashRing {
             let slot = match index.get_item(&node)? {
                 Some(i) => i.extract::<u32>()?,
                 None => {
-                    self.slots.push(Some(node.clone().unbind()));
+                    self.slots.push(node.clone().unbind());
                     let i = (self.slots.len() - 1) as u32;
                     index.set_item(&node, i)?;
                     i
@@ -167,11 +167,8 @@ impl PyHashRing {
         let mut points = Vec::new();
         Self::points_of(py, self.algorithm, &self.hash_function, &node_key(node)?, self.count(weight), |p| points.push(p.to_vec()))?;
         self.ring.remove(&points);
-        let index = self.index.bind(py);
-        if let Some(i) = index.get_item(node)? {
-            self.slots[i.extract::<usize>()?] = None;
-            index.del_item(node)?;
-        }
+        // The node keeps its slot: points it was given at a greater weight than it had when
+        // removed stay on the ring, and still map to it, as in upstream.
         Ok(())
     }
 
@@ -187,12 +184,15 @@ impl PyHashRing {
         let digest = digest.as_slice();
         if ignore_nodes.is_none() && replicas == 1 {
             let out = PySet::empty(py)?;
-            if let Some(Some(node)) = self.ring.owner(digest).and_then(|o| self.slots.get(o as usize)) {
+            if let Some(node) = self.ring.owner(digest).and_then(|o| self.slots.get(o as usize)) {
                 out.add(node.bind(py))?;
             }
             return Ok(out);
         }
-        let mut ignored: Vec<u32> = Vec::new();
+        let nodes = self.nodes.bind(py);
+        // Slots to skip (removed nodes' too: their leftover points may remain), and how many
+        // of them are nodes of the ring.
+        let (mut ignored, mut ignored_nodes): (Vec<u32>, usize) = (Vec::new(), 0);
         if let Some(ignore) = ignore_nodes.filter(|i| i.is_truthy().unwrap_or(true)) {
             let index = self.index.bind(py);
             for node in ignore.try_iter()? {
@@ -203,16 +203,17 @@ impl PyHashRing {
                     let i: u32 = i.extract()?;
                     if !ignored.contains(&i) {
                         ignored.push(i);
+                        ignored_nodes += usize::from(nodes.contains(&node)?);
                     }
                 }
             }
         }
-        let candidates = self.nodes.bind(py).len().saturating_sub(ignored.len());
+        let candidates = nodes.len().saturating_sub(ignored_nodes);
         let wanted = (replicas.max(0) as usize).min(candidates);
         let owners = self.ring.walk(digest, wanted, |o| ignored.contains(&o));
         let out = PySet::empty(py)?;
         for o in owners {
-            if let Some(Some(node)) = self.slots.get(o as usize) {
+            if let Some(node) = self.slots.get(o as usize) {
                 out.add(node.bind(py))?;
             }
         }
@@ -238,7 +239,7 @@ impl PyHashRing {
         let out = PyDict::new(py);
         let from_bytes = py.get_type::<PyInt>().getattr("from_bytes")?;
         for (point, owner) in self.ring.points() {
-            if let Some(Some(node)) = self.slots.get(owner as usize) {
+            if let Some(node) = self.slots.get(owner as usize) {
                 out.set_item(from_bytes.call1((PyBytes::new(py, &point), "big"))?, node.bind(py))?;
             }
         }
