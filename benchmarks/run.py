@@ -96,6 +96,7 @@ PLAN = {
     ],
     "none": [
         ("hashring_build_100", 20, None),
+        ("hashring_build_100_bulk", 50, None),
         ("hashring_build_1000", 5, None),
         ("hashring_get_nodes", 100000, None),
         ("hashring_get_nodes_replicas", 100000, None),

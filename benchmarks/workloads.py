@@ -272,6 +272,20 @@ def hashring_build_1000(url, ops):
     return _timed(op, ops)
 
 
+def hashring_build_100_bulk(url, ops):
+    """The same weighted ring, each weight's nodes given in one ``add_nodes`` call."""
+    from tooz import hashring
+
+    nodes = _ring_nodes(100)
+
+    def op():
+        ring = hashring.HashRing([])
+        for weight in range(1, 5):
+            ring.add_nodes([n for i, n in enumerate(nodes) if 1 + i % 4 == weight], weight=weight)
+
+    return _timed(op, ops)
+
+
 def _keys(n):
     return [os.urandom(16) for _ in range(n)]
 

@@ -142,3 +142,21 @@ def test_bit_identical_with_upstream(upstream_python, tmp_path, seed, count, max
     assert len(ours) == len(theirs)
     assert mismatches == [], "first mismatch at %d: ours %r, upstream %r" % (
         mismatches[0], ours[mismatches[0]], theirs[mismatches[0]])
+
+
+def test_points_left_by_a_heavier_add_still_map_to_the_removed_node():
+    # Upstream removes only the points of the node's current weight: the rest stay on the
+    # ring and keep mapping to it.
+    ring = hashring.HashRing({"a"}, partitions=4)
+    ring.add_node("b", weight=3)
+    ring.add_node("b", weight=1)
+    ring.remove_node("b")
+    assert len(ring) == 4 + 8
+    assert "b" not in ring.nodes
+    owners = set()
+    for i in range(200):
+        owners |= ring.get_nodes(b"k%d" % i, replicas=2)
+    assert owners == {"a", "b"}
+    assert set(ring._ring.values()) == {"a", "b"}
+    # Ignoring a removed node skips its leftover points without counting it as a candidate.
+    assert ring.get_nodes(b"k1", ignore_nodes={"b"}, replicas=2) == {"a"}

@@ -23,6 +23,10 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 use crate::runtime;
 
+#[path = "memcache_later.rs"]
+mod later;
+pub use later::Check;
+
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
 /// Largest value block this client agrees to read (memcached's own ceiling is 1 GiB).
@@ -207,6 +211,11 @@ pub fn storage_request(kind: Store, key: &[u8], flags: u32, exptime: u32, data: 
     req
 }
 
+/// Encodes a `delete` request.
+pub fn delete_request(key: &[u8]) -> Vec<u8> {
+    [b"delete ", key, b"\r\n"].concat()
+}
+
 // ------------------------------------------------------------------------ connections
 
 /// How to reach the server.
@@ -290,19 +299,16 @@ impl Conn {
 
     /// Whether the server has closed this idle connection (or sent something unasked).
     fn is_stale(&mut self) -> bool {
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut probe = [0u8; 64];
-        let mut probe = tokio::io::ReadBuf::new(&mut probe);
-        match Pin::new(&mut self.io).poll_read(&mut cx, &mut probe) {
-            Poll::Pending => false,
-            Poll::Ready(_) => true,
-        }
+        self.read_ready().is_err() || !self.buf.is_empty()
+    }
+
+    async fn send(&mut self, request: &[u8]) -> Result<()> {
+        self.io.write_all(request).await.map_err(|e| conn_err("memcached write failed", e))?;
+        self.io.flush().await.map_err(|e| conn_err("memcached write failed", e))
     }
 
     async fn roundtrip(&mut self, request: &[u8]) -> Result<Reply> {
-        self.io.write_all(request).await.map_err(|e| conn_err("memcached write failed", e))?;
-        self.io.flush().await.map_err(|e| conn_err("memcached write failed", e))?;
+        self.send(request).await?;
         self.buf.clear();
         if let Some(fd) = self.fd {
             self.spin_misses = self.spin_misses.saturating_add(1);
@@ -313,24 +319,56 @@ impl Conn {
                 }
             }
         }
+        loop {
+            if let Some(reply) = self.take_reply()? {
+                if !self.buf.is_empty() {
+                    return Err(Error::Tooz("memcached sent more than one reply".into()));
+                }
+                return Ok(reply);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// The first whole reply in `buf`, taken out of it (`None`: more bytes are needed).
+    fn take_reply(&mut self) -> Result<Option<Reply>> {
+        match parse_reply(&self.buf) {
+            Ok(Some((reply, used))) => {
+                self.buf.drain(..used);
+                Ok(Some(reply))
+            }
+            Ok(None) => Ok(None),
+            Err(ReplyError::Server(m)) => Err(Error::Tooz(m)),
+            Err(ReplyError::Garbage(m)) => Err(Error::Tooz(format!("memcached protocol error: {m}"))),
+        }
+    }
+
+    /// Waits for more bytes and appends them to `buf`.
+    async fn read_more(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 16 << 10];
+        let n = self.io.read(&mut chunk).await.map_err(|e| conn_err("memcached read failed", e))?;
+        if n == 0 {
+            return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Appends to `buf` what has already arrived, without waiting; the end of the stream or a
+    /// failure is an error.
+    fn read_ready(&mut self) -> Result<()> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut chunk = [0u8; 16 << 10];
         loop {
-            match parse_reply(&self.buf) {
-                Ok(Some((reply, used))) => {
-                    if used != self.buf.len() {
-                        return Err(Error::Tooz("memcached sent more than one reply".into()));
-                    }
-                    return Ok(reply);
+            let mut got = tokio::io::ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(&mut cx, &mut got) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Err(e)) => return Err(conn_err("memcached read failed", e)),
+                Poll::Ready(Ok(())) if got.filled().is_empty() => {
+                    return Err(Error::Connection("memcached closed the connection unexpectedly".into()))
                 }
-                Ok(None) => {}
-                Err(ReplyError::Server(m)) => return Err(Error::Tooz(m)),
-                Err(ReplyError::Garbage(m)) => return Err(Error::Tooz(format!("memcached protocol error: {m}"))),
+                Poll::Ready(Ok(())) => self.buf.extend_from_slice(got.filled()),
             }
-            let n = self.io.read(&mut chunk).await.map_err(|e| conn_err("memcached read failed", e))?;
-            if n == 0 {
-                return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
@@ -349,6 +387,8 @@ pub struct Client {
     /// restarted and forgotten everything).
     lost: std::sync::atomic::AtomicU64,
     health: crate::log::Health,
+    /// The connection of requests whose replies are checked later (`memcache_later.rs`).
+    later: later::Later,
 }
 
 impl Client {
@@ -360,6 +400,7 @@ impl Client {
             idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }),
             slots,
             lost: std::sync::atomic::AtomicU64::new(0),
+            later: later::Later::new(),
         }
     }
 
@@ -397,6 +438,7 @@ impl Client {
 
     /// Drops every idle connection (busy ones are dropped when their request ends).
     pub fn close(&self) {
+        self.later.close();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.generation == runtime::generation() {
             idle.conns.clear();
@@ -445,14 +487,19 @@ impl Client {
             Ok(reply)
         })
         .await;
-        match &out {
+        self.record(&out);
+        out
+    }
+
+    /// Notes how a request went: a connection failure counts as a lost connection.
+    fn record<T>(&self, out: &Result<T>) {
+        match out {
             Err(e @ Error::Connection(_)) => {
                 self.note_lost();
                 self.health.lost(e);
             }
             _ => self.health.up(),
         }
-        out
     }
 
     fn unexpected(what: &str, reply: Reply) -> Error {
@@ -511,10 +558,7 @@ impl Client {
     /// True when the key existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
-        let mut req = b"delete ".to_vec();
-        req.extend_from_slice(key);
-        req.extend_from_slice(b"\r\n");
-        match self.request("delete", &req).await? {
+        match self.request("delete", &delete_request(key)).await? {
             Reply::Deleted => Ok(true),
             Reply::NotFound => Ok(false),
             other => Err(Self::unexpected("delete", other)),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::clients::memcache::{self, Client, Config, Item, Store};
+use crate::clients::memcache::{self, Client, Config, Item, Reply, Store};
 use super::options::Options;
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use super::handoff::Courtesy;
@@ -378,9 +378,13 @@ impl MemcachedDriver {
         Err(Error::Tooz(format!("group {group} kept changing under us; gave up")))
     }
 
+    /// Refreshes this member's beat key. The reply is checked by the next beat (or by `stop`)
+    /// rather than awaited: see `memcache_later.rs`.
     async fn beat(&self) -> Result<()> {
-        self.client().store(Store::Set, &Self::beat_key(self.member()), FLAG_BYTES, ttl(self.membership_timeout), STILL_ALIVE).await?;
-        Ok(())
+        let key = Self::beat_key(self.member());
+        memcache::check_key(&key)?;
+        let request = memcache::storage_request(Store::Set, &key, FLAG_BYTES, ttl(self.membership_timeout), STILL_ALIVE, None);
+        self.client().send_checked_later("heartbeat", &request, |r| matches!(r, Reply::Stored)).await
     }
 
     fn held(&self) -> Vec<Arc<LockState>> {
@@ -411,8 +415,10 @@ impl Driver for MemcachedDriver {
     async fn start(&self) -> Result<()> {
         self.joined.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.client().close();
-        // Connects (and checks the member id makes a usable key) right away, as upstream.
-        self.beat().await
+        // Connects (and checks the member id makes a usable key) right away, as upstream, and
+        // waits for the first beat's reply: a server that does not speak memcached fails here.
+        self.beat().await?;
+        self.client().check_sent().await
     }
 
     /// Best effort: what cannot be cleaned up now (server gone) expires by itself.
@@ -427,7 +433,12 @@ impl Driver for MemcachedDriver {
                 lock.forget();
             }
         }
-        let _ = self.client().delete(&Self::beat_key(self.member())).await;
+        // On the beat's own connection, which also checks the last beat.
+        let delete = memcache::delete_request(&Self::beat_key(self.member()));
+        let gone = |r: &Reply| matches!(r, Reply::Deleted | Reply::NotFound);
+        if self.client().send_checked_later("delete", &delete, gone).await.is_ok() {
+            let _ = self.client().check_sent().await;
+        }
         self.client().close();
         Ok(())
     }

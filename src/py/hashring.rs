@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PySet, PyString, PyType};
 
-use crate::hashring::{Algorithm, Ring};
+use crate::hashring::{Algorithm, Output, Ring};
 
 #[pyclass(subclass, module = "tooz._tooz", name = "HashRing")]
 pub struct PyHashRing {
@@ -17,7 +17,7 @@ pub struct PyHashRing {
     nodes: Py<PyDict>,
     /// node -> slot in `slots`.
     index: Py<PyDict>,
-    slots: Vec<Option<Py<PyAny>>>,
+    slots: Vec<Py<PyAny>>,
 }
 
 /// `utils.to_binary(node, 'utf-8')`, failing as it fails for other types.
@@ -49,32 +49,39 @@ fn with_data_bytes<T>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult
 }
 
 impl PyHashRing {
-    fn digest(&self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
+    fn digest(&self, py: Python<'_>, data: &[u8]) -> PyResult<Output> {
         match self.algorithm {
             Some(a) => Ok(a.digest(data)),
             None => {
                 let h = py.import("hashlib")?.call_method1("new", (&self.hash_function, PyBytes::new(py, data)))?;
                 let hex: String = h.call_method0("hexdigest")?.extract()?;
-                hex_bytes(&hex)
+                Output::new(&hex_bytes(&hex)?).ok_or_else(|| PyValueError::new_err(format!("{} digests are too wide", self.hash_function)))
             }
         }
     }
 
-    fn points(&self, py: Python<'_>, key: &[u8], count: usize) -> PyResult<Vec<Vec<u8>>> {
-        match self.algorithm {
-            Some(a) => Ok(a.points(key, count)),
+    /// Calls `f` with each of the `count` ring points of the node whose key is `key`.
+    fn points_of(
+        py: Python<'_>,
+        algorithm: Option<Algorithm>,
+        hash_function: &str,
+        key: &[u8],
+        count: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> PyResult<()> {
+        match algorithm {
+            Some(a) => a.for_each_point(key, count, f),
             None => {
-                let h = py.import("hashlib")?.call_method1("new", (&self.hash_function, PyBytes::new(py, key)))?;
+                let h = py.import("hashlib")?.call_method1("new", (hash_function, PyBytes::new(py, key)))?;
                 let key = PyBytes::new(py, key);
-                (0..count)
-                    .map(|_| {
-                        h.call_method1("update", (&key,))?;
-                        let hex: String = h.call_method0("hexdigest")?.extract()?;
-                        hex_bytes(&hex)
-                    })
-                    .collect()
+                for _ in 0..count {
+                    h.call_method1("update", (&key,))?;
+                    let hex: String = h.call_method0("hexdigest")?.extract()?;
+                    f(&hex_bytes(&hex)?);
+                }
             }
         }
+        Ok(())
     }
 
     fn count(&self, weight: i64) -> usize {
@@ -127,28 +134,25 @@ impl PyHashRing {
     #[pyo3(signature = (nodes, weight=1))]
     fn add_nodes(&mut self, py: Python<'_>, nodes: &Bound<'_, PyAny>, weight: i64) -> PyResult<()> {
         let count = self.count(weight);
-        let result = (|| {
-            for node in nodes.try_iter()? {
-                let node = node?;
-                let key = node_key(&node)?;
-                let points = self.points(py, &key, count)?;
-                let index = self.index.bind(py);
-                let slot = match index.get_item(&node)? {
-                    Some(i) => i.extract::<u32>()?,
-                    None => {
-                        self.slots.push(Some(node.clone().unbind()));
-                        let i = (self.slots.len() - 1) as u32;
-                        index.set_item(&node, i)?;
-                        i
-                    }
-                };
-                self.ring.insert(slot, points);
-                self.nodes.bind(py).set_item(&node, weight)?;
-            }
-            Ok(())
-        })();
-        self.ring.rebuild();
-        result
+        for node in nodes.try_iter()? {
+            let node = node?;
+            let key = node_key(&node)?;
+            let index = self.index.bind(py);
+            let slot = match index.get_item(&node)? {
+                Some(i) => i.extract::<u32>()?,
+                None => {
+                    self.slots.push(node.clone().unbind());
+                    let i = (self.slots.len() - 1) as u32;
+                    index.set_item(&node, i)?;
+                    i
+                }
+            };
+            let ring = &mut self.ring;
+            let (algorithm, name) = (self.algorithm, &self.hash_function);
+            Self::points_of(py, algorithm, name, &key, count, |p| ring.insert(slot, p))?;
+            self.nodes.bind(py).set_item(&node, weight)?;
+        }
+        Ok(())
     }
 
     fn remove_node(&mut self, py: Python<'_>, node: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -160,14 +164,11 @@ impl PyHashRing {
         };
         let weight: i64 = weight.extract().unwrap_or(0);
         nodes.del_item(node)?;
-        let points = self.points(py, &node_key(node)?, self.count(weight))?;
+        let mut points = Vec::new();
+        Self::points_of(py, self.algorithm, &self.hash_function, &node_key(node)?, self.count(weight), |p| points.push(p.to_vec()))?;
         self.ring.remove(&points);
-        self.ring.rebuild();
-        let index = self.index.bind(py);
-        if let Some(i) = index.get_item(node)? {
-            self.slots[i.extract::<usize>()?] = None;
-            index.del_item(node)?;
-        }
+        // The node keeps its slot: points it was given at a greater weight than it had when
+        // removed stay on the ring, and still map to it, as in upstream.
         Ok(())
     }
 
@@ -180,7 +181,18 @@ impl PyHashRing {
         replicas: i64,
     ) -> PyResult<Bound<'py, PySet>> {
         let digest = with_data_bytes(data, |d| self.digest(py, d))?;
-        let mut ignored: Vec<u32> = Vec::new();
+        let digest = digest.as_slice();
+        if ignore_nodes.is_none() && replicas == 1 {
+            let out = PySet::empty(py)?;
+            if let Some(node) = self.ring.owner(digest).and_then(|o| self.slots.get(o as usize)) {
+                out.add(node.bind(py))?;
+            }
+            return Ok(out);
+        }
+        let nodes = self.nodes.bind(py);
+        // Slots to skip (removed nodes' too: their leftover points may remain), and how many
+        // of them are nodes of the ring.
+        let (mut ignored, mut ignored_nodes): (Vec<u32>, usize) = (Vec::new(), 0);
         if let Some(ignore) = ignore_nodes.filter(|i| i.is_truthy().unwrap_or(true)) {
             let index = self.index.bind(py);
             for node in ignore.try_iter()? {
@@ -191,20 +203,17 @@ impl PyHashRing {
                     let i: u32 = i.extract()?;
                     if !ignored.contains(&i) {
                         ignored.push(i);
+                        ignored_nodes += usize::from(nodes.contains(&node)?);
                     }
                 }
             }
         }
-        let candidates = self.nodes.bind(py).len().saturating_sub(ignored.len());
+        let candidates = nodes.len().saturating_sub(ignored_nodes);
         let wanted = (replicas.max(0) as usize).min(candidates);
-        let owners = if wanted == 1 && ignored.is_empty() {
-            self.ring.owner(&digest).into_iter().collect()
-        } else {
-            self.ring.walk(&digest, wanted, |o| ignored.contains(&o))
-        };
+        let owners = self.ring.walk(digest, wanted, |o| ignored.contains(&o));
         let out = PySet::empty(py)?;
         for o in owners {
-            if let Some(Some(node)) = self.slots.get(o as usize) {
+            if let Some(node) = self.slots.get(o as usize) {
                 out.add(node.bind(py))?;
             }
         }
@@ -230,8 +239,8 @@ impl PyHashRing {
         let out = PyDict::new(py);
         let from_bytes = py.get_type::<PyInt>().getattr("from_bytes")?;
         for (point, owner) in self.ring.points() {
-            if let Some(Some(node)) = self.slots.get(*owner as usize) {
-                out.set_item(from_bytes.call1((PyBytes::new(py, point), "big"))?, node.bind(py))?;
+            if let Some(node) = self.slots.get(owner as usize) {
+                out.set_item(from_bytes.call1((PyBytes::new(py, &point), "big"))?, node.bind(py))?;
             }
         }
         Ok(out)
@@ -244,6 +253,7 @@ impl PyHashRing {
         let ints = self
             .ring
             .points()
+            .iter()
             .map(|(p, _)| from_bytes.call1((PyBytes::new(py, p), "big")))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, ints)
