@@ -12,6 +12,7 @@ missing group/leader, 2 for bad usage or input, 3 for a backend that cannot be r
 """
 
 import argparse
+import logging
 import json
 import os
 import signal
@@ -232,6 +233,8 @@ def cmd_watch(args):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="tooz", description="Distributed locks, groups and leaders from a shell.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print the core's log records (connection loss, failover, lost locks) to stderr")
     sub = parser.add_subparsers(dest="action", metavar="COMMAND")
     sub.required = True
 
@@ -271,6 +274,19 @@ def _parser():
     return parser
 
 
+def _log_to_stderr(verbose):
+    """Failures are reported by the command itself, in one line: the core's own records of
+    them (``connection lost … will reconnect``) go to stderr only with ``--verbose``."""
+    logger = logging.getLogger("tooz")
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    else:
+        logger.addHandler(logging.NullHandler())
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first "--" is the command of `tooz lock`, options included.
@@ -280,6 +296,7 @@ def main(argv=None):
         argv, command = argv[:split], argv[split + 1:]
     args = _parser().parse_args(argv)
     args.command = command
+    _log_to_stderr(args.verbose)
     try:
         return args.run(args)
     except _Exit as e:
