@@ -202,17 +202,19 @@ def test_str_member_id_is_stored_as_msgpack_str(raw, make_coordinator):
 
 
 def test_lock_heartbeat_extends_the_ttl(mc_url, make_coordinator):
-    c = make_coordinator(url=mc_url + "?lock_timeout=1")
+    # memcached's clock ticks in whole seconds: a 2 s TTL beaten every 0.5 s keeps a margin
+    # on a loaded machine (with 1 s, one late beat could find the key gone).
+    c = make_coordinator(url=mc_url + "?lock_timeout=2")
     other = make_coordinator()
     name = new_id("l")
     lock = c.get_lock(name)
     assert lock.heartbeat() is False, "not held"
     assert lock.acquire()
-    for _ in range(6):
+    for _ in range(8):  # 4 s: twice the TTL
         time.sleep(0.5)
         assert lock.heartbeat() is True
     assert other.get_lock(name).acquire(blocking=False) is False
-    assert wait_until(lambda: other.get_lock(name).acquire(blocking=False), 5), "lapses without beats"
+    assert wait_until(lambda: other.get_lock(name).acquire(blocking=False), 10), "lapses without beats"
     assert lock.is_still_owner() is False
     assert lock.release() is False, "someone else's now"
 
