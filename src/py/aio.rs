@@ -33,6 +33,16 @@ pub enum Outcome {
     Failed(Error),
 }
 
+/// A call's value, or its error.
+impl From<crate::error::Result<Reply>> for Outcome {
+    fn from(result: crate::error::Result<Reply>) -> Self {
+        match result {
+            Ok(reply) => Outcome::Value(reply),
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+}
+
 impl Outcome {
     fn resolve(self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if future.call_method0("done")?.is_truthy()? {

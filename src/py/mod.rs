@@ -110,10 +110,7 @@ impl PyAsyncResult {
     fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let pending = self.pending.clone();
         let (future, _) = aio::spawn(py, async move {
-            match pending.wait_async().await {
-                Ok(reply) => aio::Outcome::Value(reply),
-                Err(e) => aio::Outcome::Failed(e),
-            }
+            aio::Outcome::from(pending.wait_async().await)
         })?;
         Ok(future)
     }
@@ -262,10 +259,7 @@ impl PyCoordinator {
         let poll = seconds(poll, "interval")?;
         let driver = self.core.driver().clone();
         let (future, task) = aio::spawn(py, async move {
-            match driver.next_members(&g, &known, poll).await {
-                Ok(members) => aio::Outcome::Value(Reply::Set(members)),
-                Err(e) => aio::Outcome::Failed(e),
-            }
+            aio::Outcome::from(driver.next_members(&g, &known, poll).await.map(Reply::Set))
         })?;
         Ok((future, aio::Cancel { task }))
     }
@@ -279,10 +273,7 @@ impl PyCoordinator {
         let poll = seconds(poll, "interval")?;
         let driver = self.core.driver().clone();
         let (future, task) = aio::spawn(py, async move {
-            match driver.wait_leader_change(&g, poll).await {
-                Ok(()) => aio::Outcome::Value(Reply::Unit),
-                Err(e) => aio::Outcome::Failed(e),
-            }
+            aio::Outcome::from(driver.wait_leader_change(&g, poll).await.map(|()| Reply::Unit))
         })?;
         Ok((future, aio::Cancel { task }))
     }
@@ -555,10 +546,7 @@ impl PyLock {
     fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let lock = self.lock.clone();
         let (future, _) = aio::spawn(py, async move {
-            match lock.release().await {
-                Ok(b) => aio::Outcome::Value(Reply::Bool(b)),
-                Err(e) => aio::Outcome::Failed(e),
-            }
+            aio::Outcome::from(lock.release().await.map(Reply::Bool))
         })?;
         Ok(future)
     }
@@ -574,14 +562,12 @@ impl PyLock {
             other => return Err(to_py(Error::InvalidArgument(format!("no lock call {other:?}")))),
         };
         let (future, _) = aio::spawn(py, async move {
-            match match op {
+            let answer = match op {
                 0 => lock.is_still_owner().await,
                 1 => lock.break_().await,
                 _ => lock.heartbeat().await,
-            } {
-                Ok(b) => aio::Outcome::Value(Reply::Bool(b)),
-                Err(e) => aio::Outcome::Failed(e),
-            }
+            };
+            aio::Outcome::from(answer.map(Reply::Bool))
         })?;
         Ok(future)
     }
