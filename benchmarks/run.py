@@ -56,7 +56,7 @@ PLAN = {
         ("coordinator_lifecycle", 200, None),
     ],
     "file": [
-        ("lock_uncontended", 5000, "floor_fcntl_lock"),
+        ("lock_uncontended", 50000, "floor_fcntl_lock"),
         ("lock_contended", 2000, None),
         ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),

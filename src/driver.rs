@@ -213,6 +213,16 @@ pub trait DriverLock: Send + Sync + 'static {
     fn acquired(&self) -> bool;
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool>;
     async fn release(&self) -> Result<bool>;
+    /// `acquire(Wait::No, shared)` done on the caller's thread, for a lock whose attempt is a
+    /// system call that never waits (a file's record lock); `None`: no such path, use
+    /// `acquire` on the runtime.
+    fn try_acquire_here(&self, _shared: bool) -> Option<Result<bool>> {
+        None
+    }
+    /// `release()` done on the caller's thread, where `try_acquire_here` exists.
+    fn release_here(&self) -> Option<Result<bool>> {
+        None
+    }
     async fn break_(&self) -> Result<bool> {
         unsupported("break_")
     }

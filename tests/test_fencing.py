@@ -88,7 +88,22 @@ def test_tokens_keep_increasing_after_a_killed_holder(backend, url, make_coordin
     lock.release()
 
 
-def test_file_tokens_survive_in_the_lock_file(tmp_path):
+def test_file_tokens_go_on_from_the_counter_an_earlier_version_kept_in_the_lock_file(tmp_path):
+    (tmp_path / "upgraded").write_text("41")
+    c = coordination.get_coordinator("file://%s" % tmp_path, new_id())
+    c.start()
+    lock = c.get_lock(b"upgraded")
+    assert lock.acquire()
+    assert lock.fencing_token == 42
+    lock.release()
+    assert lock.acquire()
+    assert lock.fencing_token == 43
+    lock.release()
+    c.stop()
+    assert (tmp_path / "upgraded").read_text() == "41", "the lock file itself is left alone"
+
+
+def test_file_tokens_survive_in_the_fences_directory(tmp_path):
     url = "file://%s" % tmp_path
     tokens = []
     for _ in range(3):

@@ -255,7 +255,7 @@ def test_lock_names(backend, coord):
     lock.release()
     if backend[0] == "file":
         assert isinstance(lock.name, str) and lock.name == backend[1][len("file://"):] + "/a/b/c"
-        for reserved in (b"groups", b"tmp", b".driver_lock", b"."):
+        for reserved in (b"groups", b"tmp", b".driver_lock", b".", b".fences", b".fences/x", b".leaders/y"):
             with pytest.raises(ValueError):
                 coord.get_lock(reserved)
         with pytest.raises(ValueError):

@@ -10,7 +10,8 @@
 //!
 //! Beyond upstream (whose file driver has no election): the leader of a group holds the lock
 //! file `<dir>/.leaders/<sha1(group)>`, whose contents name it (msgpack
-//! `{member_id, encoded}`). Upstream processes never look there.
+//! `{member_id, encoded}`). Upstream processes never look there, nor in
+//! `<dir>/.fences/<sha1(lock name)>`, where a lock's fencing counter is kept (`fsfence.rs`).
 
 use crate::fate::Fate;
 use std::collections::HashSet;
@@ -42,6 +43,9 @@ pub struct FileDriver {
     /// Groups this coordinator leads, and the lock that makes it so.
     leading: Mutex<std::collections::HashMap<Id, PathLock>>,
 }
+
+/// The directory of the locks' fencing counters.
+const FENCES: &str = ".fences";
 
 fn hashed(id: &[u8]) -> String {
     Sha1::digest(id).iter().map(|b| format!("{b:02x}")).collect()
@@ -477,15 +481,19 @@ impl Driver for FileDriver {
         if !path.starts_with(&root) {
             return Err(Error::InvalidArgument(format!("Path {} is not under {}", path.display(), root.display())));
         }
-        let reserved = [root.clone(), root.join("groups"), root.join("tmp"), root.join(".driver_lock"), root.join(".leaders")];
-        if reserved.contains(&path) || path.starts_with(root.join(".leaders")) {
+        let reserved = [root.clone(), root.join("groups"), root.join("tmp"), root.join(".driver_lock")];
+        if reserved.contains(&path) || path.starts_with(root.join(".leaders")) || path.starts_with(root.join(FENCES)) {
             return Err(Error::InvalidArgument(format!(
                 "Unable to create a lock using reserved path '{}' for lock with name {name}",
                 path.display()
             )));
         }
         let fate = Fate::new("tooz.drivers.file", path.display().to_string());
-        Ok(Arc::new(FileLock { lock: PathLock::new(&path), fate }))
+        // The side file of its fencing counter, named for the path under the root (two
+        // spellings of one lock name share it).
+        let relative = path.strip_prefix(&root).unwrap_or(&path);
+        let fence = root.join(FENCES).join(hashed(relative.as_os_str().as_encoded_bytes()));
+        Ok(Arc::new(FileLock { lock: PathLock::fenced(&path, &fence), fate }))
     }
 }
 
@@ -507,6 +515,16 @@ pub struct FileLock {
     fate: Fate,
 }
 
+impl FileLock {
+    /// After an attempt: a won exclusive hold takes the next fencing token.
+    fn won(&self, got: bool, shared: bool) -> Result<bool> {
+        if got {
+            self.fate.acquired(if shared { None } else { Some(self.lock.barrier().next_token()?) });
+        }
+        Ok(got)
+    }
+}
+
 #[async_trait]
 impl DriverLock for FileLock {
     fn name(&self) -> Id {
@@ -519,10 +537,15 @@ impl DriverLock for FileLock {
 
     async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
         let got = self.lock.acquire(shared, wait).await?;
-        if got {
-            self.fate.acquired(if shared { None } else { Some(self.lock.barrier().next_token()?) });
-        }
-        Ok(got)
+        self.won(got, shared)
+    }
+
+    fn try_acquire_here(&self, shared: bool) -> Option<Result<bool>> {
+        Some(self.lock.try_acquire_here(shared).and_then(|got| self.won(got, shared)))
+    }
+
+    fn release_here(&self) -> Option<Result<bool>> {
+        Some(Ok(self.lock.release()))
     }
 
     fn fencing_token(&self) -> Option<u64> {

@@ -11,8 +11,10 @@
 //! `flock` on the lock file through a descriptor of its own. `flock` locks are independent of
 //! record locks on local filesystems, so this does not touch the lock itself, and a releaser
 //! finds out whether anyone waits by trying an exclusive `flock` (on filesystems that may
-//! emulate `flock` with record locks, NFS and the like, no one registers). A waiter reads the
-//! fencing counter from the file to tell whether the lock changed hands since its last try.
+//! emulate `flock` with record locks, NFS and the like, no one registers). Waiting processes
+//! are also counted in the lock's side file (`fsfence.rs`), so a releaser asks the kernel only
+//! when that count says someone may wait. A waiter reads the fencing counter from the side
+//! file to tell whether the lock changed hands since its last try.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -26,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::fsfence::Fence;
 use super::handoff::{self, Courtesy, Pace};
 use crate::driver::Wait;
 use crate::error::{Error, Result};
@@ -53,6 +56,23 @@ struct Inner {
     waiting: Option<File>,
     /// Whether `waiting` holds its shared `flock`.
     shown: bool,
+    /// Where the lock's fencing counter and waiter count live (locks of `FileLock` only).
+    fence_path: Option<PathBuf>,
+    fence: Option<Fence>,
+    /// Whether this process is counted among the fence's waiters.
+    counted: bool,
+}
+
+impl Inner {
+    /// The side file, opened at first use (None for a lock without one).
+    fn fence(&mut self) -> io::Result<Option<&Fence>> {
+        if self.fence.is_none() {
+            if let Some(path) = &self.fence_path {
+                self.fence = Some(Fence::open(path, self.flock_apart)?);
+            }
+        }
+        Ok(self.fence.as_ref())
+    }
 }
 
 type Registry = (u64, HashMap<PathBuf, Weak<Barrier>>);
@@ -166,10 +186,19 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut inner = self.0.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.waiters -= 1;
-        if inner.waiters == 0 && inner.shown {
+        if inner.waiters > 0 {
+            return;
+        }
+        if inner.shown {
             inner.shown = false;
             if let Some(file) = &inner.waiting {
                 unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            }
+        }
+        if inner.counted {
+            inner.counted = false;
+            if let Some(fence) = &inner.fence {
+                fence.remove_waiter();
             }
         }
     }
@@ -201,13 +230,20 @@ impl Barrier {
             inner.shared = shared;
             Ok(Step::Got)
         } else {
-            Ok(Step::OtherProcess(read_counter(file)))
+            Ok(Step::OtherProcess(inner.fence().ok().flatten().and_then(Fence::counter)))
         }
     }
 
     /// Counts an acquire as waiting, until the guard is dropped.
     fn start_waiting(&self) -> Waiting<'_> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).waiters += 1;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.waiters += 1;
+        if !inner.counted {
+            if let Ok(Some(fence)) = inner.fence() {
+                fence.add_waiter();
+                inner.counted = true;
+            }
+        }
         Waiting(self)
     }
 
@@ -284,23 +320,19 @@ impl Barrier {
             .map_err(|e| Error::io(&format!("cannot write {}", self.path.display()), e))
     }
 
-    /// The next fencing token: a decimal counter kept as the lock file's contents (upstream
-    /// never reads them), bumped through the descriptor that holds the lock exclusively.
+    /// The next fencing token, from the lock's side file (see `fsfence.rs`); only the
+    /// exclusive holder may ask.
     pub fn next_token(&self) -> Result<u64> {
-        use std::os::unix::fs::FileExt;
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let file = match (&inner.file, inner.holders, inner.shared) {
-            (Some(f), n, false) if n > 0 => f,
-            _ => return Err(Error::Tooz(format!("{} is not held exclusively", self.path.display()))),
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.file.is_none() || inner.holders == 0 || inner.shared {
+            return Err(Error::Tooz(format!("{} is not held exclusively", self.path.display())));
+        }
+        let io = |e| Error::io(&format!("cannot keep the fencing counter of {}", self.path.display()), e);
+        inner.fence().map_err(io)?;
+        let (Some(fence), Some(file)) = (&inner.fence, &inner.file) else {
+            return Err(Error::Tooz(format!("{} has no fencing counter", self.path.display())));
         };
-        let io = |e| Error::io(&format!("cannot keep the fencing counter in {}", self.path.display()), e);
-        let mut buf = [0u8; 24];
-        let n = file.read_at(&mut buf, 0).map_err(io)?;
-        let last: u64 = std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
-        let next = last + 1;
-        file.set_len(0).map_err(io)?;
-        file.write_all_at(next.to_string().as_bytes(), 0).map_err(io)?;
-        Ok(next)
+        fence.bump(|| read_counter(file)).map_err(io)
     }
 
     /// Gives one hold back; the record lock goes when the last holder leaves. Whether
@@ -315,7 +347,7 @@ impl Barrier {
                 if record_lock(file, libc::F_UNLCK).is_err() {
                     // Closing the descriptor drops the record lock whatever happened.
                     inner.file = None;
-                } else if inner.flock_apart {
+                } else if inner.flock_apart && inner.fence.as_ref().map_or(true, Fence::may_have_waiters) {
                     // Someone's shared flock refuses this exclusive one: a waiter.
                     others_waiting = !try_flock(file, libc::LOCK_EX);
                     if !others_waiting {
@@ -342,6 +374,13 @@ impl PathLock {
         PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default() }
     }
 
+    /// A lock with fencing tokens, kept in the side file at `fence` (`fsfence.rs`).
+    pub fn fenced(path: &Path, fence: &Path) -> PathLock {
+        let lock = PathLock::new(path);
+        lock.barrier.inner.lock().unwrap_or_else(|p| p.into_inner()).fence_path.get_or_insert_with(|| fence.to_owned());
+        lock
+    }
+
     pub fn path(&self) -> &Path {
         self.barrier.path()
     }
@@ -358,6 +397,16 @@ impl PathLock {
         let deadline = wait.deadline();
         self.courtesy.step_aside(wait, deadline).await;
         let got = self.barrier.acquire(shared, wait, deadline).await?;
+        if got {
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        }
+        Ok(got)
+    }
+
+    /// One attempt that does not wait, outside the runtime (see `DriverLock::try_acquire_here`).
+    pub fn try_acquire_here(&self, shared: bool) -> Result<bool> {
+        self.courtesy.forgo();
+        let got = matches!(self.barrier.try_enter(shared)?, Step::Got);
         if got {
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }

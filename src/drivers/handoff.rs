@@ -37,14 +37,19 @@ impl Courtesy {
         *self.until.lock().unwrap_or_else(|p| p.into_inner()) = others_waiting.then(|| Instant::now() + GRACE);
     }
 
+    /// Drops the promise unkept: what a one-shot attempt does (see `step_aside`).
+    pub fn forgo(&self) {
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     /// Waits out the grace before an attempt (never past `deadline`; a one-shot attempt
     /// does not wait).
     pub async fn step_aside(&self, wait: Wait, deadline: Option<Instant>) {
+        if wait == Wait::No {
+            return self.forgo();
+        }
         let until = self.until.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(mut until) = until else { return };
-        if wait == Wait::No {
-            return;
-        }
         if let Some(d) = deadline {
             until = until.min(d);
         }

@@ -2,6 +2,7 @@
 
 pub mod etcd3;
 pub mod file;
+pub mod fsfence;
 pub mod fslock;
 pub mod handoff;
 pub mod ipc;

@@ -509,8 +509,10 @@ impl PyLock {
     fn acquire(&self, py: Python<'_>, blocking: Option<&Bound<'_, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<bool> {
         let wait = wait_from(blocking, timeout)?;
         let lock = self.lock.clone();
-        // Fast path: one attempt, no task.
-        let first = py.detach(|| runtime::block_on(lock.acquire(Wait::No, shared))).map_err(to_py)?;
+        // Fast path: one attempt, no task (on this thread where the lock can).
+        let first = py
+            .detach(|| lock.try_acquire_here(shared).unwrap_or_else(|| runtime::block_on(lock.acquire(Wait::No, shared))))
+            .map_err(to_py)?;
         if first || wait == Wait::No {
             return Ok(first);
         }
@@ -574,7 +576,7 @@ impl PyLock {
 
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
-        py.detach(|| runtime::block_on(lock.release())).map_err(to_py)
+        py.detach(|| lock.release_here().unwrap_or_else(|| runtime::block_on(lock.release()))).map_err(to_py)
     }
 
     fn break_(&self, py: Python<'_>) -> PyResult<bool> {
