@@ -219,6 +219,11 @@ pub trait DriverLock: Send + Sync + 'static {
     fn try_acquire_here(&self, _shared: bool) -> Option<Result<bool>> {
         None
     }
+    /// Whether a waiting acquire would step aside first for others that waited (`handoff.rs`):
+    /// then a waiting caller must not make a one-shot attempt before it.
+    fn stepping_aside(&self) -> bool {
+        false
+    }
     /// `release()` done on the caller's thread, where `try_acquire_here` exists.
     fn release_here(&self) -> Option<Result<bool>> {
         None

@@ -544,6 +544,10 @@ impl DriverLock for FileLock {
         Some(self.lock.try_acquire_here(shared).and_then(|got| self.won(got, shared)))
     }
 
+    fn stepping_aside(&self) -> bool {
+        self.lock.stepping_aside()
+    }
+
     fn release_here(&self) -> Option<Result<bool>> {
         Some(Ok(self.lock.release()))
     }

@@ -2,7 +2,9 @@
 //! small side file (`<dir>/.fences/<sha1(name)>`; upstream never looks there).
 //!
 //! Layout: bytes 0..8 hold the counter (u64, little-endian), bytes 8..16 the number of
-//! processes showing that they wait (native-endian, local filesystems only).
+//! processes showing that they wait, bytes 16..20 a release sequence that waiters sleep on
+//! with a futex and a releaser bumps and wakes (both native-endian, local filesystems only:
+//! a futex on a shared file mapping works between the processes of one host).
 //!
 //! On a local filesystem the file is mapped shared into memory, so bumping the counter under
 //! the lock, reading it while polling, and counting waiters cost no system call: the page
@@ -20,7 +22,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 const SIZE: u64 = 64;
 
@@ -114,6 +117,38 @@ impl Fence {
     }
 }
 
+impl Fence {
+    fn release_word(&self) -> Option<&AtomicU32> {
+        // SAFETY: bytes 16..20 of the mapping, 4-aligned.
+        self.map.map(|p| unsafe { &*p.as_ptr().cast::<AtomicU32>().add(4) })
+    }
+
+    /// The release sequence (mapped files only): read it before an attempt, and sleep on
+    /// it with [`Fence::sleep`] after the attempt failed.
+    pub fn releases(&self) -> Option<u32> {
+        self.release_word().map(|w| w.load(Ordering::Acquire))
+    }
+
+    /// Tells sleeping waiters the lock was let go (after the unlock).
+    pub fn wake(&self) {
+        if let Some(w) = self.release_word() {
+            w.fetch_add(1, Ordering::AcqRel);
+            // SAFETY: FUTEX_WAKE on a word of our mapping; shared (not private): the
+            // sleepers are other processes.
+            unsafe { libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0, 0, 0) };
+        }
+    }
+
+    /// Sleeps until the release sequence moves from `seen`, or for `at_most` (blocking the
+    /// thread; returns at once if it already moved).
+    pub fn sleep(&self, seen: u32, at_most: Duration) {
+        let Some(w) = self.release_word() else { return std::thread::sleep(at_most) };
+        let ts = libc::timespec { tv_sec: at_most.as_secs() as _, tv_nsec: at_most.subsec_nanos() as _ };
+        // SAFETY: FUTEX_WAIT with a relative timeout on a word of our mapping.
+        unsafe { libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAIT, seen, &ts as *const libc::timespec, 0, 0) };
+    }
+}
+
 impl Drop for Fence {
     fn drop(&mut self) {
         if let Some(p) = self.map {
@@ -146,6 +181,21 @@ mod tests {
         mapped.remove_waiter();
         assert!(!mapped.may_have_waiters());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), SIZE);
+        // A sleeper is woken by a release (here from another thread, through another mapping).
+        let seen = mapped.releases().unwrap();
+        let began = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                Fence::open(&path, true).unwrap().wake();
+            });
+            mapped.sleep(seen, Duration::from_secs(10));
+        });
+        assert!(began.elapsed() < Duration::from_secs(5));
+        assert_ne!(mapped.releases(), Some(seen));
+        let began = std::time::Instant::now();
+        mapped.sleep(seen, Duration::from_secs(10));
+        assert!(began.elapsed() < Duration::from_secs(5), "a sequence that moved returns at once");
         std::fs::remove_dir_all(dir).ok();
     }
 }

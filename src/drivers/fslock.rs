@@ -58,17 +58,17 @@ struct Inner {
     shown: bool,
     /// Where the lock's fencing counter and waiter count live (locks of `FileLock` only).
     fence_path: Option<PathBuf>,
-    fence: Option<Fence>,
+    fence: Option<Arc<Fence>>,
     /// Whether this process is counted among the fence's waiters.
     counted: bool,
 }
 
 impl Inner {
     /// The side file, opened at first use (None for a lock without one).
-    fn fence(&mut self) -> io::Result<Option<&Fence>> {
+    fn fence(&mut self) -> io::Result<Option<&Arc<Fence>>> {
         if self.fence.is_none() {
             if let Some(path) = &self.fence_path {
-                self.fence = Some(Fence::open(path, self.flock_apart)?);
+                self.fence = Some(Arc::new(Fence::open(path, self.flock_apart)?));
             }
         }
         Ok(self.fence.as_ref())
@@ -143,8 +143,9 @@ enum Step {
     Got,
     /// Another holder in this process: wait for the barrier to change.
     InProcess,
-    /// Another process holds the record lock: poll again later. With the fencing counter.
-    OtherProcess(Option<u64>),
+    /// Another process holds the record lock: poll again later. With the fencing counter,
+    /// and the side file's release sequence as it was before the attempt (to sleep on).
+    OtherProcess(Option<u64>, Option<(Arc<Fence>, u32)>),
 }
 
 /// Filesystems where `flock` and record locks never interact (elsewhere, NFS, SMB, FUSE or
@@ -224,13 +225,16 @@ impl Barrier {
             inner.flock_apart = flock_is_apart(&file);
             inner.file = Some(file);
         }
+        // Read before the attempt, so a release between a failed attempt and the sleep
+        // still wakes it.
+        let sleep_on = inner.fence().ok().flatten().and_then(|f| Some((f.clone(), f.releases()?)));
         let file = inner.file.as_ref().expect("opened above");
         if record_lock(file, libc::F_WRLCK).map_err(|e| Error::io(&format!("cannot lock {}", self.path.display()), e))? {
             inner.holders = 1;
             inner.shared = shared;
             Ok(Step::Got)
         } else {
-            Ok(Step::OtherProcess(inner.fence().ok().flatten().and_then(Fence::counter)))
+            Ok(Step::OtherProcess(sleep_on.as_ref().and_then(|(f, _)| f.counter()), sleep_on))
         }
     }
 
@@ -269,13 +273,15 @@ impl Barrier {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let step = self.try_enter(shared)?;
+            let mut sleep_on = None;
             let sleep_for = match step {
                 Step::Got => return Ok(true),
                 _ if wait == Wait::No => return Ok(false),
                 Step::InProcess => None,
-                Step::OtherProcess(counter) => {
+                Step::OtherProcess(counter, on) => {
                     waiting.get_or_insert_with(|| self.start_waiting());
                     self.show_waiting();
+                    sleep_on = on;
                     Some(pace.after_busy(counter))
                 }
             };
@@ -291,14 +297,30 @@ impl Barrier {
             }
             match until {
                 Some(t) => {
+                    let pause = t.saturating_duration_since(Instant::now());
+                    let nap = async move {
+                        match sleep_on {
+                            // Woken by the next release of any process of this host.
+                            Some((fence, seen)) => {
+                                let _ = tokio::task::spawn_blocking(move || fence.sleep(seen, pause)).await;
+                            }
+                            None => handoff::nap(pause).await,
+                        }
+                    };
                     tokio::select! {
-                        _ = handoff::nap(t.saturating_duration_since(Instant::now())) => {}
+                        _ = nap => {}
                         _ = &mut notified => {}
                     }
                 }
                 None => notified.await,
             }
         }
+    }
+
+    /// The fencing counter, where reading it costs no system call (a mapped side file).
+    fn counter(&self) -> Option<u64> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.fence.as_ref().filter(|f| f.releases().is_some()).and_then(|f| f.counter())
     }
 
     /// Whether some lock object of this process holds the lock.
@@ -347,11 +369,16 @@ impl Barrier {
                 if record_lock(file, libc::F_UNLCK).is_err() {
                     // Closing the descriptor drops the record lock whatever happened.
                     inner.file = None;
-                } else if inner.flock_apart && inner.fence.as_ref().map_or(true, Fence::may_have_waiters) {
-                    // Someone's shared flock refuses this exclusive one: a waiter.
-                    others_waiting = !try_flock(file, libc::LOCK_EX);
-                    if !others_waiting {
-                        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+                } else if inner.fence.as_deref().map_or(true, Fence::may_have_waiters) {
+                    if inner.flock_apart {
+                        // Someone's shared flock refuses this exclusive one: a waiter.
+                        others_waiting = !try_flock(file, libc::LOCK_EX);
+                        if !others_waiting {
+                            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+                        }
+                    }
+                    if let Some(fence) = &inner.fence {
+                        fence.wake();
                     }
                 }
             }
@@ -395,12 +422,18 @@ impl PathLock {
 
     pub async fn acquire(&self, shared: bool, wait: Wait) -> Result<bool> {
         let deadline = wait.deadline();
-        self.courtesy.step_aside(wait, deadline).await;
+        // Away until another process has taken the lock (its counter moved), or the grace ends.
+        self.courtesy.step_aside_while(wait, deadline, || self.barrier.counter()).await;
         let got = self.barrier.acquire(shared, wait, deadline).await?;
         if got {
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }
         Ok(got)
+    }
+
+    /// Whether a waiting acquire of this object would first step aside (`handoff.rs`).
+    pub fn stepping_aside(&self) -> bool {
+        self.courtesy.pending()
     }
 
     /// One attempt that does not wait, outside the runtime (see `DriverLock::try_acquire_here`).
@@ -420,7 +453,7 @@ impl PathLock {
         }
         *held -= 1;
         let others_waiting = self.barrier.release();
-        self.courtesy.released(others_waiting);
+        self.courtesy.released_at(others_waiting, self.barrier.counter());
         true
     }
 

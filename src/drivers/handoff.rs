@@ -28,13 +28,26 @@ pub const GRACE: Duration = Duration::from_millis(2);
 /// One lock object's promise to step aside after a release that others were waiting for.
 #[derive(Default)]
 pub struct Courtesy {
-    until: Mutex<Option<Instant>>,
+    /// Until when, and the backend's marker (fencing counter) at the release, if it has one
+    /// that is free to read.
+    until: Mutex<Option<(Instant, Option<u64>)>>,
 }
 
 impl Courtesy {
     /// Records a release; `others_waiting` is what the backend saw at the release.
     pub fn released(&self, others_waiting: bool) {
-        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = others_waiting.then(|| Instant::now() + GRACE);
+        self.released_at(others_waiting, None);
+    }
+
+    /// [`Courtesy::released`], with the marker the lock had then: the step aside ends early
+    /// once it moves (another holder took the lock).
+    pub fn released_at(&self, others_waiting: bool, marker: Option<u64>) {
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = others_waiting.then(|| (Instant::now() + GRACE, marker));
+    }
+
+    /// Whether the next waiting attempt would step aside first.
+    pub fn pending(&self) -> bool {
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|(until, _)| until > Instant::now())
     }
 
     /// Drops the promise unkept: what a one-shot attempt does (see `step_aside`).
@@ -45,17 +58,27 @@ impl Courtesy {
     /// Waits out the grace before an attempt (never past `deadline`; a one-shot attempt
     /// does not wait).
     pub async fn step_aside(&self, wait: Wait, deadline: Option<Instant>) {
+        self.step_aside_while(wait, deadline, || None).await
+    }
+
+    /// [`Courtesy::step_aside`], ending early once `marker()` differs from the marker given
+    /// to [`Courtesy::released_at`] (checked every [`FAST_POLL`]).
+    pub async fn step_aside_while(&self, wait: Wait, deadline: Option<Instant>, marker: impl Fn() -> Option<u64>) {
         if wait == Wait::No {
             return self.forgo();
         }
-        let until = self.until.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(mut until) = until else { return };
+        let taken = self.until.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((mut until, at_release)) = taken else { return };
         if let Some(d) = deadline {
             until = until.min(d);
         }
-        let now = Instant::now();
-        if until > now {
-            nap(until - now).await;
+        loop {
+            let now = Instant::now();
+            if until <= now || (at_release.is_some() && marker() != at_release) {
+                return;
+            }
+            let step = if at_release.is_some() { FAST_POLL.min(until - now) } else { until - now };
+            nap(step).await;
         }
     }
 }

@@ -509,10 +509,13 @@ impl PyLock {
     fn acquire(&self, py: Python<'_>, blocking: Option<&Bound<'_, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<bool> {
         let wait = wait_from(blocking, timeout)?;
         let lock = self.lock.clone();
-        // Fast path: one attempt, no task (on this thread where the lock can).
-        let first = py
-            .detach(|| lock.try_acquire_here(shared).unwrap_or_else(|| runtime::block_on(lock.acquire(Wait::No, shared))))
-            .map_err(to_py)?;
+        // Fast path: one attempt, no task (on this thread where the lock can); not when this
+        // object owes waiters of other processes a turn first.
+        let courteous = wait != Wait::No && lock.stepping_aside();
+        let first = !courteous
+            && py
+                .detach(|| lock.try_acquire_here(shared).unwrap_or_else(|| runtime::block_on(lock.acquire(Wait::No, shared))))
+                .map_err(to_py)?;
         if first || wait == Wait::No {
             return Ok(first);
         }
