@@ -4,8 +4,6 @@
 //! memberships are kept and healed (`membership.rs`) between calls.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::Context;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -163,7 +161,7 @@ impl Inner {
         let driver = self.driver.clone();
         let membership = self.membership.clone();
         let out = pending.clone();
-        let mut task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        runtime::run_here_then_spawn(Box::pin(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
@@ -172,19 +170,7 @@ impl Inner {
                 membership.heal(driver.as_ref()).await;
             }
             drop(done_tx);
-        });
-        // Poll once right here: calls that finish without waiting on I/O (all of a local
-        // backend's, most of the time) complete without a hand-off to a runtime thread.
-        // What is still pending moves to the runtime, whose first poll re-registers it.
-        let rt = runtime::runtime();
-        let ready = {
-            let _context = rt.enter();
-            let waker = std::task::Waker::noop();
-            task.as_mut().poll(&mut Context::from_waker(waker)).is_ready()
-        };
-        if !ready {
-            rt.spawn(task);
-        }
+        }));
         pending
     }
 }

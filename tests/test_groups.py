@@ -207,3 +207,38 @@ def test_capabilities_that_cannot_be_serialised(backend, coord, group):
     with pytest.raises(coordination.SerializationError):
         coord.join_group(group, {"x": 2 ** 70}).get()
     assert coord.get_members(group).get() == set(), "nothing was written"
+
+
+def test_file_members_beating_during_a_listing_stay_listed(tmp_path):
+    # A member's file is its heartbeat (mtime). A beat landing while a long listing runs must
+    # not make the member look dead (dated after a clock read taken before the listing).
+    import os
+    import threading
+
+    url = "file://" + str(tmp_path)
+    coords = [coordination.get_coordinator(url, new_id("m")) for _ in range(300)]
+    for c in coords:
+        c.start()
+    coords[0].create_group(b"beaten").get()
+    for c in coords:
+        c.join_group(b"beaten").get()
+    group_dir = next((tmp_path / "groups").iterdir())
+    files = [str(p) for p in group_dir.iterdir() if p.suffix == ".raw"]
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            for f in files:
+                os.utime(f)
+
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        for _ in range(30):
+            assert len(coords[0].get_members(b"beaten").get()) == 300
+            assert len(coords[1].get_members_with_capabilities(b"beaten").get()) == 300
+    finally:
+        stop.set()
+        beater.join()
+        for c in coords:
+            c.stop()

@@ -195,7 +195,6 @@ impl FileDriver {
             Err(e) if is_missing(&e) => return Err(Error::GroupNotCreated(group.clone())),
             Err(e) => return Err(io_err("cannot list", &dir, e)),
         };
-        let now = now_secs();
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_err("cannot list", &dir, e))?;
@@ -208,7 +207,9 @@ impl FileDriver {
                 Err(e) if is_missing(&e) => continue,
                 Err(e) => return Err(io_err("cannot stat", &path, e)),
             };
-            let age = now - mtime_secs(&meta);
+            // The clock is read after the stat: a heartbeat that touches the file while a long
+            // listing runs must not date it in the future of a `now` taken at the start.
+            let age = now_secs() - mtime_secs(&meta);
             if !(0.0..=self.timeout).contains(&age) {
                 continue;
             }
