@@ -104,8 +104,7 @@ PLAN = {
 }
 
 # Floors that need a client library only upstream's virtualenv has run under its interpreter.
-FLOOR_PYTHON = {"floor_memcached_add_delete": "upstream", "floor_redis_set_del": "upstream",
-                "floor_zk_create_delete": "upstream", "floor_pg_advisory_lock": "upstream",
+FLOOR_PYTHON = {"floor_zk_create_delete": "upstream", "floor_pg_advisory_lock": "upstream",
                 "floor_mysql_get_lock": "upstream"}
 
 # Servers started for the run (backend -> tests/servers.py Server), stopped at the end.

@@ -335,43 +335,31 @@ def floor_fcntl_lock(url, ops):
     return _timed(op, ops)
 
 
+def _rust_floor(example, url, ops):
+    """Runs ``examples/<example>.rs`` (built on first use) against ``url``; it prints the
+    JSON line ``_timed`` would."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    binary = os.path.join(root, "target", "release", "examples", example)
+    if not os.path.exists(binary):
+        subprocess.run(["cargo", "build", "--quiet", "--release", "--example", example], cwd=root, check=True,
+                       stdout=sys.stderr)
+    out = subprocess.run([binary, url, str(ops)], capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def floor_redis_set_del(url, ops):
-    """SET NX PX + DEL with redis-py (runs under the upstream virtualenv, which has it)."""
-    import urllib.parse
-
-    import redis
-
-    parsed = urllib.parse.urlsplit(url)
-    client = redis.Redis(host=parsed.hostname, port=parsed.port)
-    key = "bench-floor-" + uuid.uuid4().hex
-
-    def op():
-        client.set(key, "token", nx=True, px=30000)
-        client.delete(key)
-
-    _timed(op, min(ops, 200))
-    return _timed(op, ops)
+    """``SET k v NX PX 30000`` + ``DEL k``, the two round trips a redis lock acquire + release
+    cannot do without, and nothing else: plain blocking TCP on one connection, no client
+    library, no Python (``examples/two_round_trips.rs``)."""
+    return _rust_floor("two_round_trips", url, ops)
 
 
 def floor_memcached_add_delete(url, ops):
-    """One ``add`` and one ``delete`` with pymemcache (upstream's client; run under upstream's
-    interpreter): the round trips a memcached lock acquire + release cannot do without."""
-    from urllib.parse import urlsplit
-
-    from pymemcache.client.base import Client
-
-    parts = urlsplit(url)
-    client = Client((parts.hostname or "localhost", parts.port or 11211))
-    key = b"bench-floor-" + uuid.uuid4().hex.encode()
-
-    def op():
-        assert client.add(key, b"me", expire=30, noreply=False)
-        client.delete(key, noreply=False)
-
-    _timed(op, min(ops, 200))  # warm up
-    out = _timed(op, ops)
-    client.close()
-    return out
+    """``add`` + ``delete`` (text protocol), the two round trips a memcached lock acquire +
+    release cannot do without, sent as ``floor_redis_set_del`` sends its pair."""
+    return _rust_floor("two_round_trips", url, ops)
 
 
 def floor_zk_create_delete(url, ops):
@@ -403,15 +391,7 @@ def floor_etcd3_grpc_txns(url, ops):
     delete-if-ours), sent by a bare gRPC client (``etcd-client``, the crate our driver uses,
     in the small Rust program ``examples/etcd3_floor.rs``) on one connection, with one lease
     granted up front: no lease per acquisition, no Python."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    binary = os.path.join(root, "target", "release", "examples", "etcd3_floor")
-    if not os.path.exists(binary):
-        subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "etcd3_floor"], cwd=root, check=True,
-                       stdout=sys.stderr)
-    out = subprocess.run([binary, url, str(ops)], capture_output=True, text=True, check=True, timeout=600)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _rust_floor("etcd3_floor", url, ops)
 
 
 def floor_pg_advisory_lock(url, ops):

@@ -62,9 +62,27 @@ pub fn runtime() -> &'static Runtime {
     }
 }
 
+thread_local! {
+    static CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs a future to completion from a thread that is not a runtime worker.
 pub fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Caller(bool);
+    impl Drop for Caller {
+        fn drop(&mut self) {
+            CALLER.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Caller(CALLER.with(|c| c.replace(true)));
     runtime().block_on(fut)
+}
+
+/// Whether this thread is a caller's, waiting in [`block_on`] for the future it polls: a
+/// client may then wait for a reply in a blocking system call (the kernel wakes this thread
+/// when the bytes arrive, without a hop through a runtime worker); on a worker it must not.
+pub fn on_caller_thread() -> bool {
+    CALLER.with(|c| c.get())
 }
 
 /// A task to run to completion on the runtime.

@@ -82,11 +82,11 @@ def redis(port=None, extra=()):
     return Server("redis", argv, port=port)
 
 
-def memcached(port=None):
+def memcached(port=None, extra=()):
     binary = shutil.which("memcached") or "/usr/bin/memcached"
 
     def argv(port, workdir):
-        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64", "-c", "4096"]
+        return [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "64", "-c", "4096", *extra]
 
     return Server("memcached", argv, port=port)
 

@@ -54,6 +54,18 @@ class Raw:
                            lambda b: b.endswith(b"\r\n"))
         assert reply == b"STORED\r\n", reply
 
+    def delete(self, key):
+        return self._talk(b"delete " + key + b"\r\n", lambda b: b.endswith(b"\r\n")) == b"DELETED\r\n"
+
+    def cas_unique(self, key):
+        """The item's CAS unique (meta get), or None when the key does not exist."""
+        reply = self._talk(b"mg " + key + b" c\r\n", lambda b: b.endswith(b"\r\n"))
+        if reply == b"EN\r\n":
+            return None
+        code, token = reply.split()
+        assert code == b"HD" and token.startswith(b"c"), reply
+        return int(token[1:])
+
 
 @pytest.fixture
 def raw(memcached_server):
@@ -217,6 +229,93 @@ def test_lock_heartbeat_extends_the_ttl(mc_url, make_coordinator):
     assert wait_until(lambda: other.get_lock(name).acquire(blocking=False), 10), "lapses without beats"
     assert lock.is_still_owner() is False
     assert lock.release() is False, "someone else's now"
+
+
+def test_a_holding_is_its_cas_unique(raw, make_coordinator):
+    """On memcached 1.6.10+ the lock key's CAS unique is the fencing token and what release,
+    extension and ownership checks compare against: it follows the key through extensions."""
+    c = make_coordinator()
+    name = new_id("l")
+    key = b"__TOOZ_LOCK_" + name
+    lock = c.get_lock(name)
+    assert lock.acquire()
+    assert lock.fencing_token == raw.cas_unique(key)
+    token = lock.fencing_token
+    for _ in range(3):
+        assert lock.heartbeat() is True
+        assert raw.get(key) == (1, c._member_id), "the same bytes as before"
+        assert raw.cas_unique(key) > token
+    assert lock.fencing_token == token, "the token is the acquisition's"
+    assert lock.is_still_owner() is True
+    assert lock.release() is True
+    assert raw.get(key) is None
+    assert lock.acquire()
+    assert lock.fencing_token > raw.cas_unique(key) - 1 >= token
+    assert lock.release() is True
+
+
+def test_release_never_deletes_a_later_holding_of_the_same_member(raw, make_coordinator):
+    """Two coordinators with one member id (a restarted process) store the same bytes: only
+    the CAS unique tells the holdings apart, and a stale one is neither released nor
+    extended."""
+    member = new_id("m")
+    first, second = make_coordinator(member_id=member), make_coordinator(member_id=member)
+    name = new_id("l")
+    key = b"__TOOZ_LOCK_" + name
+    stale = first.get_lock(name)
+    lost = []
+    stale.on_lost(lambda lk: lost.append(lk))
+    assert stale.acquire()
+    assert raw.delete(key), "the key lapses (or is evicted)"
+    taken = second.get_lock(name)
+    assert taken.acquire(blocking=False)
+    assert raw.get(key) == (1, member)
+    assert stale.heartbeat() is False
+    assert wait_until(lambda: lost == [stale], 5), "told on a thread of ours"
+    assert stale.release() is False
+    assert raw.cas_unique(key) is not None, "the later holding is still there"
+    assert taken.is_still_owner() is True
+    assert taken.release() is True
+
+
+@pytest.fixture
+def cas_off_url():
+    """A memcached with CAS uniques switched off (``-C``): every one is 0."""
+    server = servers.memcached(extra=("-C",)).start()
+    yield "memcached://127.0.0.1:%d" % server.port
+    server.close()
+
+
+def test_without_cas_uniques_locks_take_the_classic_way(cas_off_url, make_coordinator):
+    """``-C``: the CAS unique an add returns proves nothing, so locks fall back to the fencing
+    counter and to read-compare-delete, and still do everything."""
+    a, b = make_coordinator(url=cas_off_url), make_coordinator(url=cas_off_url)
+    name = new_id("l")
+    raw = Raw(int(cas_off_url.rsplit(":", 1)[1]))
+    key = b"__TOOZ_LOCK_" + name
+    tokens = []
+    for holder in (a, b, a, b):
+        lock = holder.get_lock(name)
+        assert lock.acquire(blocking=5)
+        assert raw.get(key) == (1, holder._member_id)
+        assert (a if holder is b else b).get_lock(name).acquire(blocking=False) is False
+        tokens.append(lock.fencing_token)
+        assert lock.heartbeat() is True
+        assert lock.is_still_owner() is True
+        assert lock.release() is True
+        assert raw.get(key) is None
+    assert tokens == sorted(tokens) and len(set(tokens)) == 4 and tokens[0] >= 1, tokens
+    assert raw.get(key + b":fence") == (0, str(tokens[-1]).encode())
+    lock = a.get_lock(name)
+    lost = []
+    lock.on_lost(lambda lk: lost.append(lk))
+    assert lock.acquire()
+    assert raw.delete(key)
+    assert b.get_lock(name).acquire(blocking=False)
+    assert lock.heartbeat() is False
+    assert wait_until(lambda: lost == [lock], 5)
+    assert lock.release() is False
+    assert raw.get(key) == (1, b._member_id), "the other holder's key stays"
 
 
 def test_dead_member_is_pruned_by_the_next_lister(mc_url, make_coordinator, raw):

@@ -1,7 +1,8 @@
 //! A small asynchronous memcached client (text protocol) for the memcached driver.
 //!
 //! Only what the driver needs: `get`/`gets` (several keys per request), `set`, `add`, `cas`,
-//! `delete`, `touch`, with flags and expiry. Requests go out on a pooled connection (plain TCP
+//! `delete`, `touch`, with flags and expiry; and, on servers that have them (1.6.10 and
+//! later), the meta commands of `memcache_meta.rs`, several of which can go out in one write. Requests go out on a pooled connection (plain TCP
 //! or TLS), one request at a time per connection; a connection that fails, times out or
 //! hears something unexpected is dropped, never reused, so the pool heals by itself once the
 //! server is back. An idle connection the server has closed (a restart) is noticed before it
@@ -26,6 +27,8 @@ use crate::runtime;
 #[path = "memcache_later.rs"]
 mod later;
 pub use later::Check;
+#[path = "memcache_meta.rs"]
+pub mod meta;
 
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
@@ -59,6 +62,10 @@ pub enum Reply {
     Touched,
     /// The new value of an `incr`.
     Number(u64),
+    /// The status line of a meta command (`meta::parse_status`).
+    Meta(meta::Status),
+    /// The server's version string, for `version`.
+    Version(String),
 }
 
 /// The server refused the request (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`), or sent
@@ -142,14 +149,31 @@ pub fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(Reply, usize)>, Re
             _ if !line.is_empty() && line.len() <= 20 && line.iter().all(u8::is_ascii_digit) => {
                 Reply::Number(parse_num(Some(line), line)?)
             }
+            _ if line.starts_with(b"VERSION ") => Reply::Version(String::from_utf8_lossy(&line[8..]).into_owned()),
             b"ERROR" => return Err(ReplyError::Server("memcached: ERROR (unknown command)".into())),
             _ if line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR") => {
                 return Err(ReplyError::Server(format!("memcached: {}", String::from_utf8_lossy(line))));
             }
-            _ => return Err(garbage("unexpected reply", line)),
+            _ => match meta::parse_status(line) {
+                Some(status) => Reply::Meta(status),
+                None => return Err(garbage("unexpected reply", line)),
+            },
         };
         return Ok(Some((reply, next)));
     }
+}
+
+/// Whether `buf` holds `n` whole replies (or something that is not one: the reader reports it).
+fn replies_in(buf: &[u8], n: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..n {
+        match parse_reply(&buf[at..]) {
+            Ok(Some((_, used))) => at += used,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// A key memcached (and pymemcache, which upstream uses) accepts: 1 to 250 bytes, no
@@ -234,10 +258,16 @@ pub struct Config {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// How long a request on a plain connection watches the socket for its reply before going
-/// to sleep on the runtime. A local or same-rack server answers within this; waking a parked
-/// thread through the runtime's I/O driver costs more than the wait itself.
+/// How long a request on a plain connection, sent from a runtime worker, watches the socket
+/// for its reply before going to sleep on the runtime. A local or same-rack server answers
+/// within this; waking a parked thread through the runtime's I/O driver costs more than the
+/// wait itself. (A caller's thread blocks in `poll(2)` instead: `Conn::block_for_replies`.)
 const SPIN: Duration = Duration::from_micros(50);
+
+/// Room made in a connection's buffer before each read. Reads go straight into the buffer's
+/// spare capacity: no bounce buffer on the stack, where it would also sit in every request's
+/// future (zeroed, and copied whenever the future moves).
+const READ_SIZE: usize = 16 << 10;
 
 struct Conn {
     /// Requests go out in one write and replies are read into `buf`: no buffering layers.
@@ -269,19 +299,21 @@ impl Conn {
         Ok(Conn { io, buf: Vec::new(), fd, spin_misses: 0 })
     }
 
-    /// Reads what arrives on the socket for up to [`SPIN`], until a whole reply is in.
-    /// Bytes go to `self.buf` as the async path would put them; anything unusual (EOF, an
-    /// error) is left for the async path to find and report.
-    fn spin_for_reply(&mut self, fd: std::os::fd::RawFd) {
-        let began = std::time::Instant::now();
-        let mut chunk = [0u8; 16 << 10];
+    /// Reads what arrives on the socket until `wanted` whole replies are in, calling `idle`
+    /// whenever nothing is there: it waits a little and says whether to look again. Bytes go
+    /// to `self.buf` as the async path would put them; anything unusual (EOF, an error) is
+    /// left for the async path to find and report.
+    fn read_replies_now(&mut self, fd: std::os::fd::RawFd, wanted: usize, mut idle: impl FnMut() -> bool) {
         loop {
-            // SAFETY: `fd` is the socket owned by `self.io`, alive for this call; the buffer
-            // is a live local array of the given length.
-            let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
+            self.buf.reserve(READ_SIZE);
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: `fd` is the socket owned by `self.io`, alive for this call; `spare` is
+            // the vector's unused capacity, `spare.len()` bytes that recv may write.
+            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
             if n > 0 {
-                self.buf.extend_from_slice(&chunk[..n as usize]);
-                if !matches!(parse_reply(&self.buf), Ok(None)) {
+                // SAFETY: recv wrote the first `n` bytes of the spare capacity (n <= its length).
+                unsafe { self.buf.set_len(self.buf.len() + n as usize) };
+                if replies_in(&self.buf, wanted) {
                     return;
                 }
                 continue;
@@ -290,11 +322,37 @@ impl Conn {
                 let e = std::io::Error::last_os_error().raw_os_error();
                 e == Some(libc::EAGAIN) || e == Some(libc::EWOULDBLOCK) || e == Some(libc::EINTR)
             };
-            if !would_block || began.elapsed() >= SPIN {
+            if !would_block || !idle() {
                 return;
             }
-            std::hint::spin_loop();
         }
+    }
+
+    /// On a runtime worker: watches the socket for up to [`SPIN`].
+    fn spin_for_replies(&mut self, fd: std::os::fd::RawFd, wanted: usize) {
+        let began = std::time::Instant::now();
+        self.read_replies_now(fd, wanted, || {
+            std::hint::spin_loop();
+            began.elapsed() < SPIN
+        });
+    }
+
+    /// On a caller's thread (`runtime::on_caller_thread`): sleeps in `poll(2)` while no reply
+    /// is there, until `deadline` (the async path then reports that it passed).
+    fn block_for_replies(&mut self, fd: std::os::fd::RawFd, wanted: usize, deadline: Option<std::time::Instant>) {
+        self.read_replies_now(fd, wanted, || {
+            let wait_ms = match deadline {
+                None => -1,
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    None => return false,
+                    Some(left) => left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
+                },
+            };
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            ready > 0 || (ready < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR))
+        });
     }
 
     /// Whether the server has closed this idle connection (or sent something unasked).
@@ -307,27 +365,32 @@ impl Conn {
         self.io.flush().await.map_err(|e| conn_err("memcached write failed", e))
     }
 
-    async fn roundtrip(&mut self, request: &[u8]) -> Result<Reply> {
+    /// Sends `request` (`n` requests in one write) and reads their `n` replies, in order.
+    async fn roundtrip(&mut self, request: &[u8], n: usize, deadline: Option<std::time::Instant>) -> Result<Vec<Reply>> {
         self.send(request).await?;
         self.buf.clear();
-        if let Some(fd) = self.fd {
+        if let Some(fd) = self.fd.filter(|_| runtime::on_caller_thread()) {
+            self.block_for_replies(fd, n, deadline);
+        } else if let Some(fd) = self.fd {
             self.spin_misses = self.spin_misses.saturating_add(1);
             if self.spin_misses <= 16 || self.spin_misses % 32 == 0 {
-                self.spin_for_reply(fd);
-                if !matches!(parse_reply(&self.buf), Ok(None)) {
+                self.spin_for_replies(fd, n);
+                if replies_in(&self.buf, n) {
                     self.spin_misses = 0;
                 }
             }
         }
-        loop {
-            if let Some(reply) = self.take_reply()? {
-                if !self.buf.is_empty() {
-                    return Err(Error::Tooz("memcached sent more than one reply".into()));
-                }
-                return Ok(reply);
+        let mut replies = Vec::with_capacity(n);
+        while replies.len() < n {
+            match self.take_reply()? {
+                Some(reply) => replies.push(reply),
+                None => self.read_more().await?,
             }
-            self.read_more().await?;
         }
+        if !self.buf.is_empty() {
+            return Err(Error::Tooz("memcached sent more replies than requests".into()));
+        }
+        Ok(replies)
     }
 
     /// The first whole reply in `buf`, taken out of it (`None`: more bytes are needed).
@@ -345,12 +408,11 @@ impl Conn {
 
     /// Waits for more bytes and appends them to `buf`.
     async fn read_more(&mut self) -> Result<()> {
-        let mut chunk = [0u8; 16 << 10];
-        let n = self.io.read(&mut chunk).await.map_err(|e| conn_err("memcached read failed", e))?;
+        self.buf.reserve(READ_SIZE);
+        let n = self.io.read_buf(&mut self.buf).await.map_err(|e| conn_err("memcached read failed", e))?;
         if n == 0 {
             return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 
@@ -358,17 +420,20 @@ impl Conn {
     /// failure is an error.
     fn read_ready(&mut self) -> Result<()> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut chunk = [0u8; 16 << 10];
         loop {
-            let mut got = tokio::io::ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.io).poll_read(&mut cx, &mut got) {
+            self.buf.reserve(READ_SIZE);
+            let len = self.buf.len();
+            let mut got = tokio::io::ReadBuf::uninit(self.buf.spare_capacity_mut());
+            let n = match Pin::new(&mut self.io).poll_read(&mut cx, &mut got) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Err(e)) => return Err(conn_err("memcached read failed", e)),
-                Poll::Ready(Ok(())) if got.filled().is_empty() => {
-                    return Err(Error::Connection("memcached closed the connection unexpectedly".into()))
-                }
-                Poll::Ready(Ok(())) => self.buf.extend_from_slice(got.filled()),
+                Poll::Ready(Ok(())) => got.filled().len(),
+            };
+            if n == 0 {
+                return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
             }
+            // SAFETY: poll_read initialised and filled the first `n` bytes of the spare capacity.
+            unsafe { self.buf.set_len(len + n) };
         }
     }
 }
@@ -389,6 +454,8 @@ pub struct Client {
     health: crate::log::Health,
     /// The connection of requests whose replies are checked later (`memcache_later.rs`).
     later: later::Later,
+    /// Whether the server takes meta commands (`memcache_meta.rs`), once asked.
+    meta: meta::Support,
 }
 
 impl Client {
@@ -401,6 +468,7 @@ impl Client {
             slots,
             lost: std::sync::atomic::AtomicU64::new(0),
             later: later::Later::new(),
+            meta: meta::Support::default(),
         }
     }
 
@@ -439,6 +507,7 @@ impl Client {
     /// Drops every idle connection (busy ones are dropped when their request ends).
     pub fn close(&self) {
         self.later.close();
+        self.meta.forget();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.generation == runtime::generation() {
             idle.conns.clear();
@@ -466,6 +535,14 @@ impl Client {
 
     /// Sends one request and reads its reply.
     pub async fn request(&self, what: &str, request: &[u8]) -> Result<Reply> {
+        let mut replies = self.pipeline(what, request, 1).await?;
+        replies.pop().ok_or_else(|| Error::Tooz(format!("memcached sent no reply to {what}")))
+    }
+
+    /// Sends `n` requests in one write (`request` holds them back to back) and reads their
+    /// replies, in request order: one round trip.
+    pub async fn pipeline(&self, what: &str, request: &[u8], n: usize) -> Result<Vec<Reply>> {
+        let deadline = self.cfg.timeout.map(|t| std::time::Instant::now() + t);
         let out = self.with_timeout(what, async {
             let _slot = match &self.slots {
                 Some(s) => Some(s.clone().acquire_owned().await.map_err(|e| Error::Tooz(e.to_string()))?),
@@ -479,12 +556,13 @@ impl Client {
                         }
                         self.note_lost();
                     }
-                    None => break Conn::open(&self.cfg).await?,
+                    // Boxed: the connect (and TLS handshake) state stays out of every request's future.
+                    None => break Box::pin(Conn::open(&self.cfg)).await?,
                 }
             };
-            let reply = conn.roundtrip(request).await?;
+            let replies = conn.roundtrip(request, n, deadline).await?;
             self.put_idle(conn);
-            Ok(reply)
+            Ok(replies)
         })
         .await;
         self.record(&out);

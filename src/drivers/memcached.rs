@@ -16,7 +16,6 @@
 //! rounded up and given one more second: a key refreshed every half TTL never lapses.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,14 +24,15 @@ use async_trait::async_trait;
 use crate::clients::memcache::{self, Client, Config, Item, Reply, Store};
 use super::options::Options;
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
-use super::handoff::Courtesy;
-use super::ttl_lock::{self, Attempt};
 use super::Url;
-use crate::fate::{Fate, OnLost};
 use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
+
+#[path = "memcached_lock.rs"]
+mod lock;
+use lock::{LockState, MemcachedLock};
 
 const GROUP_PREFIX: &[u8] = b"_TOOZ_GROUP_";
 const GROUP_LEADER_PREFIX: &[u8] = b"_TOOZ_GROUP_LEADER_";
@@ -255,17 +255,7 @@ impl MemcachedDriver {
     }
 
     fn new_lock(&self, key: Vec<u8>, timeout: f64) -> Arc<LockState> {
-        let what = format!("{} of member {}", String::from_utf8_lossy(&key), self.shared.member);
-        Arc::new(LockState {
-            fence_key: [key.as_slice(), b":fence"].concat(),
-            waiting_key: [key.as_slice(), b":waiting"].concat(),
-            courtesy: Courtesy::default(),
-            fate: Arc::new(Fate::new("tooz.drivers.memcached", what)),
-            key,
-            ttl: ttl(timeout),
-            shared: self.shared.clone(),
-            acquired: AtomicBool::new(false),
-        })
+        Arc::new(LockState::new(self.shared.clone(), key, timeout))
     }
 
     /// `gets` of a group's record: `None` when the group does not exist.
@@ -604,231 +594,6 @@ impl Driver for MemcachedDriver {
         let key = prefixed(LOCK_PREFIX, name);
         memcache::check_key(&key)?;
         Ok(Arc::new(MemcachedLock(self.new_lock(key, self.lock_timeout))))
-    }
-}
-
-/// A lock key and whether this lock object holds it.
-struct LockState {
-    key: Vec<u8>,
-    ttl: u32,
-    shared: Arc<Shared>,
-    acquired: AtomicBool,
-    /// The counter of fencing tokens (`<lock key>:fence`, no expiry; upstream never touches
-    /// it). memcached may evict it under memory pressure, and tokens then start over:
-    /// weaker than the other backends' (documented).
-    fence_key: Vec<u8>,
-    /// Set by waiters, for [`WAITING_SECONDS`] after their last try (ours only): tells a
-    /// releaser that others wait, so it steps aside (`handoff.rs`).
-    waiting_key: Vec<u8>,
-    courtesy: Courtesy,
-    fate: Arc<Fate>,
-}
-
-/// How long a waiter's mark lasts (memcached counts whole seconds, and a key with TTL 1 can
-/// lapse at once), and how often a waiter renews it.
-const WAITING_SECONDS: f64 = 2.0;
-const WAITING_RENEW: Duration = Duration::from_millis(500);
-
-impl LockState {
-    fn client(&self) -> &Client {
-        &self.shared.client
-    }
-
-    fn is_acquired(&self) -> bool {
-        self.acquired.load(Ordering::SeqCst)
-    }
-
-    fn forget(self: &Arc<Self>) {
-        let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        self.acquired.store(false, Ordering::SeqCst);
-        held.retain(|l| !Arc::ptr_eq(l, self));
-    }
-
-    /// The holding turned out lost: forgotten, and its holder told.
-    fn lost(self: &Arc<Self>, why: &str) {
-        if self.is_acquired() {
-            self.forget();
-            self.fate.lost(why);
-        }
-    }
-
-    /// The next fencing token: `incr` of the counter, created at 1 if missing.
-    async fn next_token(&self) -> Result<u64> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            if let Some(n) = self.client().incr(&self.fence_key, 1).await? {
-                return Ok(n);
-            }
-            if self.client().store(Store::Add, &self.fence_key, 0, 0, b"1").await? {
-                return Ok(1);
-            }
-        }
-        Err(Error::Tooz(format!("the fencing counter {} kept changing; gave up", String::from_utf8_lossy(&self.fence_key))))
-    }
-
-    async fn acquire(self: &Arc<Self>, wait: Wait) -> Result<bool> {
-        let (flags, owner) = encode(&id_value(&self.shared.member));
-        // After a failed add, a poll looks first (the lock key and the fencing counter in one
-        // multi-get) and adds only when the lock is free: one round trip while it stays held.
-        let tried = AtomicBool::new(false);
-        let marked: Mutex<Option<std::time::Instant>> = Mutex::new(None);
-        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || async {
-            let mut marker = None;
-            if tried.swap(true, Ordering::Relaxed) {
-                let (held, fence) = self.peek().await?;
-                marker = fence;
-                if held {
-                    self.show_waiting(&marked).await?;
-                    return Ok(Attempt::Busy(marker));
-                }
-            }
-            if self.client().store(Store::Add, &self.key, flags, self.ttl, &owner).await? {
-                return Ok(Attempt::Got);
-            }
-            if wait == Wait::No {
-                return Ok(Attempt::Busy(None));
-            }
-            self.show_waiting(&marked).await?;
-            Ok(Attempt::Busy(marker))
-        })
-        .await?;
-        if got {
-            {
-                let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-                if !self.acquired.swap(true, Ordering::SeqCst) {
-                    held.push(self.clone());
-                }
-            }
-            let token = self.next_token().await;
-            self.fate.acquired(token.as_ref().ok().copied());
-            if let Err(e) = token {
-                let _ = self.release().await;
-                return Err(e);
-            }
-        }
-        Ok(got)
-    }
-
-    /// Marks the lock as waited for, unless this waiter did so less than [`WAITING_RENEW`]
-    /// ago (`marked`: when it last did).
-    async fn show_waiting(&self, marked: &Mutex<Option<std::time::Instant>>) -> Result<()> {
-        let due = marked.lock().unwrap_or_else(|p| p.into_inner()).map_or(true, |at| at.elapsed() >= WAITING_RENEW);
-        if due && memcache::check_key(&self.waiting_key).is_ok() {
-            self.client().store(Store::Set, &self.waiting_key, 0, memcache::expiry(WAITING_SECONDS), b"1").await?;
-            *marked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-        }
-        Ok(())
-    }
-
-    /// Whether the lock key exists, and the fencing counter (which tells whether the lock
-    /// changed hands since the last look, see `handoff::Pace`).
-    async fn peek(&self) -> Result<(bool, Option<u64>)> {
-        let items = self.client().get_many(&[&self.key, &self.fence_key], false).await?;
-        let held = items.iter().any(|i| i.key == self.key);
-        let fence = items.iter().find(|i| i.key == self.fence_key);
-        Ok((held, fence.and_then(|item| std::str::from_utf8(&item.data).ok()?.trim().parse().ok())))
-    }
-
-    /// The member id stored under the key (`None`: free, or not a member id).
-    async fn owner(&self) -> Result<Option<Id>> {
-        match self.client().get(&self.key).await? {
-            None => Ok(None),
-            Some(item) => Ok(decode(&item).ok().as_ref().and_then(value_id)),
-        }
-    }
-
-    async fn release(self: &Arc<Self>) -> Result<bool> {
-        if !self.is_acquired() {
-            return Ok(false);
-        }
-        // Not atomic (memcached has no compare-and-delete): read, compare, delete. The read
-        // also tells whether others wait.
-        let keys: &[&[u8]] = if memcache::check_key(&self.waiting_key).is_ok() { &[&self.key, &self.waiting_key] } else { &[&self.key] };
-        let items = self.client().get_many(keys, false).await?;
-        let owner = items.iter().find(|i| i.key == self.key).and_then(|i| decode(i).ok()).as_ref().and_then(value_id);
-        let others_waiting = items.iter().any(|i| i.key == self.waiting_key);
-        if owner.as_ref() != Some(&self.shared.member) {
-            self.lost("its key expired, was evicted or was taken by another holder");
-            return Ok(false);
-        }
-        self.fate.released();
-        let deleted = self.client().delete(&self.key).await;
-        self.forget();
-        let deleted = deleted?;
-        ttl_lock::wake(&self.shared.scope, &self.key);
-        self.courtesy.released(others_waiting);
-        Ok(deleted)
-    }
-
-    /// Extends a held lock; finds it lost if its key is gone or names another owner (a
-    /// `touch` alone would extend another holder's key).
-    async fn touch(self: &Arc<Self>) -> Result<bool> {
-        if !self.is_acquired() {
-            return Ok(false);
-        }
-        if self.owner().await?.as_ref() != Some(&self.shared.member) || !self.client().touch(&self.key, self.ttl).await? {
-            self.lost("its key expired, was evicted or was taken by another holder before it was extended");
-            return Ok(false);
-        }
-        Ok(true)
-    }
-}
-
-pub struct MemcachedLock(Arc<LockState>);
-
-#[async_trait]
-impl DriverLock for MemcachedLock {
-    fn name(&self) -> Id {
-        Id::Bytes(self.0.key.clone())
-    }
-
-    fn acquired(&self) -> bool {
-        self.0.is_acquired()
-    }
-
-    async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
-        if shared {
-            return unsupported("shared locks");
-        }
-        self.0.acquire(wait).await
-    }
-
-    async fn release(&self) -> Result<bool> {
-        self.0.release().await
-    }
-
-    async fn break_(&self) -> Result<bool> {
-        let deleted = self.0.client().delete(&self.0.key).await?;
-        if deleted {
-            ttl_lock::wake(&self.0.shared.scope, &self.0.key);
-        }
-        Ok(deleted)
-    }
-
-    async fn is_still_owner(&self) -> Result<bool> {
-        if !self.0.is_acquired() {
-            return Ok(false);
-        }
-        let owned = self.0.owner().await?.as_ref() == Some(&self.0.shared.member);
-        if !owned {
-            self.0.lost("its key expired, was evicted or was taken by another holder");
-        }
-        Ok(owned)
-    }
-
-    fn fencing_token(&self) -> Option<u64> {
-        self.0.fate.token()
-    }
-
-    fn on_lost(&self, callback: OnLost) {
-        self.0.fate.on_lost(callback);
-    }
-
-    async fn heartbeat(&self) -> Result<bool> {
-        self.0.touch().await
-    }
-
-    async fn get_owner(&self) -> Result<Option<Id>> {
-        self.0.owner().await
     }
 }
 
