@@ -11,6 +11,7 @@ pub mod mysql;
 pub mod options;
 pub mod pgsql;
 pub mod redis;
+mod redis_link;
 pub mod session_lock;
 pub mod sysv;
 pub mod ttl_lock;

@@ -11,9 +11,8 @@
 //!   others wait (see `handoff.rs`);
 //! * leader of `g` = the lock `leader_of_<g>`.
 //!
-//! Connections: one multiplexed connection, replaced after any connection error (and, with
-//! Sentinel, re-resolved to the current master); a failed call is retried once on a fresh
-//! connection, so a restarted server is used again without restarting the process.
+//! Connections: see `redis_link.rs` (a failed call is retried once on a fresh connection, so
+//! a restarted server is used again without restarting the process).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::options::Options;
+use super::redis_link::{redis_err, Link, Target};
 use super::handoff::Courtesy;
 use super::ttl_lock::{self, Attempt};
 use super::Url;
@@ -154,125 +153,6 @@ impl Scripts {
     }
 }
 
-/// How to find the server: one address, or the current master named by Sentinel.
-enum Target {
-    Direct(Client),
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
-}
-
-fn redis_err(context: &str, e: redis::RedisError) -> Error {
-    let lost = e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-        || e.code() == Some("READONLY")
-        || e.code() == Some("MASTERDOWN")
-        || e.code() == Some("LOADING");
-    if lost {
-        Error::Connection(format!("{context}: {e}"))
-    } else {
-        Error::Tooz(format!("{context}: {e}"))
-    }
-}
-
-/// The connection shared by a coordinator and its locks.
-struct Link {
-    target: Target,
-    config: AsyncConnectionConfig,
-    call_timeout: Duration,
-    current: Mutex<Option<MultiplexedConnection>>,
-    /// Connections made so far: a new one after the first means the old one was lost (and
-    /// with it, maybe, the server's memory).
-    connections: AtomicU64,
-    health: crate::log::Health,
-    /// The master Sentinel named last (a change is a failover, logged).
-    master: Mutex<Option<String>>,
-}
-
-impl Link {
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let client = match &self.target {
-            Target::Direct(c) => c.clone(),
-            Target::Sentinel(s) => s
-                .lock()
-                .await
-                .async_get_client()
-                .await
-                .map_err(|e| redis_err("cannot find the master through Sentinel", e))?,
-        };
-        if let Target::Sentinel(_) = &self.target {
-            let now = client.get_connection_info().addr().to_string();
-            let before = self.master.lock().unwrap_or_else(|p| p.into_inner()).replace(now.clone());
-            if before.as_ref().is_some_and(|b| b != &now) {
-                crate::log::emit(
-                    crate::log::Level::Warning,
-                    "tooz.drivers.redis",
-                    format!("Sentinel failover: the master is now {now} (was {})", before.unwrap_or_default()),
-                );
-            }
-        }
-        let conn = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
-            .await
-            .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
-            .map_err(|e| redis_err("cannot connect to Redis", e))?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        self.connections.fetch_add(1, Ordering::SeqCst);
-        Ok(conn)
-    }
-
-    async fn conn(&self) -> Result<MultiplexedConnection> {
-        let existing = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match existing {
-            Some(c) => Ok(c),
-            None => self.connect().await,
-        }
-    }
-
-    fn forget(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Runs `op` on the connection; after a connection error, once more on a fresh one.
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
-    where
-        F: Fn(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let mut last = None;
-        for _attempt in 0..2 {
-            let conn = match self.conn().await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = Some(e);
-                    continue;
-                }
-            };
-            match tokio::time::timeout(self.call_timeout, op(conn)).await {
-                Ok(Ok(v)) => {
-                    self.health.up();
-                    return Ok(v);
-                }
-                Ok(Err(e)) => {
-                    let err = redis_err(what, e);
-                    if !matches!(err, Error::Connection(_)) {
-                        return Err(err);
-                    }
-                    self.forget();
-                    last = Some(err);
-                }
-                Err(_) => {
-                    self.forget();
-                    last = Some(Error::Connection(format!("{what}: timed out after {:?}", self.call_timeout)));
-                }
-            }
-        }
-        let err = last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable")));
-        self.health.lost(&err);
-        Err(err)
-    }
-}
-
 /// A lock held through a coordinator: its key, the token stored under it, and its fate.
 #[derive(Clone)]
 struct Held {
@@ -342,23 +222,24 @@ impl Shared {
 
     /// Runs one of the scripts with `keys` and `args`.
     async fn eval<T: redis::FromRedisValue>(&self, what: &str, script: &Script, keys: &[&[u8]], args: &[&[u8]]) -> Result<T> {
+        let prepare = || {
+            let mut call = script.prepare_invoke();
+            for k in keys {
+                call.key(*k);
+            }
+            for a in args {
+                call.arg(*a);
+            }
+            call
+        };
         self.link
-            .run(what, |mut c| async move {
-                let mut call = script.prepare_invoke();
-                for k in keys {
-                    call.key(*k);
-                }
-                for a in args {
-                    call.arg(*a);
-                }
-                call.invoke_async(&mut c).await
-            })
+            .call(what, |c| prepare().invoke(c), |mut c| async move { prepare().invoke_async(&mut c).await })
             .await
     }
 
     /// Runs one command.
     async fn query<T: redis::FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
-        self.link.run(what, |mut c| async move { cmd.query_async(&mut c).await }).await
+        self.link.call(what, |c| cmd.query(c), |mut c| async move { cmd.query_async(&mut c).await }).await
     }
 
     fn px(seconds: f64) -> u64 {
@@ -517,7 +398,8 @@ impl RedisDriver {
             let info = addr
                 .into_connection_info()
                 .map_err(|e| redis_err("bad Redis address", e))?
-                .set_redis_settings(settings);
+                .set_redis_settings(settings)
+                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
             let client = match certificates {
                 Some(certs) => Client::build_with_tls(info, certs),
                 None => Client::open(info),
@@ -526,23 +408,17 @@ impl RedisDriver {
             Target::Direct(client)
         };
 
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs_f64(connect_timeout.max(0.001))))
-            .set_response_timeout(Some(Duration::from_secs_f64(socket_timeout.max(0.001))));
         let namespace_id = match options.str("namespace") {
             Some(ns) => Id::Text(ns.to_owned()),
             None => Id::Text("_tooz".into()),
         };
         let mut shared = Shared {
-            link: Link {
+            link: Link::new(
                 target,
-                config,
-                call_timeout: Duration::from_secs_f64(socket_timeout.max(0.001)),
-                current: Mutex::new(None),
-                connections: AtomicU64::new(0),
-                health: crate::log::Health::new("tooz.drivers.redis", described),
-                master: Mutex::new(None),
-            },
+                Duration::from_secs_f64(socket_timeout.max(0.001)),
+                Duration::from_secs_f64(connect_timeout.max(0.001)),
+                crate::log::Health::new("tooz.drivers.redis", described),
+            ),
             scripts: Scripts::new(),
             namespace: Vec::new(),
             encoding,
@@ -651,7 +527,7 @@ impl Driver for RedisDriver {
     }
 
     fn epoch(&self) -> u64 {
-        self.shared.link.connections.load(Ordering::SeqCst)
+        self.shared.link.epoch()
     }
 
     fn requires_beating(&self) -> bool {
@@ -763,13 +639,12 @@ impl Driver for RedisDriver {
             return Err(Error::MemberNotJoined { group: group.clone(), member: member.clone() });
         }
         let gkey = self.shared.group_key(&self.shared.encode(group)?);
+        let pipe = redis::pipe().atomic().exists(&gkey).hget(&gkey, &m).clone();
+        let pipe = &pipe;
         let (exists, caps): (bool, Option<Vec<u8>>) = self
             .shared
             .link
-            .run("get member capabilities", |mut c| {
-                let (gkey, m) = (gkey.clone(), m.clone());
-                async move { redis::pipe().atomic().exists(&gkey).hget(&gkey, m).query_async(&mut c).await }
-            })
+            .call("get member capabilities", |c| pipe.query(c), |mut c| async move { pipe.query_async(&mut c).await })
             .await?;
         if !exists {
             return Err(Error::GroupNotCreated(group.clone()));

@@ -1,0 +1,258 @@
+//! The connections of a `redis://` coordinator and its locks: how requests reach the server.
+//!
+//! * One multiplexed connection (redis-rs) for calls polled by the runtime (the asyncio API,
+//!   calls sent without waiting). After a connection error it is replaced (with Sentinel,
+//!   re-resolved to the current master) and the call is retried once.
+//! * Blocking connections for calls a Python thread waits on ([`runtime::on_caller_thread`]):
+//!   the caller writes the request and reads the reply itself in `read(2)`, so the kernel
+//!   wakes that thread when the reply arrives, where the multiplexed connection hands the
+//!   request to its driver task on a runtime thread and the reply back through a channel
+//!   (two thread switches a call). A pool keeps one per concurrently calling thread; a
+//!   connection is only ever used by one call at a time. Not used with Sentinel (the master
+//!   is found through the async client).
+//!
+//! [`Link::epoch`] moves whenever a connection of either kind is lost: the server's memory
+//! may have gone with it, and the coordinator re-joins its groups.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client};
+
+use crate::error::{Error, Result};
+use crate::runtime;
+
+/// How many idle blocking connections a coordinator keeps.
+const IDLE_BLOCKING: usize = 8;
+
+/// How to find the server: one address, or the current master named by Sentinel.
+pub(super) enum Target {
+    Direct(Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+pub(super) fn redis_err(context: &str, e: redis::RedisError) -> Error {
+    let lost = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.code() == Some("READONLY")
+        || e.code() == Some("MASTERDOWN")
+        || e.code() == Some("LOADING");
+    if lost {
+        Error::Connection(format!("{context}: {e}"))
+    } else {
+        Error::Tooz(format!("{context}: {e}"))
+    }
+}
+
+/// The connections shared by a coordinator and its locks.
+pub(super) struct Link {
+    target: Target,
+    config: AsyncConnectionConfig,
+    call_timeout: Duration,
+    connect_timeout: Duration,
+    current: Mutex<Option<MultiplexedConnection>>,
+    /// Idle blocking connections, and the process image (`runtime::generation`) that made them.
+    idle: Mutex<(u64, Vec<redis::Connection>)>,
+    /// Connections lost so far.
+    losses: AtomicU64,
+    health: crate::log::Health,
+    /// The master Sentinel named last (a change is a failover, logged).
+    master: Mutex<Option<String>>,
+}
+
+impl Link {
+    pub(super) fn new(target: Target, call_timeout: Duration, connect_timeout: Duration, health: crate::log::Health) -> Link {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(call_timeout));
+        Link {
+            target,
+            config,
+            call_timeout,
+            connect_timeout,
+            current: Mutex::new(None),
+            idle: Mutex::new((runtime::generation(), Vec::new())),
+            losses: AtomicU64::new(0),
+            health,
+            master: Mutex::new(None),
+        }
+    }
+
+    /// Moves each time a connection is lost.
+    pub(super) fn epoch(&self) -> u64 {
+        self.losses.load(Ordering::SeqCst)
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection> {
+        let client = match &self.target {
+            Target::Direct(c) => c.clone(),
+            Target::Sentinel(s) => s
+                .lock()
+                .await
+                .async_get_client()
+                .await
+                .map_err(|e| redis_err("cannot find the master through Sentinel", e))?,
+        };
+        if let Target::Sentinel(_) = &self.target {
+            let now = client.get_connection_info().addr().to_string();
+            let before = self.master.lock().unwrap_or_else(|p| p.into_inner()).replace(now.clone());
+            if before.as_ref().is_some_and(|b| b != &now) {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    "tooz.drivers.redis",
+                    format!("Sentinel failover: the master is now {now} (was {})", before.unwrap_or_default()),
+                );
+            }
+        }
+        let conn = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
+            .await
+            .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
+            .map_err(|e| redis_err("cannot connect to Redis", e))?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection> {
+        let existing = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match existing {
+            Some(c) => Ok(c),
+            None => self.connect().await,
+        }
+    }
+
+    /// Closes every connection (start and stop); the next call connects afresh.
+    pub(super) fn forget(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        Self::disown_if_inherited(&mut idle);
+        idle.1.clear();
+    }
+
+    /// A connection failed: the next call uses a new one, and the epoch moves.
+    fn lost(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.losses.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether this call may use a blocking connection.
+    fn blocking(&self) -> bool {
+        matches!(self.target, Target::Direct(_)) && runtime::on_caller_thread()
+    }
+
+    /// Runs a command on a connection and returns its reply: `sync` on a blocking connection
+    /// from a caller's thread, `op` on the multiplexed one otherwise. After a connection
+    /// error, once more on a fresh connection.
+    pub(super) async fn call<T, S, F, Fut>(&self, what: &str, sync: S, op: F) -> Result<T>
+    where
+        S: Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut last = None;
+        for _attempt in 0..2 {
+            let outcome = if self.blocking() { self.call_blocking(what, &sync) } else { self.call_async(what, &op).await };
+            match outcome {
+                Ok(v) => {
+                    self.health.up();
+                    return Ok(v);
+                }
+                Err(e @ Error::Connection(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        let err = last.unwrap_or_else(|| Error::Connection(format!("{what}: Redis is unreachable")));
+        self.health.lost(&err);
+        Err(err)
+    }
+
+    async fn call_async<T, F, Fut>(&self, what: &str, op: &F) -> Result<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        match tokio::time::timeout(self.call_timeout, op(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let err = redis_err(what, e);
+                if matches!(err, Error::Connection(_)) {
+                    self.lost();
+                }
+                Err(err)
+            }
+            Err(_) => {
+                self.lost();
+                Err(Error::Connection(format!("{what}: timed out after {:?}", self.call_timeout)))
+            }
+        }
+    }
+
+    fn call_blocking<T, S>(&self, what: &str, sync: &S) -> Result<T>
+    where
+        S: Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    {
+        let mut conn = match self.take_idle() {
+            Some(c) => c,
+            None => self.open_blocking()?,
+        };
+        match sync(&mut conn) {
+            Ok(v) => {
+                self.put_idle(conn);
+                Ok(v)
+            }
+            Err(e) => {
+                let err = redis_err(what, e);
+                if matches!(err, Error::Connection(_)) {
+                    // Dropped: after a timeout its next reply could be this one's.
+                    self.losses.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    self.put_idle(conn);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn open_blocking(&self) -> Result<redis::Connection> {
+        let Target::Direct(client) = &self.target else {
+            return Err(Error::Connection("no blocking connection through Sentinel".into()));
+        };
+        let conn = client
+            .get_connection_with_timeout(self.connect_timeout)
+            .map_err(|e| redis_err("cannot connect to Redis", e))?;
+        conn.set_read_timeout(Some(self.call_timeout)).map_err(|e| redis_err("cannot set a socket timeout", e))?;
+        conn.set_write_timeout(Some(self.call_timeout)).map_err(|e| redis_err("cannot set a socket timeout", e))?;
+        Ok(conn)
+    }
+
+    /// Connections made by the parent of a forked process stay the parent's: the child
+    /// neither uses nor closes them (closing a TLS one would end the parent's session).
+    fn disown_if_inherited(idle: &mut (u64, Vec<redis::Connection>)) {
+        let generation = runtime::generation();
+        if idle.0 != generation {
+            idle.0 = generation;
+            for inherited in idle.1.drain(..) {
+                std::mem::forget(inherited);
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<redis::Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        Self::disown_if_inherited(&mut idle);
+        idle.1.pop()
+    }
+
+    fn put_idle(&self, conn: redis::Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        Self::disown_if_inherited(&mut idle);
+        if idle.1.len() < IDLE_BLOCKING {
+            idle.1.push(conn);
+        }
+    }
+}
