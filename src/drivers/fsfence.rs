@@ -70,14 +70,16 @@ impl Fence {
 
     /// The counter as it stands (what a waiter compares between polls).
     pub fn counter(&self) -> Option<u64> {
-        match self.word(0) {
-            Some(w) => Some(u64::from_le(w.load(Ordering::Acquire))),
-            None => {
-                let mut buf = [0u8; 8];
-                self.file.read_exact_at(&mut buf, 0).ok()?;
-                Some(u64::from_le_bytes(buf))
-            }
-        }
+        self.mapped_counter().or_else(|| {
+            let mut buf = [0u8; 8];
+            self.file.read_exact_at(&mut buf, 0).ok()?;
+            Some(u64::from_le_bytes(buf))
+        })
+    }
+
+    /// The counter where reading it costs no system call (a mapped file); None elsewhere.
+    pub fn mapped_counter(&self) -> Option<u64> {
+        self.word(0).map(|w| u64::from_le(w.load(Ordering::Acquire)))
     }
 
     /// The next token; only the exclusive holder of the lock calls this. `earlier`: the
@@ -129,13 +131,17 @@ impl Fence {
         self.release_word().map(|w| w.load(Ordering::Acquire))
     }
 
-    /// Tells sleeping waiters the lock was let go (after the unlock).
+    /// Tells the longest sleeping waiter the lock was let go (after the unlock). One, not
+    /// all: the kernel queues a futex's sleepers in order, so the lock goes round the waiting
+    /// processes in turn, and the others sleep on instead of waking to lose the race (on two
+    /// CPUs that herd slowed every hand-over). A sleeper that was woken and then gave up
+    /// leaves the others to their safety-net timeout.
     pub fn wake(&self) {
         if let Some(w) = self.release_word() {
             w.fetch_add(1, Ordering::AcqRel);
             // SAFETY: FUTEX_WAKE on a word of our mapping; shared (not private): the
             // sleepers are other processes.
-            unsafe { libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0, 0, 0) };
+            unsafe { libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAKE, 1, 0, 0, 0) };
         }
     }
 

@@ -138,6 +138,8 @@ pub fn held_elsewhere(path: &Path) -> io::Result<bool> {
 }
 
 const LONGEST_PAUSE: Duration = Duration::from_millis(100);
+/// The longest a waiter sleeping on the release futex goes without a look of its own.
+const WOKEN_SAFETY_NET: Duration = Duration::from_millis(10);
 
 enum Step {
     Got,
@@ -227,14 +229,15 @@ impl Barrier {
         }
         // Read before the attempt, so a release between a failed attempt and the sleep
         // still wakes it.
-        let sleep_on = inner.fence().ok().flatten().and_then(|f| Some((f.clone(), f.releases()?)));
+        let seen = inner.fence().ok().flatten().and_then(|f| f.releases());
         let file = inner.file.as_ref().expect("opened above");
         if record_lock(file, libc::F_WRLCK).map_err(|e| Error::io(&format!("cannot lock {}", self.path.display()), e))? {
             inner.holders = 1;
             inner.shared = shared;
             Ok(Step::Got)
         } else {
-            Ok(Step::OtherProcess(sleep_on.as_ref().and_then(|(f, _)| f.counter()), sleep_on))
+            let fence = inner.fence.as_ref();
+            Ok(Step::OtherProcess(fence.and_then(|f| f.counter()), fence.cloned().zip(seen)))
         }
     }
 
@@ -281,8 +284,14 @@ impl Barrier {
                 Step::OtherProcess(counter, on) => {
                     waiting.get_or_insert_with(|| self.start_waiting());
                     self.show_waiting();
+                    let pause = pace.after_busy(counter);
+                    // A sleeper on the side file's futex is woken by every release of a
+                    // process on ours: the timeout is only a safety net (a holder on upstream
+                    // tooz, or one that died, wakes no one; the pace has backed off by then
+                    // anyway, the counter staying put).
+                    let pause = if on.is_some() { pause.max(WOKEN_SAFETY_NET) } else { pause };
                     sleep_on = on;
-                    Some(pace.after_busy(counter))
+                    Some(pause)
                 }
             };
             let until = match (sleep_for, deadline) {
@@ -298,6 +307,13 @@ impl Barrier {
             match until {
                 Some(t) => {
                     let pause = t.saturating_duration_since(Instant::now());
+                    if let Some((fence, seen)) = sleep_on.as_ref().filter(|_| runtime::on_caller_thread()) {
+                        // On the caller's own thread: sleep right here, and the kernel wakes
+                        // this thread at the release (any process's, this one's included, bumps
+                        // the sequence), with no hop through a thread of the runtime.
+                        fence.sleep(*seen, pause);
+                        continue;
+                    }
                     let nap = async move {
                         match sleep_on {
                             // Woken by the next release of any process of this host.
@@ -320,7 +336,7 @@ impl Barrier {
     /// The fencing counter, where reading it costs no system call (a mapped side file).
     fn counter(&self) -> Option<u64> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.fence.as_ref().filter(|f| f.releases().is_some()).and_then(|f| f.counter())
+        inner.fence.as_ref().and_then(|f| f.mapped_counter())
     }
 
     /// Whether some lock object of this process holds the lock.
@@ -453,7 +469,9 @@ impl PathLock {
         }
         *held -= 1;
         let others_waiting = self.barrier.release();
-        self.courtesy.released_at(others_waiting, self.barrier.counter());
+        // The marker only matters when the object is to step aside.
+        let marker = if others_waiting { self.barrier.counter() } else { None };
+        self.courtesy.released_at(others_waiting, marker);
         true
     }
 

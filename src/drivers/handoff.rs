@@ -78,7 +78,7 @@ impl Courtesy {
                 return;
             }
             let step = if at_release.is_some() { FAST_POLL.min(until - now) } else { until - now };
-            nap(step).await;
+            pause(step).await;
         }
     }
 }
@@ -101,6 +101,16 @@ impl Pace {
         self.marker = marker;
         self.pause = if moved { FAST_POLL } else { (self.pause * 2).min(self.longest) };
         self.pause
+    }
+}
+
+/// Sleeps for `d` when nothing else can end the wait: on a caller's thread (`block_on`) the
+/// thread itself sleeps, with no hop through the runtime's threads.
+async fn pause(d: Duration) {
+    if crate::runtime::on_caller_thread() {
+        std::thread::sleep(d);
+    } else {
+        nap(d).await;
     }
 }
 
