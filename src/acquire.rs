@@ -53,3 +53,37 @@ impl Drop for Acquire {
         });
     }
 }
+
+/// An acquire a blocked caller's thread drives itself (`runtime::block_on`, a slice at a
+/// time, so the caller can look for signals between slices): the lock's attempts, sleeps and
+/// replies then happen on that thread (a redis reply read there, a file waiter asleep on the
+/// release futex there), where a task would wake a runtime thread for each and hand its
+/// outcome back. Dropped unfinished, the attempt is withdrawn as a task's abort would: the
+/// future is dropped, inside the runtime.
+pub struct AcquireHere {
+    attempt: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send>>>,
+}
+
+impl AcquireHere {
+    pub fn start(lock: Arc<dyn DriverLock>, wait: Wait, shared: bool) -> AcquireHere {
+        AcquireHere { attempt: Some(Box::pin(async move { lock.acquire(wait, shared).await })) }
+    }
+
+    /// The outcome, if it comes within `limit` (call from outside the runtime).
+    pub fn finish_within(&mut self, limit: std::time::Duration) -> Option<Result<bool>> {
+        let attempt = self.attempt.as_mut()?;
+        // The timer is made inside the runtime.
+        let outcome = runtime::block_on(async { tokio::time::timeout(limit, attempt).await }).ok()?;
+        self.attempt = None;
+        Some(outcome)
+    }
+}
+
+impl Drop for AcquireHere {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            let _inside = runtime::runtime().enter();
+            drop(attempt);
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet};
 
-use crate::acquire::Acquire;
+use crate::acquire::{Acquire, AcquireHere};
 use crate::coordinator::{Coordinator, Pending};
 use crate::driver::{DriverLock, MemberInfo, Op, Wait};
 use crate::drivers::{self, Options, Url};
@@ -519,11 +519,11 @@ impl PyLock {
         if first || wait == Wait::No {
             return Ok(first);
         }
-        // Wait on the runtime, waking regularly so Ctrl-C reaches Python; an interrupted
+        // Wait on this thread, coming back regularly so Ctrl-C reaches Python; an interrupted
         // wait is withdrawn (dropping the acquire).
-        let mut acquire = Acquire::start(lock, wait, shared);
+        let mut acquire = AcquireHere::start(lock, wait, shared);
         loop {
-            if let Some(outcome) = py.detach(|| runtime::block_on(acquire.finish_within(SIGNAL_CHECK))) {
+            if let Some(outcome) = py.detach(|| acquire.finish_within(SIGNAL_CHECK)) {
                 return outcome.map_err(to_py);
             }
             py.check_signals()?;
