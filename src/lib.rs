@@ -13,6 +13,7 @@ pub mod id;
 pub mod log;
 pub mod membership;
 pub mod msgpack;
+pub mod pool;
 pub mod queue;
 pub mod runtime;
 

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+use crate::pool::Idle;
 use crate::runtime;
 
 #[path = "memcache_later.rs"]
@@ -269,11 +270,23 @@ const SPIN: Duration = Duration::from_micros(50);
 /// future (zeroed, and copied whenever the future moves).
 const READ_SIZE: usize = 16 << 10;
 
+/// How a connection's bytes move.
+enum Transport {
+    /// Registered with the runtime's I/O driver: TLS, and plain sockets used from runtime
+    /// threads.
+    Async(Box<dyn Io>),
+    /// A plain socket the runtime never sees, only ever used from a caller's thread
+    /// (`runtime::on_caller_thread`), which writes and reads it itself. A socket registered
+    /// with the runtime's epoll would wake a runtime thread at every reply, even though the
+    /// caller reads it: one needless thread switch per round trip.
+    Blocking(std::net::TcpStream),
+}
+
 struct Conn {
     /// Requests go out in one write and replies are read into `buf`: no buffering layers.
-    io: Box<dyn Io>,
+    io: Transport,
     buf: Vec<u8>,
-    /// The socket of a plain (not TLS) connection, read directly while spinning.
+    /// The socket of a plain (not TLS) connection, read directly while spinning or blocking.
     fd: Option<std::os::fd::RawFd>,
     /// Requests in a row whose reply did not come within the spin (a distant server): past
     /// a few, the spin is only tried now and then, so it costs next to nothing there.
@@ -296,63 +309,67 @@ impl Conn {
             None => Box::new(tcp),
             Some(settings) => Box::new(settings.connect(&cfg.host, tcp).await?),
         };
-        Ok(Conn { io, buf: Vec::new(), fd, spin_misses: 0 })
+        Ok(Conn { io: Transport::Async(io), buf: Vec::new(), fd, spin_misses: 0 })
     }
 
-    /// Reads what arrives on the socket until `wanted` whole replies are in, calling `idle`
-    /// whenever nothing is there: it waits a little and says whether to look again. Bytes go
-    /// to `self.buf` as the async path would put them; anything unusual (EOF, an error) is
-    /// left for the async path to find and report.
-    fn read_replies_now(&mut self, fd: std::os::fd::RawFd, wanted: usize, mut idle: impl FnMut() -> bool) {
-        loop {
-            self.buf.reserve(READ_SIZE);
-            let spare = self.buf.spare_capacity_mut();
-            // SAFETY: `fd` is the socket owned by `self.io`, alive for this call; `spare` is
-            // the vector's unused capacity, `spare.len()` bytes that recv may write.
-            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
-            if n > 0 {
-                // SAFETY: recv wrote the first `n` bytes of the spare capacity (n <= its length).
-                unsafe { self.buf.set_len(self.buf.len() + n as usize) };
-                if replies_in(&self.buf, wanted) {
-                    return;
-                }
-                continue;
-            }
-            let would_block = n < 0 && {
-                let e = std::io::Error::last_os_error().raw_os_error();
-                e == Some(libc::EAGAIN) || e == Some(libc::EWOULDBLOCK) || e == Some(libc::EINTR)
+    /// A plain connection for a caller's thread ([`Transport::Blocking`]); connecting, each
+    /// write and each wait for reply bytes are bounded by the request budget.
+    fn open_blocking(cfg: &Config) -> Result<Conn> {
+        use std::net::ToSocketAddrs;
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let cannot = |e: std::io::Error| conn_err(&format!("cannot connect to memcached at {addr}"), e);
+        let mut last = None;
+        for sa in (cfg.host.as_str(), cfg.port).to_socket_addrs().map_err(cannot)? {
+            let tried = match cfg.timeout {
+                Some(limit) => std::net::TcpStream::connect_timeout(&sa, limit.max(Duration::from_millis(1))),
+                None => std::net::TcpStream::connect(sa),
             };
-            if !would_block || !idle() {
-                return;
+            match tried {
+                Ok(tcp) => {
+                    tcp.set_nodelay(true).ok();
+                    let limit = cfg.timeout.map(|t| t.max(Duration::from_millis(1)));
+                    tcp.set_write_timeout(limit).map_err(cannot)?;
+                    tcp.set_read_timeout(limit).map_err(cannot)?;
+                    let fd = Some(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+                    return Ok(Conn { io: Transport::Blocking(tcp), buf: Vec::new(), fd, spin_misses: 0 });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(cannot(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address"))))
+    }
+
+    /// On a runtime worker: watches the socket for up to [`SPIN`] until `wanted` whole
+    /// replies are in. Bytes go to `self.buf` as the async path would put them; anything
+    /// unusual (EOF, an error) is left for that path to find and report.
+    fn spin_for_replies(&mut self, fd: std::os::fd::RawFd, wanted: usize) {
+        let began = std::time::Instant::now();
+        loop {
+            match recv_now(fd, &mut self.buf) {
+                Ok(0) => return,
+                Ok(_) if replies_in(&self.buf, wanted) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && began.elapsed() < SPIN => std::hint::spin_loop(),
+                Err(_) => return,
             }
         }
     }
 
-    /// On a runtime worker: watches the socket for up to [`SPIN`].
-    fn spin_for_replies(&mut self, fd: std::os::fd::RawFd, wanted: usize) {
-        let began = std::time::Instant::now();
-        self.read_replies_now(fd, wanted, || {
-            std::hint::spin_loop();
-            began.elapsed() < SPIN
-        });
-    }
-
-    /// On a caller's thread (`runtime::on_caller_thread`): sleeps in `poll(2)` while no reply
-    /// is there, until `deadline` (the async path then reports that it passed).
-    fn block_for_replies(&mut self, fd: std::os::fd::RawFd, wanted: usize, deadline: Option<std::time::Instant>) {
-        self.read_replies_now(fd, wanted, || {
-            let wait_ms = match deadline {
-                None => -1,
-                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                    None => return false,
-                    Some(left) => left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
-                },
-            };
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd for the duration of the call.
-            let ready = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
-            ready > 0 || (ready < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR))
-        });
+    /// Waits for more bytes of a blocking connection (its receive timeout bounds the wait)
+    /// and appends them to `buf`.
+    fn read_more_blocking(&mut self) -> Result<()> {
+        let Some(fd) = self.fd else { return Err(Error::Tooz("memcached: no socket to read".into())) };
+        loop {
+            match recv_into(fd, &mut self.buf, 0) {
+                Ok(0) => return Err(closed()),
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(Error::Connection("memcached did not answer in time".into()));
+                }
+                Err(e) => return Err(conn_err("memcached read failed", e)),
+            }
+        }
     }
 
     /// Whether the server has closed this idle connection (or sent something unasked).
@@ -361,17 +378,22 @@ impl Conn {
     }
 
     async fn send(&mut self, request: &[u8]) -> Result<()> {
-        self.io.write_all(request).await.map_err(|e| conn_err("memcached write failed", e))?;
-        self.io.flush().await.map_err(|e| conn_err("memcached write failed", e))
+        let failed = |e| conn_err("memcached write failed", e);
+        match &mut self.io {
+            Transport::Async(io) => {
+                io.write_all(request).await.map_err(failed)?;
+                io.flush().await.map_err(failed)
+            }
+            Transport::Blocking(tcp) => std::io::Write::write_all(tcp, request).map_err(failed),
+        }
     }
 
     /// Sends `request` (`n` requests in one write) and reads their `n` replies, in order.
-    async fn roundtrip(&mut self, request: &[u8], n: usize, deadline: Option<std::time::Instant>) -> Result<Vec<Reply>> {
+    async fn roundtrip(&mut self, request: &[u8], n: usize) -> Result<Vec<Reply>> {
         self.send(request).await?;
         self.buf.clear();
-        if let Some(fd) = self.fd.filter(|_| runtime::on_caller_thread()) {
-            self.block_for_replies(fd, n, deadline);
-        } else if let Some(fd) = self.fd {
+        let blocking = matches!(self.io, Transport::Blocking(_));
+        if let Some(fd) = self.fd.filter(|_| !blocking) {
             self.spin_misses = self.spin_misses.saturating_add(1);
             if self.spin_misses <= 16 || self.spin_misses % 32 == 0 {
                 self.spin_for_replies(fd, n);
@@ -384,6 +406,7 @@ impl Conn {
         while replies.len() < n {
             match self.take_reply()? {
                 Some(reply) => replies.push(reply),
+                None if blocking => self.read_more_blocking()?,
                 None => self.read_more().await?,
             }
         }
@@ -408,10 +431,11 @@ impl Conn {
 
     /// Waits for more bytes and appends them to `buf`.
     async fn read_more(&mut self) -> Result<()> {
+        let Transport::Async(io) = &mut self.io else { return self.read_more_blocking() };
         self.buf.reserve(READ_SIZE);
-        let n = self.io.read_buf(&mut self.buf).await.map_err(|e| conn_err("memcached read failed", e))?;
+        let n = io.read_buf(&mut self.buf).await.map_err(|e| conn_err("memcached read failed", e))?;
         if n == 0 {
-            return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
+            return Err(closed());
         }
         Ok(())
     }
@@ -419,18 +443,22 @@ impl Conn {
     /// Appends to `buf` what has already arrived, without waiting; the end of the stream or a
     /// failure is an error.
     fn read_ready(&mut self) -> Result<()> {
+        let io = match &mut self.io {
+            Transport::Async(io) => io,
+            Transport::Blocking(_) => return read_ready_blocking(self.fd, &mut self.buf),
+        };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         loop {
             self.buf.reserve(READ_SIZE);
             let len = self.buf.len();
             let mut got = tokio::io::ReadBuf::uninit(self.buf.spare_capacity_mut());
-            let n = match Pin::new(&mut self.io).poll_read(&mut cx, &mut got) {
+            let n = match Pin::new(&mut *io).poll_read(&mut cx, &mut got) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Err(e)) => return Err(conn_err("memcached read failed", e)),
                 Poll::Ready(Ok(())) => got.filled().len(),
             };
             if n == 0 {
-                return Err(Error::Connection("memcached closed the connection unexpectedly".into()));
+                return Err(closed());
             }
             // SAFETY: poll_read initialised and filled the first `n` bytes of the spare capacity.
             unsafe { self.buf.set_len(len + n) };
@@ -438,15 +466,49 @@ impl Conn {
     }
 }
 
-struct Idle {
-    generation: u64,
-    conns: Vec<Conn>,
+fn closed() -> Error {
+    Error::Connection("memcached closed the connection unexpectedly".into())
+}
+
+/// One `recv(2)` into `buf`'s spare room: the bytes read (0 at the end of the stream).
+fn recv_into(fd: std::os::fd::RawFd, buf: &mut Vec<u8>, flags: libc::c_int) -> std::io::Result<usize> {
+    buf.reserve(READ_SIZE);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `fd` is a socket its connection owns, alive for this call; `spare` is the
+    // vector's unused capacity, `spare.len()` bytes that recv may write.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: recv wrote the first `n` bytes of the spare capacity (n <= its length).
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
+}
+
+/// [`recv_into`] that does not wait: `WouldBlock` when nothing is there (or a signal came).
+fn recv_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    recv_into(fd, buf, libc::MSG_DONTWAIT).map_err(|e| if e.kind() == std::io::ErrorKind::Interrupted { std::io::ErrorKind::WouldBlock.into() } else { e })
+}
+
+/// `read_ready` of a blocking connection.
+fn read_ready_blocking(fd: Option<std::os::fd::RawFd>, buf: &mut Vec<u8>) -> Result<()> {
+    let Some(fd) = fd else { return Ok(()) };
+    loop {
+        match recv_now(fd, buf) {
+            Ok(0) => return Err(closed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(conn_err("memcached read failed", e)),
+        }
+    }
 }
 
 /// A pool of connections to one memcached server.
 pub struct Client {
     cfg: Config,
-    idle: Mutex<Idle>,
+    idle: Idle<Conn>,
+    /// Plain connections of callers' threads (`Transport::Blocking`).
+    idle_blocking: Idle<Conn>,
     slots: Option<Arc<Semaphore>>,
     /// Connections found closed by the server or dropped on a failure (the server may have
     /// restarted and forgotten everything).
@@ -464,7 +526,8 @@ impl Client {
         Client {
             health: crate::log::Health::new(cfg.log_as.0.clone(), cfg.log_as.1.clone()),
             cfg,
-            idle: Mutex::new(Idle { generation: runtime::generation(), conns: Vec::new() }),
+            idle: Idle::default(),
+            idle_blocking: Idle::default(),
             slots,
             lost: std::sync::atomic::AtomicU64::new(0),
             later: later::Later::new(),
@@ -481,55 +544,28 @@ impl Client {
         self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = runtime::generation();
-        if idle.generation != generation {
-            // Inherited across fork(): those sockets are the parent's. Never touch them
-            // (not even to deregister them from a runtime that does not exist here).
-            for conn in idle.conns.drain(..) {
-                std::mem::forget(conn);
-            }
-            idle.generation = generation;
-        }
-        idle.conns.pop()
-    }
-
-    fn put_idle(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.generation == runtime::generation() {
-            idle.conns.push(conn);
-        } else {
-            std::mem::forget(conn);
-        }
-    }
-
     /// Drops every idle connection (busy ones are dropped when their request ends).
     pub fn close(&self) {
         self.later.close();
         self.meta.forget();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.generation == runtime::generation() {
-            idle.conns.clear();
-        } else {
-            for conn in idle.conns.drain(..) {
-                std::mem::forget(conn);
-            }
-            idle.generation = runtime::generation();
-        }
+        drop(self.idle.drain());
+        drop(self.idle_blocking.drain());
+    }
+
+    /// The error of a request that used up its budget.
+    fn too_late(&self, what: &str, limit: Duration) -> Error {
+        Error::Connection(format!(
+            "memcached at {}:{} did not answer {what} within {:.3}s",
+            self.cfg.host,
+            self.cfg.port,
+            limit.as_secs_f64()
+        ))
     }
 
     async fn with_timeout<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         match self.cfg.timeout {
             None => fut.await,
-            Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-                Err(Error::Connection(format!(
-                    "memcached at {}:{} did not answer {what} within {:.3}s",
-                    self.cfg.host,
-                    self.cfg.port,
-                    limit.as_secs_f64()
-                )))
-            }),
+            Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| Err(self.too_late(what, limit))),
         }
     }
 
@@ -540,31 +576,42 @@ impl Client {
     }
 
     /// Sends `n` requests in one write (`request` holds them back to back) and reads their
-    /// replies, in request order: one round trip.
+    /// replies, in request order: one round trip. From a caller's thread over plain TCP, on
+    /// a blocking connection (its socket bounds the wait); otherwise on an async one.
     pub async fn pipeline(&self, what: &str, request: &[u8], n: usize) -> Result<Vec<Reply>> {
         let deadline = self.cfg.timeout.map(|t| std::time::Instant::now() + t);
-        let out = self.with_timeout(what, async {
+        let blocking = self.cfg.tls.is_none() && runtime::on_caller_thread();
+        let exchange = async {
             let _slot = match &self.slots {
                 Some(s) => Some(s.clone().acquire_owned().await.map_err(|e| Error::Tooz(e.to_string()))?),
                 None => None,
             };
+            let pool = if blocking { &self.idle_blocking } else { &self.idle };
             let mut conn = loop {
-                match self.take_idle() {
+                match pool.take() {
                     Some(mut c) => {
                         if !c.is_stale() {
                             break c;
                         }
                         self.note_lost();
                     }
+                    None if blocking => break Conn::open_blocking(&self.cfg)?,
                     // Boxed: the connect (and TLS handshake) state stays out of every request's future.
                     None => break Box::pin(Conn::open(&self.cfg)).await?,
                 }
             };
-            let replies = conn.roundtrip(request, n, deadline).await?;
-            self.put_idle(conn);
+            let replies = conn.roundtrip(request, n).await?;
+            drop(pool.put(conn, usize::MAX));
             Ok(replies)
-        })
-        .await;
+        };
+        let out = match (blocking, self.cfg.timeout) {
+            (true, Some(limit)) => exchange.await.map_err(|e| match e {
+                Error::Connection(_) if deadline.is_some_and(|d| std::time::Instant::now() >= d) => self.too_late(what, limit),
+                other => other,
+            }),
+            (true, None) => exchange.await,
+            (false, _) => self.with_timeout(what, exchange).await,
+        };
         self.record(&out);
         out
     }

@@ -22,6 +22,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
 use crate::error::{Error, Result};
+use crate::pool::Idle;
 use crate::runtime;
 
 /// How many idle blocking connections a coordinator keeps.
@@ -56,8 +57,8 @@ pub(super) struct Link {
     call_timeout: Duration,
     connect_timeout: Duration,
     current: Mutex<Option<MultiplexedConnection>>,
-    /// Idle blocking connections, and the process image (`runtime::generation`) that made them.
-    idle: Mutex<(u64, Vec<redis::Connection>)>,
+    /// Idle blocking connections.
+    idle: Idle<redis::Connection>,
     /// Connections lost so far.
     losses: AtomicU64,
     health: crate::log::Health,
@@ -76,7 +77,7 @@ impl Link {
             call_timeout,
             connect_timeout,
             current: Mutex::new(None),
-            idle: Mutex::new((runtime::generation(), Vec::new())),
+            idle: Idle::default(),
             losses: AtomicU64::new(0),
             health,
             master: Mutex::new(None),
@@ -128,9 +129,7 @@ impl Link {
     /// Closes every connection (start and stop); the next call connects afresh.
     pub(super) fn forget(&self) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        Self::disown_if_inherited(&mut idle);
-        idle.1.clear();
+        drop(self.idle.drain());
     }
 
     /// A connection failed: the next call uses a new one, and the epoch moves.
@@ -196,13 +195,14 @@ impl Link {
     where
         S: Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     {
-        let mut conn = match self.take_idle() {
+        let mut conn = match self.idle.take() {
             Some(c) => c,
             None => self.open_blocking()?,
         };
         match sync(&mut conn) {
             Ok(v) => {
-                self.put_idle(conn);
+                // Past IDLE_BLOCKING idle ones, closed.
+                drop(self.idle.put(conn, IDLE_BLOCKING));
                 Ok(v)
             }
             Err(e) => {
@@ -211,7 +211,7 @@ impl Link {
                     // Dropped: after a timeout its next reply could be this one's.
                     self.losses.fetch_add(1, Ordering::SeqCst);
                 } else {
-                    self.put_idle(conn);
+                    drop(self.idle.put(conn, IDLE_BLOCKING));
                 }
                 Err(err)
             }
@@ -228,31 +228,5 @@ impl Link {
         conn.set_read_timeout(Some(self.call_timeout)).map_err(|e| redis_err("cannot set a socket timeout", e))?;
         conn.set_write_timeout(Some(self.call_timeout)).map_err(|e| redis_err("cannot set a socket timeout", e))?;
         Ok(conn)
-    }
-
-    /// Connections made by the parent of a forked process stay the parent's: the child
-    /// neither uses nor closes them (closing a TLS one would end the parent's session).
-    fn disown_if_inherited(idle: &mut (u64, Vec<redis::Connection>)) {
-        let generation = runtime::generation();
-        if idle.0 != generation {
-            idle.0 = generation;
-            for inherited in idle.1.drain(..) {
-                std::mem::forget(inherited);
-            }
-        }
-    }
-
-    fn take_idle(&self) -> Option<redis::Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        Self::disown_if_inherited(&mut idle);
-        idle.1.pop()
-    }
-
-    fn put_idle(&self, conn: redis::Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        Self::disown_if_inherited(&mut idle);
-        if idle.1.len() < IDLE_BLOCKING {
-            idle.1.push(conn);
-        }
     }
 }

@@ -21,7 +21,7 @@
 //!   parent still uses them) and does not consider its parent's locks its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +32,7 @@ use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::fate::{Fate, OnLost};
 use crate::id::Id;
+use crate::pool::Idle;
 use crate::runtime;
 
 /// Idle connections kept per coordinator.
@@ -70,13 +71,12 @@ pub trait Backend: Send + Sync + 'static {
 /// What a coordinator of one of these backends keeps: the backend and its idle connections.
 pub struct Sessions<B: Backend> {
     backend: B,
-    /// Idle connections and the runtime generation they were opened in.
-    idle: Mutex<(u64, Vec<B::Conn>)>,
+    idle: Idle<B::Conn>,
 }
 
 impl<B: Backend> Sessions<B> {
     pub fn new(backend: B) -> Arc<Self> {
-        Arc::new(Sessions { backend, idle: Mutex::new((runtime::generation(), Vec::new())) })
+        Arc::new(Sessions { backend, idle: Idle::default() })
     }
 
     pub fn backend(&self) -> &B {
@@ -85,62 +85,32 @@ impl<B: Backend> Sessions<B> {
 
     /// An idle connection of this process, if any.
     fn take_idle(&self) -> Option<B::Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = runtime::generation();
-        if idle.0 != generation {
-            // Forked: these belong to the parent, which still uses them.
-            for inherited in idle.1.drain(..) {
-                std::mem::forget(inherited);
-            }
-            idle.0 = generation;
-        }
-        while let Some(conn) = idle.1.pop() {
-            if !self.backend.is_closed(&conn) {
-                return Some(conn);
-            }
-        }
-        None
+        self.idle.take_where(|conn| !self.backend.is_closed(conn))
     }
 
     /// Keeps a connection that holds no lock for the next acquire.
-    fn put_idle(&self, conn: B::Conn, generation: u64) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if generation != runtime::generation() {
-            std::mem::forget(conn);
-            return;
+    fn put_idle(&self, conn: B::Conn) {
+        if self.backend.is_closed(&conn) {
+            return self.backend.discard(conn);
         }
-        if idle.0 == generation && idle.1.len() < MAX_IDLE && !self.backend.is_closed(&conn) {
-            idle.1.push(conn);
-        } else {
-            self.backend.discard(conn);
+        if let Some(surplus) = self.idle.put(conn, MAX_IDLE) {
+            self.backend.discard(surplus);
         }
     }
 
     /// Opens a connection and keeps it idle: proves the address and credentials work.
     pub async fn start(&self) -> Result<()> {
-        if let Some(conn) = self.take_idle() {
-            self.put_idle(conn, runtime::generation());
-            return Ok(());
-        }
-        let conn = self.backend.connect().await?;
-        self.put_idle(conn, runtime::generation());
+        let conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => self.backend.connect().await?,
+        };
+        self.put_idle(conn);
         Ok(())
     }
 
     /// Closes the idle connections (held locks keep theirs until released, as upstream).
     pub fn stop(&self) {
-        let drained: Vec<B::Conn> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.0 != runtime::generation() {
-                for inherited in idle.1.drain(..) {
-                    std::mem::forget(inherited);
-                }
-                idle.0 = runtime::generation();
-                return;
-            }
-            idle.1.drain(..).collect()
-        };
-        for conn in drained {
+        for conn in self.idle.drain() {
             self.backend.discard(conn);
         }
     }
@@ -345,7 +315,7 @@ impl<B: Backend> DriverLock for SessionLock<B> {
             self.set_held(conn).await;
             self.fate.acquired(None);
         } else {
-            self.sessions.put_idle(conn, runtime::generation());
+            self.sessions.put_idle(conn);
         }
         Ok(got)
     }
@@ -369,7 +339,7 @@ impl<B: Backend> DriverLock for SessionLock<B> {
         match backend.unlock(&mut conn, &self.key).await {
             Ok(true) => {
                 self.fate.released();
-                self.sessions.put_idle(conn, runtime::generation());
+                self.sessions.put_idle(conn);
                 Ok(true)
             }
             Ok(false) => {
