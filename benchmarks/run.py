@@ -24,10 +24,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
 
-# (workload, ops per round — milliseconds for lock_fairness —, floor workload or None).
+# (workload, ops per round — milliseconds for lock_fairness —, floor workload(s) or None). Two
+# floors: the bare wire (a Rust program, no Python) and the same round trips from Python with
+# the client library upstream uses.
 PLAN = {
     "redis": [
-        ("lock_uncontended", 3000, "floor_redis_set_del"),
+        ("lock_uncontended", 3000, ("floor_redis_set_del", "floor_redis_py_set_del")),
         ("lock_contended", 1000, None),
         ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
@@ -67,7 +69,7 @@ PLAN = {
         ("busy_python_with_heart", 1000, None),
     ],
     "memcached": [
-        ("lock_uncontended", 3000, "floor_memcached_add_delete"),
+        ("lock_uncontended", 3000, ("floor_memcached_add_delete", "floor_memcached_py_add_delete")),
         ("lock_contended", 400, None),
         ("lock_fairness", 3000, None),
         ("join_leave", 1000, None),
@@ -105,7 +107,8 @@ PLAN = {
 
 # Floors that need a client library only upstream's virtualenv has run under its interpreter.
 FLOOR_PYTHON = {"floor_zk_create_delete": "upstream", "floor_pg_advisory_lock": "upstream",
-                "floor_mysql_get_lock": "upstream"}
+                "floor_mysql_get_lock": "upstream", "floor_redis_py_set_del": "upstream",
+                "floor_memcached_py_add_delete": "upstream"}
 
 # Servers started for the run (backend -> tests/servers.py Server), stopped at the end.
 SERVERS = {}
@@ -192,15 +195,15 @@ def run_backends(args, only, ours, scratch):
             if only and workload not in only:
                 continue
             url = url_for(backend, scratch)
-            a, b, f = [], [], []
+            floors = (floor,) if isinstance(floor, str) else (floor or ())
+            a, b, f = [], [], {fl: [] for fl in floors}
             for _ in range(args.rounds):
                 a.append(run_one(ours, workload, url, ops))
                 b.append(run_one(UPSTREAM, workload, url, ops))
-                if floor:
-                    f.append(run_one(UPSTREAM if FLOOR_PYTHON.get(floor) == "upstream" else ours, floor, url, ops))
+                for fl in floors:
+                    f[fl].append(run_one(UPSTREAM if FLOOR_PYTHON.get(fl) == "upstream" else ours, fl, url, ops))
             sa, sb = summarise(a), summarise(b)
-            sf = summarise(f) if f else None
-            rows.append((workload, sa, sb, sf, a, b))
+            rows.append((workload, sa, sb, [summarise(f[fl]) for fl in floors], a, b))
         if not rows:
             continue
         print("### %s\n" % ("hash ring (no backend)" if backend == "none" else backend))
@@ -208,7 +211,8 @@ def run_backends(args, only, ours, scratch):
               "| floor ops/s | ours/floor |")
         print("|---|---|---|---|---|---|---|---|")
         for workload, sa, sb, sf, _, _ in rows:
-            floor_cols = ("%s | %.2f" % (human(sf["median"]), sa["median"] / sf["median"])) if sf else "– | –"
+            floor_cols = ("%s | %s" % (" / ".join(human(x["median"]) for x in sf),
+                                       " / ".join("%.2f" % (sa["median"] / x["median"]) for x in sf))) if sf else "– | –"
             print("| %s | %s | %s | **%.2f×** | %.2f / %.2f | %.2f / %.2f | %s |" % (
                 workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], sb["p50"], sa["p50"],
                 sb["p99"], sa["p99"], floor_cols))

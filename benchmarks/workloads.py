@@ -362,6 +362,45 @@ def floor_memcached_add_delete(url, ops):
     return _rust_floor("two_round_trips", url, ops)
 
 
+def floor_redis_py_set_del(url, ops):
+    """``floor_redis_set_del``'s pair sent from Python by redis-py, the client upstream's
+    driver uses (runs under the upstream virtualenv): what the same two round trips cost a
+    Python program, with no lock logic at all."""
+    import redis
+
+    parsed = urllib.parse.urlsplit(url)
+    client = redis.Redis(host=parsed.hostname, port=parsed.port)
+    key = "bench-floor-" + uuid.uuid4().hex
+
+    def op():
+        client.set(key, "0123456789abcdef", nx=True, px=30000)
+        client.delete(key)
+
+    _timed(op, min(ops, 200))
+    out = _timed(op, ops)
+    client.close()
+    return out
+
+
+def floor_memcached_py_add_delete(url, ops):
+    """``floor_memcached_add_delete``'s pair sent from Python by pymemcache, the client
+    upstream's driver uses (upstream virtualenv), replies awaited."""
+    from pymemcache.client.base import Client
+
+    parsed = urllib.parse.urlsplit(url)
+    client = Client((parsed.hostname, parsed.port))
+    key = "bench-floor-" + uuid.uuid4().hex
+
+    def op():
+        client.add(key, b"0123456789abcdef", expire=30, noreply=False)
+        client.delete(key, noreply=False)
+
+    _timed(op, min(ops, 200))
+    out = _timed(op, ops)
+    client.close()
+    return out
+
+
 def floor_zk_create_delete(url, ops):
     """Create + delete of an ephemeral node with kazoo (runs under the upstream virtualenv,
     which has it): the round trips a ZooKeeper lock cannot avoid, minus its children listing."""
