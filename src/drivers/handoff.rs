@@ -26,14 +26,27 @@ pub const FAST_POLL: Duration = Duration::from_micros(200);
 pub const GRACE: Duration = Duration::from_millis(2);
 
 /// One lock object's promise to step aside after a release that others were waiting for.
-#[derive(Default)]
 pub struct Courtesy {
     /// Until when, and the backend's marker (fencing counter) at the release, if it has one
     /// that is free to read.
     until: Mutex<Option<(Instant, Option<u64>)>>,
+    /// How long it steps aside.
+    grace: Duration,
+}
+
+impl Default for Courtesy {
+    fn default() -> Self {
+        Courtesy::with_grace(GRACE)
+    }
 }
 
 impl Courtesy {
+    /// Steps aside for `grace` instead of [`GRACE`]: for a backend whose hand-over to a
+    /// waiter takes longer (a push to the waiter, then its round trip).
+    pub fn with_grace(grace: Duration) -> Courtesy {
+        Courtesy { until: Mutex::new(None), grace }
+    }
+
     /// Records a release; `others_waiting` is what the backend saw at the release.
     pub fn released(&self, others_waiting: bool) {
         self.released_at(others_waiting, None);
@@ -42,7 +55,7 @@ impl Courtesy {
     /// [`Courtesy::released`], with the marker the lock had then: the step aside ends early
     /// once it moves (another holder took the lock).
     pub fn released_at(&self, others_waiting: bool, marker: Option<u64>) {
-        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = others_waiting.then(|| (Instant::now() + GRACE, marker));
+        *self.until.lock().unwrap_or_else(|p| p.into_inner()) = others_waiting.then(|| (Instant::now() + self.grace, marker));
     }
 
     /// Whether the next waiting attempt would step aside first.

@@ -7,16 +7,24 @@
 //! a keep-alive is answered by the raft leader alone, a grant is a raft write. A waiter then opens a watch on the key from the revision it read and sleeps until
 //! etcd pushes the key's deletion (release, break, or the holder's lease lapsing), then tries
 //! again: no polling, and a release elsewhere reaches waiters in one round trip.
+//!
+//! Fair hand-over (`handoff.rs`; ours only, upstream never reads these keys): a waiting lock
+//! object registers under `/tooz/lock-waiters/<hex name>/<hex token>`, on its lease, in the
+//! same transaction as its failed attempt, and deletes the entry in the transaction that wins
+//! (or when it gives up). A release counts the entries in its own transaction: when others
+//! wait, this object's next waiting acquire steps aside for [`HANDOVER_GRACE`] first, so a
+//! waiter woken by the deletion takes the lock instead of the releaser retaking it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions};
 use tokio::time::Instant;
 
 use super::link::lapsed;
+use crate::drivers::handoff::Courtesy;
 use super::watch::wait_for_event;
 use super::{first_kvs, Shared, LOCK_PREFIX};
 use crate::driver::{DriverLock, Wait};
@@ -33,6 +41,10 @@ pub struct Etcd3Lock {
     busy: tokio::sync::Mutex<()>,
     /// A lease of ours not (or no longer) attached to the key, reused by the next acquire.
     spare: Mutex<Option<(i64, Instant)>>,
+    /// This object's entry among the lock's waiters, and their common prefix.
+    waiting_key: Vec<u8>,
+    waiters_prefix: Vec<u8>,
+    courtesy: Courtesy,
     fate: Arc<Fate>,
 }
 
@@ -46,13 +58,18 @@ enum Attempt {
 
 impl Etcd3Lock {
     pub(super) fn new(shared: Arc<Shared>, name: &[u8]) -> Etcd3Lock {
+        let token = uuid::Uuid::new_v4();
+        let waiters_prefix = [WAITERS_PREFIX, hex(name).as_bytes(), b"/"].concat();
         Etcd3Lock {
             id: shared.next_lock.fetch_add(1, Ordering::Relaxed),
             shared,
             key: [LOCK_PREFIX, name].concat(),
-            token: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            token: token.as_bytes().to_vec(),
             busy: tokio::sync::Mutex::new(()),
             spare: Mutex::new(None),
+            waiting_key: [waiters_prefix.as_slice(), token.simple().to_string().as_bytes()].concat(),
+            waiters_prefix,
+            courtesy: Courtesy::with_grace(HANDOVER_GRACE),
             fate: Arc::new(Fate::new("tooz.drivers.etcd3", String::from_utf8_lossy(name).into_owned())),
         }
     }
@@ -87,9 +104,9 @@ impl Etcd3Lock {
     /// One attempt with a lease of ours: the spare one, refreshed to its full TTL in the same
     /// round trip as the transaction (a keep-alive is not a raft write; a grant is), or a new
     /// one. Returns what happened and the lease used.
-    async fn attempt_with_lease(&self) -> Result<(Attempt, i64)> {
+    async fn attempt_with_lease(&self, waiting: Waiting) -> Result<(Attempt, i64)> {
         if let Some(lease) = self.take_spare() {
-            let (alive, attempt) = tokio::join!(self.shared.keep_alive(lease), self.attempt(lease));
+            let (alive, attempt) = tokio::join!(self.shared.keep_alive(lease), self.attempt(lease, waiting));
             match (alive, attempt) {
                 (Ok(true), Ok(a)) => return Ok((a, lease)),
                 (_, Err(e)) if lapsed(&e) => {}
@@ -105,7 +122,7 @@ impl Etcd3Lock {
             }
         }
         let lease = self.shared.grant(self.shared.lock_ttl).await?;
-        match self.attempt(lease).await {
+        match self.attempt(lease, waiting).await {
             Ok(a) => Ok((a, lease)),
             Err(e) => {
                 self.shared.revoke_later(lease);
@@ -114,11 +131,17 @@ impl Etcd3Lock {
         }
     }
 
-    async fn attempt(&self, lease: i64) -> Result<Attempt> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(self.key.clone(), self.token.clone(), Some(PutOptions::new().with_lease(lease)))])
-            .or_else([TxnOp::get(self.key.clone(), None)]);
+    /// The transaction: put-if-absent; on success also drop this object's waiter entry if it
+    /// has one, on failure read the holder (and register as a waiter if asked).
+    async fn attempt(&self, lease: i64, waiting: Waiting) -> Result<Attempt> {
+        let mut won = vec![TxnOp::put(self.key.clone(), self.token.clone(), Some(PutOptions::new().with_lease(lease)))];
+        let mut lost = vec![TxnOp::get(self.key.clone(), None)];
+        match waiting {
+            Waiting::Registered => won.push(TxnOp::delete(self.waiting_key.clone(), None)),
+            Waiting::Register => lost.push(TxnOp::put(self.waiting_key.clone(), b"", Some(PutOptions::new().with_lease(lease)))),
+            Waiting::No => {}
+        }
+        let txn = Txn::new().when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)]).and_then(won).or_else(lost);
         let resp = self.shared.txn("acquire lock", txn).await?;
         if resp.succeeded() {
             return Ok(Attempt::Won(resp.header().map(|h| h.revision()).unwrap_or(0)));
@@ -131,6 +154,43 @@ impl Etcd3Lock {
         }
         Ok(Attempt::Taken(resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
+}
+
+impl Etcd3Lock {
+    /// Drops this object's waiter entry when it gives up (best effort: it lapses with the lease).
+    async fn withdraw(&self, waiting: Waiting) {
+        if waiting == Waiting::Registered {
+            let key = self.waiting_key.clone();
+            let _ = self
+                .shared
+                .link
+                .run("withdraw lock waiter", |mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
+                })
+                .await;
+        }
+    }
+}
+
+/// Where this object stands among the lock's waiters (see the module notes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    No,
+    /// Not yet: the next failed attempt registers.
+    Register,
+    Registered,
+}
+
+/// How long a releaser others wait for stays away: the deletion's push to the waiters and
+/// one transaction of theirs, with room for a loaded machine.
+const HANDOVER_GRACE: Duration = Duration::from_millis(5);
+
+/// Root of the waiter entries (not under `/tooz/locks`, so no lock name can reach them).
+const WAITERS_PREFIX: &[u8] = b"/tooz/lock-waiters/";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[async_trait]
@@ -148,9 +208,17 @@ impl DriverLock for Etcd3Lock {
             return Err(Error::NotImplemented("shared etcd locks are not supported".into()));
         }
         let deadline = wait.deadline();
+        self.courtesy.step_aside(wait, deadline).await;
+        let mut waiting = Waiting::No;
         loop {
             let refreshed = Instant::now();
-            let (attempt, lease) = self.attempt_with_lease().await?;
+            let (attempt, lease) = match self.attempt_with_lease(waiting).await {
+                Ok(done) => done,
+                Err(e) => {
+                    self.withdraw(waiting).await;
+                    return Err(e);
+                }
+            };
             match attempt {
                 Attempt::Won(revision) => {
                     self.fate.acquired((revision > 0).then_some(revision as u64));
@@ -161,8 +229,16 @@ impl DriverLock for Etcd3Lock {
                 }
                 Attempt::Taken(revision) => {
                     self.keep_spare(lease, refreshed);
+                    if waiting == Waiting::Register {
+                        waiting = Waiting::Registered;
+                    }
                     if wait == Wait::No || deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.withdraw(waiting).await;
                         return Ok(false);
+                    }
+                    if waiting == Waiting::No {
+                        // Registered at the next attempt: one that wins at once never writes it.
+                        waiting = Waiting::Register;
                     }
                     // Woken by etcd when the holder's key is deleted.
                     let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
@@ -171,6 +247,10 @@ impl DriverLock for Etcd3Lock {
                 }
             }
         }
+    }
+
+    fn stepping_aside(&self) -> bool {
+        self.courtesy.pending()
     }
 
     async fn release(&self) -> Result<bool> {
@@ -184,10 +264,15 @@ impl DriverLock for Etcd3Lock {
             }
         };
         self.fate.released();
+        let waiters = GetOptions::new().with_prefix().with_count_only();
         let txn = Txn::new()
             .when([Compare::value(self.key.clone(), CompareOp::Equal, self.token.clone())])
-            .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let released = self.shared.txn("release lock", txn).await.map(|r| r.succeeded());
+            .and_then([TxnOp::delete(self.key.clone(), None), TxnOp::get(self.waiters_prefix.clone(), Some(waiters))]);
+        let released = self.shared.txn("release lock", txn).await.map(|r| {
+            let others_waiting = matches!(r.op_responses().get(1), Some(TxnOpResponse::Get(g)) if g.count() > 0);
+            self.courtesy.released(r.succeeded() && others_waiting);
+            r.succeeded()
+        });
         // The lease now holds nothing: keep it for this object's next acquire, which refreshes
         // it to a full TTL in the same round trip as its transaction (and falls back to a new
         // grant if it lapsed meanwhile).
