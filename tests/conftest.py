@@ -102,7 +102,7 @@ FEATURES = {
     # them (etcd watch stream, ZooKeeper child watch), not at the next poll.
     "etcd3": {"members", "update_capabilities", "member_info", "heartbeat", "break", "is_still_owner", "election",
               "watch_elected_as_leader", "get_leader", "stand_down", "lock_heartbeat", "ttl_locks",
-              "beat_liveness", "pushed_watch"},
+              "beat_liveness", "pushed_watch", "fair_locks"},
     "zookeeper": {"members", "update_capabilities", "member_info", "heartbeat", "is_still_owner", "election",
                   "watch_elected_as_leader", "get_leader", "stand_down", "session_release", "pushed_watch"},
     # Locks only, each held by the server for one connection of ours: the server frees it

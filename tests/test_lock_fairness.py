@@ -38,6 +38,10 @@ c.stop()
 
 # Hand-overs a waiter may miss on a loaded machine (the hammer takes ~30,000 a second).
 BOUND = 200
+# etcd hands over in about a millisecond (a watch push, then a transaction), so the hammer
+# takes ~1,000 a second there: with fair hand-over 0 to 15 misses were measured, without it up
+# to 283.
+BOUND_FOR = {"etcd3": 60}
 
 
 def _missed_handoffs(backend, coord, tmp_path, tries):
@@ -76,7 +80,8 @@ def _missed_handoffs(backend, coord, tmp_path, tries):
 def test_waiting_process_gets_the_lock_within_a_few_handoffs(backend, coord, tmp_path):
     need(backend, "fair_locks")
     misses = _missed_handoffs(backend, coord, tmp_path, 5)
-    assert max(misses) <= BOUND, "the hammer took the lock %s times while we waited" % misses
+    bound = BOUND_FOR.get(backend[0], BOUND)
+    assert max(misses) <= bound, "the hammer took the lock %s times while we waited" % misses
 
 
 def test_file_waiter_is_woken_by_the_release_and_the_releaser_steps_aside(backend, coord, tmp_path):

@@ -177,7 +177,7 @@ impl Etcd3Lock {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Waiting {
     No,
-    /// Not yet: the next failed attempt registers.
+    /// Not yet: a failed attempt registers.
     Register,
     Registered,
 }
@@ -209,7 +209,9 @@ impl DriverLock for Etcd3Lock {
         }
         let deadline = wait.deadline();
         self.courtesy.step_aside(wait, deadline).await;
-        let mut waiting = Waiting::No;
+        // A waiting acquire registers with its first failed attempt (one that wins at once
+        // writes nothing more); a one-shot attempt never does.
+        let mut waiting = if wait == Wait::No { Waiting::No } else { Waiting::Register };
         loop {
             let refreshed = Instant::now();
             let (attempt, lease) = match self.attempt_with_lease(waiting).await {
@@ -235,10 +237,6 @@ impl DriverLock for Etcd3Lock {
                     if wait == Wait::No || deadline.is_some_and(|d| Instant::now() >= d) {
                         self.withdraw(waiting).await;
                         return Ok(false);
-                    }
-                    if waiting == Waiting::No {
-                        // Registered at the next attempt: one that wins at once never writes it.
-                        waiting = Waiting::Register;
                     }
                     // Woken by etcd when the holder's key is deleted.
                     let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
