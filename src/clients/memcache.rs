@@ -12,6 +12,7 @@
 //! the parser is unit-tested without a server and cannot panic on whatever arrives.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -286,7 +287,7 @@ struct Conn {
     /// Requests go out in one write and replies are read into `buf`: no buffering layers.
     io: Transport,
     buf: Vec<u8>,
-    /// The socket of a plain (not TLS) connection, read directly while spinning or blocking.
+    /// The socket of a plain (not TLS) async connection, read directly while spinning.
     fd: Option<std::os::fd::RawFd>,
     /// Requests in a row whose reply did not come within the spin (a distant server): past
     /// a few, the spin is only tried now and then, so it costs next to nothing there.
@@ -304,7 +305,7 @@ impl Conn {
             .await
             .map_err(|e| conn_err(&format!("cannot connect to memcached at {addr}"), e))?;
         tcp.set_nodelay(true).ok();
-        let fd = cfg.tls.is_none().then(|| std::os::fd::AsRawFd::as_raw_fd(&tcp));
+        let fd = cfg.tls.is_none().then(|| tcp.as_raw_fd());
         let io: Box<dyn Io> = match &cfg.tls {
             None => Box::new(tcp),
             Some(settings) => Box::new(settings.connect(&cfg.host, tcp).await?),
@@ -330,8 +331,7 @@ impl Conn {
                     let limit = cfg.timeout.map(|t| t.max(Duration::from_millis(1)));
                     tcp.set_write_timeout(limit).map_err(cannot)?;
                     tcp.set_read_timeout(limit).map_err(cannot)?;
-                    let fd = Some(std::os::fd::AsRawFd::as_raw_fd(&tcp));
-                    return Ok(Conn { io: Transport::Blocking(tcp), buf: Vec::new(), fd, spin_misses: 0 });
+                    return Ok(Conn { io: Transport::Blocking(tcp), buf: Vec::new(), fd: None, spin_misses: 0 });
                 }
                 Err(e) => last = Some(e),
             }
@@ -355,12 +355,11 @@ impl Conn {
         }
     }
 
-    /// Waits for more bytes of a blocking connection (its receive timeout bounds the wait)
-    /// and appends them to `buf`.
-    fn read_more_blocking(&mut self) -> Result<()> {
-        let Some(fd) = self.fd else { return Err(Error::Tooz("memcached: no socket to read".into())) };
+    /// Waits for more bytes on a blocking socket (its receive timeout bounds the wait) and
+    /// appends them to `buf`.
+    fn read_more_blocking(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Result<()> {
         loop {
-            match recv_into(fd, &mut self.buf, 0) {
+            match recv_into(fd, buf, 0) {
                 Ok(0) => return Err(closed()),
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -392,8 +391,7 @@ impl Conn {
     async fn roundtrip(&mut self, request: &[u8], n: usize) -> Result<Vec<Reply>> {
         self.send(request).await?;
         self.buf.clear();
-        let blocking = matches!(self.io, Transport::Blocking(_));
-        if let Some(fd) = self.fd.filter(|_| !blocking) {
+        if let Some(fd) = self.fd {
             self.spin_misses = self.spin_misses.saturating_add(1);
             if self.spin_misses <= 16 || self.spin_misses % 32 == 0 {
                 self.spin_for_replies(fd, n);
@@ -406,7 +404,6 @@ impl Conn {
         while replies.len() < n {
             match self.take_reply()? {
                 Some(reply) => replies.push(reply),
-                None if blocking => self.read_more_blocking()?,
                 None => self.read_more().await?,
             }
         }
@@ -431,7 +428,10 @@ impl Conn {
 
     /// Waits for more bytes and appends them to `buf`.
     async fn read_more(&mut self) -> Result<()> {
-        let Transport::Async(io) = &mut self.io else { return self.read_more_blocking() };
+        let io = match &mut self.io {
+            Transport::Async(io) => io,
+            Transport::Blocking(tcp) => return Self::read_more_blocking(tcp.as_raw_fd(), &mut self.buf),
+        };
         self.buf.reserve(READ_SIZE);
         let n = io.read_buf(&mut self.buf).await.map_err(|e| conn_err("memcached read failed", e))?;
         if n == 0 {
@@ -445,7 +445,7 @@ impl Conn {
     fn read_ready(&mut self) -> Result<()> {
         let io = match &mut self.io {
             Transport::Async(io) => io,
-            Transport::Blocking(_) => return read_ready_blocking(self.fd, &mut self.buf),
+            Transport::Blocking(tcp) => return read_ready_blocking(tcp.as_raw_fd(), &mut self.buf),
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         loop {
@@ -490,9 +490,8 @@ fn recv_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> std::io::Result<usize>
     recv_into(fd, buf, libc::MSG_DONTWAIT).map_err(|e| if e.kind() == std::io::ErrorKind::Interrupted { std::io::ErrorKind::WouldBlock.into() } else { e })
 }
 
-/// `read_ready` of a blocking connection.
-fn read_ready_blocking(fd: Option<std::os::fd::RawFd>, buf: &mut Vec<u8>) -> Result<()> {
-    let Some(fd) = fd else { return Ok(()) };
+/// `read_ready` of a blocking socket.
+fn read_ready_blocking(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Result<()> {
     loop {
         match recv_now(fd, buf) {
             Ok(0) => return Err(closed()),

@@ -154,21 +154,11 @@ impl Etcd3Lock {
         }
         Ok(Attempt::Taken(resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
-}
 
-impl Etcd3Lock {
     /// Drops this object's waiter entry when it gives up (best effort: it lapses with the lease).
     async fn withdraw(&self, waiting: Waiting) {
         if waiting == Waiting::Registered {
-            let key = self.waiting_key.clone();
-            let _ = self
-                .shared
-                .link
-                .run("withdraw lock waiter", |mut c| {
-                    let key = key.clone();
-                    async move { c.delete(key, None).await }
-                })
-                .await;
+            let _ = self.shared.delete("withdraw lock waiter", self.waiting_key.clone()).await;
         }
     }
 }
@@ -282,15 +272,7 @@ impl DriverLock for Etcd3Lock {
     }
 
     async fn break_(&self) -> Result<bool> {
-        let key = self.key.clone();
-        let r = self
-            .shared
-            .link
-            .run("break lock", |mut c| {
-                let key = key.clone();
-                async move { c.delete(key, None).await }
-            })
-            .await?;
+        let r = self.shared.delete("break lock", self.key.clone()).await?;
         self.shared.state().held.retain(|_, (k, _)| *k != self.key);
         Ok(r.deleted() > 0)
     }

@@ -200,6 +200,16 @@ impl Shared {
             .await
     }
 
+    /// Deletes the one key `key`.
+    async fn delete(&self, what: &str, key: Vec<u8>) -> Result<etcd_client::DeleteResponse> {
+        self.link
+            .run(what, |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await
+    }
+
     fn lease(&self) -> Result<i64> {
         match self.state().lease {
             0 => Err(Error::Tooz("the coordinator is not started".into())),
@@ -519,7 +529,7 @@ impl Driver for Etcd3Driver {
 
     async fn destroy_group(&self, group: &Id) -> Result<()> {
         let gkey = group_key(group.as_bytes());
-        self.shared.link.run("destroy group", |mut c| { let k = gkey.clone(); async move { c.delete(k, None).await } }).await?;
+        self.shared.delete("destroy group", gkey).await?;
         Ok(())
     }
 
