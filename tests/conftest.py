@@ -78,12 +78,13 @@ BACKENDS = {
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
 # "locks_only": no groups at all (group calls raise NotImplemented); see has_groups().
-# "fair_locks": a process that releases a lock others wait for steps aside (handoff.rs).
+# "fair_locks": a process that releases a lock others wait for steps aside (handoff.rs), or
+# (ipc) hands it to the longest waiter once it has won it back over them for a moment.
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",
              "watch_elected_as_leader", "get_leader", "stand_down", "beat_liveness", "fair_locks"},
-    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release", "is_still_owner"},
+    "ipc": {"break", "watch_elected_as_leader", "text_ids", "kernel_release", "is_still_owner", "fair_locks"},
     # ttl_locks: a dead holder's lock lapses after lock_timeout, not at once.
     # lazy_pruning: dead members are deleted from a group by whoever lists it next, and a
     # coordinator always counts itself among the living.

@@ -1,5 +1,7 @@
 """Locks: blocking, non-blocking, timeouts, release, context managers, break, other processes."""
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -174,6 +176,35 @@ def test_held_by_other_process(backend, coord):
     finally:
         if holder.proc.poll() is None:
             holder.kill()
+
+def test_interrupted_wait_for_other_process_leaves_nothing_held(backend, coord):
+    """Ctrl-C during a blocking acquire of a lock another process holds raises
+    KeyboardInterrupt within a moment, and the abandoned wait does not take the lock later
+    behind the caller's back (once the holder lets go, a fresh attempt of this process wins;
+    where the kernel or the server frees a dead holder's lock, the holder is killed instead)."""
+    name = new_id("l")
+    holder = OtherProcessHolder(backend[1], name)
+    try:
+        waiter = coord.get_lock(name)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            # Bounded, so a wait deaf to the signal fails the test instead of hanging it.
+            waiter.acquire(blocking=8)
+        assert time.monotonic() - began < 3, "the signal was heard late"
+        assert waiter.acquired is False
+        if has(backend, "kernel_release") or has(backend, "connection_release"):
+            holder.kill()
+        else:
+            holder.release()
+        time.sleep(0.3)  # room for an abandoned wait to (wrongly) take the lock
+        fresh = coord.get_lock(name)
+        assert fresh.acquire(blocking=5), "the interrupted wait took the lock behind the caller's back"
+        fresh.release()
+    finally:
+        if holder.proc.poll() is None:
+            holder.kill()
+
 
 
 def test_killed_holder_frees_lock(backend, coord):

@@ -312,6 +312,10 @@ impl Barrier {
                         // this thread at the release (any process's, this one's included, bumps
                         // the sequence), with no hop through a thread of the runtime.
                         fence.sleep(*seen, pause);
+                        // Back to the caller's `block_on` for a moment: its time limit (the
+                        // slice after which Python looks for signals) can only end the wait
+                        // at a point where this future is pending.
+                        tokio::task::yield_now().await;
                         continue;
                     }
                     let nap = async move {

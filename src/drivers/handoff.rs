@@ -119,7 +119,7 @@ impl Pace {
 
 /// Sleeps for `d` when nothing else can end the wait: on a caller's thread (`block_on`) the
 /// thread itself sleeps, with no hop through the runtime's threads.
-async fn pause(d: Duration) {
+pub async fn pause(d: Duration) {
     if crate::runtime::on_caller_thread() {
         std::thread::sleep(d);
     } else {

@@ -3,7 +3,9 @@
 //!
 //! * lock `name` = semaphore `ftok(name, "__TOOZ_LOCK_")`, created with value 1 and taken
 //!   with SEM_UNDO (a killed holder frees it); release *removes* the semaphore, and waiters
-//!   that see it vanish start over;
+//!   that see it vanish start over; ours hands it to the longest waiter instead once a lock
+//!   object has kept winning it back over waiters for a while (`let_go`), ours and upstream's
+//!   alike;
 //! * groups = segment `ftok("GROUP_LIST", "_TOOZ_INTERNAL")`, 1024 bytes: a native-endian
 //!   u16 length, then a msgpack array of the ids; changed under lock `TOOZ_INTERNAL_LOCK`.
 //!   A process attaches the segment once, shared by its started coordinators; a coordinator
@@ -181,16 +183,114 @@ impl Driver for IpcDriver {
     }
 }
 
+/// The longest one blocking semaphore wait lasts before the acquire looks again: bounds how
+/// long a wait that was given up (Ctrl-C, a cancelled task) goes on in the kernel.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// A semaphore this process took and nobody has claimed yet: dropped unclaimed (the acquire
+/// that waited for it was abandoned), it is released as [`IpcLock::release`] would.
+struct Taken(Option<i32>);
+
+impl Taken {
+    fn keep(mut self) -> i32 {
+        self.0.take().expect("claimed once")
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take() {
+            let _ = let_go(id, None);
+        }
+    }
+}
+
+/// How long a lock object may keep winning its lock back over waiting processes: its first
+/// release that finds others waiting starts the clock, and once this much has passed a
+/// release hands the semaphore over (see [`let_go`]).
+const BURST: Duration = super::handoff::GRACE;
+/// How long a waiting acquire stays away after it saw the semaphore removed and at once
+/// taken again (a releaser's burst) before it queues on the new one.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(1);
+
+/// Gives up semaphore `id` (held by this process).
+///
+/// With nobody waiting, or while the lock object's `streak` (see [`BURST`]) is young, the
+/// semaphore is removed, as upstream's release does: waiters see it vanish and race to
+/// recreate it, and the releaser, still running, usually wins it back, which keeps the lock
+/// busy (a hand-over costs a process wake-up, tens of µs on a VM). Once the burst is over
+/// (or for a wait given up, no `streak`), it is handed to the process that waited longest: a
+/// V operation, for which the kernel completes the first queued P, so that process holds it
+/// before it even runs and the releaser cannot take it back first. Upstream's waiters wait
+/// in the same P operation on the same semaphore, so they are handed it too.
+fn let_go(id: i32, streak: Option<&Mutex<Streak>>) -> Result<bool> {
+    let waiting = sysv::sem_waiting(id).unwrap_or(0) > 0;
+    let hand_over = match streak {
+        None => waiting,
+        Some(streak) => streak.lock().unwrap_or_else(|p| p.into_inner()).over(waiting),
+    };
+    let gone = if hand_over { sysv::sem_post(id) } else { sysv::sem_remove(id) };
+    gone.map_err(|e| ipc_err("cannot release semaphore", e))
+}
+
+/// A lock object's run of releases over waiting processes (see [`BURST`]).
+#[derive(Default)]
+struct Streak {
+    /// The first release of the run that found others waiting.
+    since: Option<std::time::Instant>,
+    /// The last release that did (waiters pause after a removal, so a release may find
+    /// none for a moment while they are still there).
+    seen: Option<std::time::Instant>,
+}
+
+impl Streak {
+    /// Records a release; whether it is to hand the lock over.
+    fn over(&mut self, waiting: bool) -> bool {
+        let now = std::time::Instant::now();
+        if !waiting {
+            if self.seen.map_or(true, |t| now - t >= BURST) {
+                self.since = None;
+            }
+            return false;
+        }
+        self.seen = Some(now);
+        let over = now - *self.since.get_or_insert(now) >= BURST;
+        if over {
+            self.since = None;
+        }
+        over
+    }
+}
+
+enum Attempt {
+    Got(Taken),
+    /// Held by another for the whole slice.
+    Busy,
+    /// Removed meanwhile (a release): start over with the next semaphore.
+    Removed,
+}
+
+/// One P operation on semaphore `id` lasting at most `slice` (zero: one try).
+fn take(id: i32, slice: Duration) -> Result<Attempt> {
+    Ok(match sysv::sem_acquire(id, Some(slice)).map_err(|e| ipc_err("cannot take semaphore", e))? {
+        SemWait::Got => Attempt::Got(Taken(Some(id))),
+        SemWait::Busy => Attempt::Busy,
+        SemWait::Removed => Attempt::Removed,
+    })
+}
+
 pub struct IpcLock {
     name: Vec<u8>,
     key: libc::key_t,
     /// The semaphore id this object holds.
     held: Mutex<Option<i32>>,
+    /// Its releases over other processes' waits (see [`BURST`]).
+    streak: Mutex<Streak>,
 }
 
 impl IpcLock {
     pub fn new(name: &[u8]) -> IpcLock {
-        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None) }
+        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None), streak: Mutex::default() }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
@@ -227,33 +327,50 @@ impl DriverLock for IpcLock {
             }
         }
         let deadline = wait.deadline();
+        // Whether the last attempt saw the semaphore removed (then the next one is a single try).
+        let mut removed = false;
         loop {
             let Some(id) = self.semaphore()? else { continue };
-            let timeout = match (wait, deadline) {
-                (Wait::No, _) => Some(Duration::ZERO),
+            let slice = match (wait, deadline) {
+                (Wait::No, _) => Duration::ZERO,
+                _ if removed => Duration::ZERO,
                 (_, Some(d)) => {
                     let now = Instant::now();
                     if now >= d {
                         return Ok(false);
                     }
-                    Some(d - now)
+                    (d - now).min(WAIT_SLICE)
                 }
-                _ => None,
+                _ => WAIT_SLICE,
             };
-            let outcome = if timeout == Some(Duration::ZERO) {
-                sysv::sem_acquire(id, timeout)
+            let outcome = if slice.is_zero() || crate::runtime::on_caller_thread() {
+                // One try, or a caller's thread: the kernel wakes this very thread.
+                take(id, slice)
             } else {
-                tokio::task::spawn_blocking(move || sysv::sem_acquire(id, timeout))
+                // A runtime thread must not block: a blocking-pool thread waits. If this
+                // future is dropped meanwhile, a semaphore won after that is given back by
+                // `Taken`'s drop, with the task's unread output.
+                tokio::task::spawn_blocking(move || take(id, slice))
                     .await
                     .map_err(|e| Error::Tooz(format!("semaphore wait failed: {e}")))?
             };
-            match outcome.map_err(|e| ipc_err("cannot take semaphore", e))? {
-                SemWait::Got => {
-                    *self.held() = Some(id);
+            match outcome? {
+                Attempt::Got(taken) => {
+                    *self.held() = Some(taken.keep());
                     return Ok(true);
                 }
-                SemWait::Busy => return Ok(false),
-                SemWait::Removed => continue,
+                Attempt::Busy if wait == Wait::No => return Ok(false),
+                Attempt::Removed => removed = wait != Wait::No,
+                // Removed by a release, then taken again at once: by a releaser winning it back
+                // in its burst (`let_go`). Stay away a moment rather than queue again at once,
+                // where its next release would wake this waiter (and every other) once more.
+                Attempt::Busy if removed => {
+                    removed = false;
+                    super::handoff::pause(REQUEUE_PAUSE).await;
+                }
+                // Busy for this slice: look again. Yielding lets a caller's thread see signals
+                // (and a wait given up end) between slices.
+                Attempt::Busy => tokio::task::yield_now().await,
             }
         }
     }
@@ -273,7 +390,7 @@ impl DriverLock for IpcLock {
 
     async fn release(&self) -> Result<bool> {
         let Some(id) = self.held().take() else { return Ok(false) };
-        sysv::sem_remove(id).map_err(|e| ipc_err("cannot remove semaphore", e))
+        let_go(id, Some(&self.streak))
     }
 
     async fn break_(&self) -> Result<bool> {
@@ -281,5 +398,24 @@ impl DriverLock for IpcLock {
             None => Ok(false),
             Some(id) => sysv::sem_remove(id).map_err(|e| ipc_err("cannot remove semaphore", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streak_hands_over_once_it_has_kept_the_lock_from_waiters_for_a_burst() {
+        let mut s = Streak::default();
+        assert!(!s.over(false));
+        assert!(!s.over(true), "the first release over waiters starts the clock");
+        assert!(!s.over(false), "waiters away for a moment do not end the run");
+        std::thread::sleep(BURST);
+        assert!(s.over(true));
+        assert!(!s.over(true), "a new run starts after a hand-over");
+        std::thread::sleep(BURST);
+        assert!(!s.over(false), "nobody waited for a whole burst: the run ends");
+        assert!(!s.over(true), "and the next one starts afresh");
     }
 }

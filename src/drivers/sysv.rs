@@ -105,6 +105,33 @@ pub fn sem_state(id: i32) -> io::Result<Option<(i32, i32)>> {
     Ok(Some((value, pid)))
 }
 
+/// How many processes wait in a P operation on the semaphore (`GETNCNT`).
+pub fn sem_waiting(id: i32) -> io::Result<i32> {
+    let n = unsafe { libc::semctl(id, 0, libc::GETNCNT) };
+    if n < 0 {
+        return Err(last_error());
+    }
+    Ok(n)
+}
+
+/// V operation with SEM_UNDO (cancelling the adjustment of our P): with processes waiting,
+/// the kernel completes the longest waiter's P at once, so it holds the semaphore before it
+/// even runs. False when the semaphore is gone.
+pub fn sem_post(id: i32) -> io::Result<bool> {
+    let mut op = libc::sembuf { sem_num: 0, sem_op: 1, sem_flg: libc::SEM_UNDO as libc::c_short };
+    loop {
+        if unsafe { libc::semop(id, &mut op, 1) } == 0 {
+            return Ok(true);
+        }
+        let e = last_error();
+        match errno(&e) {
+            libc::EINTR => continue,
+            libc::EIDRM | libc::EINVAL => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Removes the semaphore; false when it was already gone.
 pub fn sem_remove(id: i32) -> io::Result<bool> {
     if unsafe { libc::semctl(id, 0, libc::IPC_RMID) } < 0 {
