@@ -378,8 +378,9 @@ impl Barrier {
     }
 
     /// Gives one hold back; the record lock goes when the last holder leaves. Whether
-    /// others (in this process or another) were waiting for it then.
-    pub fn release(&self) -> bool {
+    /// others (in this process or another) were waiting for it then, and if so the fencing
+    /// counter at that moment (the marker a courteous releaser watches, see `handoff.rs`).
+    pub fn release(&self) -> Released {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.holders = inner.holders.saturating_sub(1);
         let mut others_waiting = false;
@@ -403,10 +404,17 @@ impl Barrier {
                 }
             }
         }
+        let marker = if others_waiting { inner.fence.as_ref().and_then(|f| f.mapped_counter()) } else { None };
         drop(inner);
         self.changed.notify_waiters();
-        others_waiting
+        Released { others_waiting, marker }
     }
+}
+
+/// What [`Barrier::release`] saw.
+pub struct Released {
+    pub others_waiting: bool,
+    pub marker: Option<u64>,
 }
 
 /// A lock object: counts the holds *it* has on the barrier (shared holds stack).
@@ -472,10 +480,8 @@ impl PathLock {
             return false;
         }
         *held -= 1;
-        let others_waiting = self.barrier.release();
-        // The marker only matters when the object is to step aside.
-        let marker = if others_waiting { self.barrier.counter() } else { None };
-        self.courtesy.released_at(others_waiting, marker);
+        let seen = self.barrier.release();
+        self.courtesy.released_at(seen.others_waiting, seen.marker);
         true
     }
 
@@ -542,7 +548,7 @@ mod tests {
         let lock = Arc::new(PathLock::new(&path));
         runtime::block_on(async {
             assert!(lock.barrier().acquire(false, Wait::No, None).await.unwrap());
-            assert!(!lock.barrier().release(), "no one waits");
+            assert!(!lock.barrier().release().others_waiting, "no one waits");
             if !lock.barrier().inner.lock().unwrap().flock_apart {
                 return; // a filesystem where waiters do not register
             }
