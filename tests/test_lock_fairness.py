@@ -86,9 +86,10 @@ def test_waiting_process_gets_the_lock_within_a_few_handoffs(backend, coord, tmp
 
 def test_file_waiter_is_woken_by_the_release_and_the_releaser_steps_aside(backend, coord, tmp_path):
     """On file://, a release wakes the other processes' waiters (a futex in the lock's side
-    file) and the releaser stays away until one of them has the lock: the hammer does not get
-    the lock back ahead of us, typically (it may once if we are descheduled)."""
+    file), and a releaser that has won the lock back over them for a burst (handoff.BURST,
+    2 ms) stays away until one of them has it: a waiter gets in within a burst's worth of the
+    hammer's holds (measured: median 0-8, at most 20)."""
     if backend[0] != "file":
         pytest.skip("the file lock's wake-up")
     misses = sorted(_missed_handoffs(backend, coord, tmp_path, 9))
-    assert misses[len(misses) // 2] <= 3, "the hammer took the lock %s times while we waited" % misses
+    assert misses[len(misses) // 2] <= 50, "the hammer took the lock %s times while we waited" % misses

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::fsfence::Fence;
-use super::handoff::{self, Courtesy, Pace};
+use super::handoff::{self, Burst, Courtesy, Pace};
 use crate::driver::Wait;
 use crate::error::{Error, Result};
 use crate::runtime;
@@ -422,11 +422,13 @@ pub struct PathLock {
     barrier: Arc<Barrier>,
     held: Mutex<usize>,
     courtesy: Courtesy,
+    /// Its releases over other processes' waits: it steps aside once a burst of them is over.
+    burst: Mutex<Burst>,
 }
 
 impl PathLock {
     pub fn new(path: &Path) -> PathLock {
-        PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default() }
+        PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default(), burst: Mutex::default() }
     }
 
     /// A lock with fencing tokens, kept in the side file at `fence` (`fsfence.rs`).
@@ -481,7 +483,8 @@ impl PathLock {
         }
         *held -= 1;
         let seen = self.barrier.release();
-        self.courtesy.released_at(seen.others_waiting, seen.marker);
+        let step_aside = self.burst.lock().unwrap_or_else(|p| p.into_inner()).over(seen.others_waiting);
+        self.courtesy.released_at(step_aside, seen.marker);
         true
     }
 

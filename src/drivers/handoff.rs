@@ -1,16 +1,18 @@
-//! Fair hand-over of a contended lock between processes, shared by the file lock and the
+//! Fair hand-over of a contended lock between processes, shared by the file and ipc locks and the
 //! locks that are keys on a server.
 //!
 //! Without it, a process that releases a lock takes it straight back: its next attempt comes
 //! microseconds later, while the waiters of other processes sleep between polls, so one
-//! process starves the others. Two pieces stop that:
+//! process starves the others. These pieces stop that:
 //!
 //! * [`Courtesy`]: a lock object whose release found other waiters (the backend tells: a
 //!   registry of waiters kept beside the lock) steps aside for [`GRACE`] before its next
 //!   attempt, so a waiter takes the lock first;
 //! * [`Pace`]: a waiter polls every [`FAST_POLL`] while the lock changes hands (a marker the
 //!   backend returns with a failed attempt, its fencing counter, moved since the last poll),
-//!   and backs off towards a slow poll while one holder keeps the lock.
+//!   and backs off towards a slow poll while one holder keeps the lock;
+//! * [`Burst`]: when the lock object steps aside (file) or hands the lock over (ipc): not at
+//!   every release over waiters, but once it has won the lock back over them for [`BURST`].
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -96,6 +98,46 @@ impl Courtesy {
     }
 }
 
+/// How long a lock object may keep winning its lock back over waiting processes before it
+/// lets one of them in (see [`Burst`]).
+pub const BURST: Duration = GRACE;
+
+/// A lock object's run of releases over waiting processes. Handing a lock over at every
+/// release costs a process wake-up per acquisition (tens of µs on a VM, more than many
+/// critical sections); letting the releaser win it back for a short burst, then handing it
+/// over, keeps the lock busy and still lets every waiter in within about a burst.
+#[derive(Default)]
+pub struct Burst {
+    /// The first release of the run that found others waiting.
+    since: Option<std::time::Instant>,
+    /// The last release that did (a waiter may be away for a moment after losing a race, so
+    /// a release may find none while they are still there).
+    seen: Option<std::time::Instant>,
+}
+
+impl Burst {
+    /// Records a release that found others waiting or not; whether this one is to let a
+    /// waiter in (the burst is over; a new one starts with the next release over waiters).
+    pub fn over(&mut self, waiting: bool) -> bool {
+        if !waiting && self.since.is_none() {
+            return false; // the uncontended release: no clock read
+        }
+        let now = std::time::Instant::now();
+        if !waiting {
+            if self.seen.map_or(true, |t| now - t >= BURST) {
+                self.since = None;
+            }
+            return false;
+        }
+        self.seen = Some(now);
+        let over = now - *self.since.get_or_insert(now) >= BURST;
+        if over {
+            self.since = None;
+        }
+        over
+    }
+}
+
 /// The pauses of one waiter between its attempts.
 pub struct Pace {
     pause: Duration,
@@ -151,6 +193,20 @@ mod tests {
             pace.after_busy(None);
         }
         assert_eq!(pace.after_busy(None), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_burst_lets_a_waiter_in_once_it_has_kept_the_lock_from_waiters_for_a_while() {
+        let mut s = Burst::default();
+        assert!(!s.over(false));
+        assert!(!s.over(true), "the first release over waiters starts the clock");
+        assert!(!s.over(false), "waiters away for a moment do not end the run");
+        std::thread::sleep(BURST);
+        assert!(s.over(true));
+        assert!(!s.over(true), "a new run starts after a hand-over");
+        std::thread::sleep(BURST);
+        assert!(!s.over(false), "nobody waited for a whole burst: the run ends");
+        assert!(!s.over(true), "and the next one starts afresh");
     }
 
     #[test]

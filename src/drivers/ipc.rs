@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::handoff::Burst;
 use super::sysv::{self, SemWait, Shm};
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
@@ -205,61 +206,28 @@ impl Drop for Taken {
     }
 }
 
-/// How long a lock object may keep winning its lock back over waiting processes: its first
-/// release that finds others waiting starts the clock, and once this much has passed a
-/// release hands the semaphore over (see [`let_go`]).
-const BURST: Duration = super::handoff::GRACE;
 /// How long a waiting acquire stays away after it saw the semaphore removed and at once
 /// taken again (a releaser's burst) before it queues on the new one.
 const REQUEUE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Gives up semaphore `id` (held by this process).
 ///
-/// With nobody waiting, or while the lock object's `streak` (see [`BURST`]) is young, the
+/// With nobody waiting, or while the lock object's [`Burst`] is young, the
 /// semaphore is removed, as upstream's release does: waiters see it vanish and race to
 /// recreate it, and the releaser, still running, usually wins it back, which keeps the lock
 /// busy (a hand-over costs a process wake-up, tens of µs on a VM). Once the burst is over
-/// (or for a wait given up, no `streak`), it is handed to the process that waited longest: a
+/// (or for a wait given up, no burst), it is handed to the process that waited longest: a
 /// V operation, for which the kernel completes the first queued P, so that process holds it
 /// before it even runs and the releaser cannot take it back first. Upstream's waiters wait
 /// in the same P operation on the same semaphore, so they are handed it too.
-fn let_go(id: i32, streak: Option<&Mutex<Streak>>) -> Result<bool> {
+fn let_go(id: i32, burst: Option<&Mutex<Burst>>) -> Result<bool> {
     let waiting = sysv::sem_waiting(id).unwrap_or(0) > 0;
-    let hand_over = match streak {
+    let hand_over = match burst {
         None => waiting,
-        Some(streak) => streak.lock().unwrap_or_else(|p| p.into_inner()).over(waiting),
+        Some(burst) => burst.lock().unwrap_or_else(|p| p.into_inner()).over(waiting),
     };
     let gone = if hand_over { sysv::sem_post(id) } else { sysv::sem_remove(id) };
     gone.map_err(|e| ipc_err("cannot release semaphore", e))
-}
-
-/// A lock object's run of releases over waiting processes (see [`BURST`]).
-#[derive(Default)]
-struct Streak {
-    /// The first release of the run that found others waiting.
-    since: Option<std::time::Instant>,
-    /// The last release that did (waiters pause after a removal, so a release may find
-    /// none for a moment while they are still there).
-    seen: Option<std::time::Instant>,
-}
-
-impl Streak {
-    /// Records a release; whether it is to hand the lock over.
-    fn over(&mut self, waiting: bool) -> bool {
-        let now = std::time::Instant::now();
-        if !waiting {
-            if self.seen.map_or(true, |t| now - t >= BURST) {
-                self.since = None;
-            }
-            return false;
-        }
-        self.seen = Some(now);
-        let over = now - *self.since.get_or_insert(now) >= BURST;
-        if over {
-            self.since = None;
-        }
-        over
-    }
 }
 
 enum Attempt {
@@ -284,13 +252,13 @@ pub struct IpcLock {
     key: libc::key_t,
     /// The semaphore id this object holds.
     held: Mutex<Option<i32>>,
-    /// Its releases over other processes' waits (see [`BURST`]).
-    streak: Mutex<Streak>,
+    /// Its releases over other processes' waits.
+    burst: Mutex<Burst>,
 }
 
 impl IpcLock {
     pub fn new(name: &[u8]) -> IpcLock {
-        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None), streak: Mutex::default() }
+        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None), burst: Mutex::default() }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
@@ -390,7 +358,7 @@ impl DriverLock for IpcLock {
 
     async fn release(&self) -> Result<bool> {
         let Some(id) = self.held().take() else { return Ok(false) };
-        let_go(id, Some(&self.streak))
+        let_go(id, Some(&self.burst))
     }
 
     async fn break_(&self) -> Result<bool> {
@@ -401,21 +369,3 @@ impl DriverLock for IpcLock {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_streak_hands_over_once_it_has_kept_the_lock_from_waiters_for_a_burst() {
-        let mut s = Streak::default();
-        assert!(!s.over(false));
-        assert!(!s.over(true), "the first release over waiters starts the clock");
-        assert!(!s.over(false), "waiters away for a moment do not end the run");
-        std::thread::sleep(BURST);
-        assert!(s.over(true));
-        assert!(!s.over(true), "a new run starts after a hand-over");
-        std::thread::sleep(BURST);
-        assert!(!s.over(false), "nobody waited for a whole burst: the run ends");
-        assert!(!s.over(true), "and the next one starts afresh");
-    }
-}
