@@ -132,7 +132,7 @@ def test_async_with_and_contention(backend, async_coordinators, make_coordinator
     run(body())
 
 
-CANCEL_BACKENDS = ("file", "redis", "memcached", "zookeeper")
+CANCEL_BACKENDS = ("file", "ipc", "redis", "memcached", "zookeeper")
 
 
 def test_cancelled_acquire_is_withdrawn(backend, url, async_coordinators, make_coordinator):
