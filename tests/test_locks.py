@@ -186,11 +186,16 @@ def test_interrupted_wait_for_other_process_leaves_nothing_held(backend, coord):
     holder = OtherProcessHolder(backend[1], name)
     try:
         waiter = coord.get_lock(name)
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        interrupt.start()
         began = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            # Bounded, so a wait deaf to the signal fails the test instead of hanging it.
-            waiter.acquire(blocking=8)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                # Bounded, so a wait deaf to the signal fails the test instead of hanging it.
+                waiter.acquire(blocking=8)
+        finally:
+            interrupt.cancel()  # never a stray SIGINT into the rest of the run
+            interrupt.join()
         assert time.monotonic() - began < 3, "the signal was heard late"
         assert waiter.acquired is False
         if has(backend, "kernel_release") or has(backend, "connection_release"):
@@ -204,7 +209,6 @@ def test_interrupted_wait_for_other_process_leaves_nothing_held(backend, coord):
     finally:
         if holder.proc.poll() is None:
             holder.kill()
-
 
 
 def test_killed_holder_frees_lock(backend, coord):

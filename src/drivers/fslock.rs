@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::fsfence::Fence;
-use super::handoff::{self, Burst, Courtesy, Pace};
+use super::handoff::{self, Bursts, Courtesy, Pace};
 use crate::driver::Wait;
 use crate::error::{Error, Result};
 use crate::runtime;
@@ -74,6 +74,9 @@ impl Inner {
         Ok(self.fence.as_ref())
     }
 }
+
+/// This process's runs of releases over waiters, per lock file (`handoff::Bursts`).
+static BURSTS: Bursts<PathBuf> = Bursts::new();
 
 type Registry = (u64, HashMap<PathBuf, Weak<Barrier>>);
 static BARRIERS: Mutex<Option<Registry>> = Mutex::new(None);
@@ -422,13 +425,11 @@ pub struct PathLock {
     barrier: Arc<Barrier>,
     held: Mutex<usize>,
     courtesy: Courtesy,
-    /// Its releases over other processes' waits: it steps aside once a burst of them is over.
-    burst: Mutex<Burst>,
 }
 
 impl PathLock {
     pub fn new(path: &Path) -> PathLock {
-        PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default(), burst: Mutex::default() }
+        PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default() }
     }
 
     /// A lock with fencing tokens, kept in the side file at `fence` (`fsfence.rs`).
@@ -483,7 +484,7 @@ impl PathLock {
         }
         *held -= 1;
         let seen = self.barrier.release();
-        let step_aside = self.burst.lock().unwrap_or_else(|p| p.into_inner()).over(seen.others_waiting);
+        let step_aside = BURSTS.over(&self.barrier.path, seen.others_waiting);
         self.courtesy.released_at(step_aside, seen.marker);
         true
     }

@@ -6,14 +6,17 @@
 //! process starves the others. These pieces stop that:
 //!
 //! * [`Courtesy`]: a lock object whose release found other waiters (the backend tells: a
-//!   registry of waiters kept beside the lock) steps aside for [`GRACE`] before its next
-//!   attempt, so a waiter takes the lock first;
+//!   registry of waiters kept beside the lock; file: once a burst is over, see below) steps
+//!   aside for [`GRACE`] before its next attempt, so a waiter takes the lock first;
 //! * [`Pace`]: a waiter polls every [`FAST_POLL`] while the lock changes hands (a marker the
 //!   backend returns with a failed attempt, its fencing counter, moved since the last poll),
 //!   and backs off towards a slow poll while one holder keeps the lock;
-//! * [`Burst`]: when the lock object steps aside (file) or hands the lock over (ipc): not at
-//!   every release over waiters, but once it has won the lock back over them for [`BURST`].
+//! * [`Bursts`]: when a releaser steps aside (file) or hands the lock over (ipc): not at
+//!   every release over waiters, but once its process has won the lock back over them for
+//!   [`BURST`].
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -98,16 +101,19 @@ impl Courtesy {
     }
 }
 
-/// How long a lock object may keep winning its lock back over waiting processes before it
-/// lets one of them in (see [`Burst`]).
+/// How long a process may keep winning a lock back over waiting processes before it lets
+/// one of them in (see [`Burst`]).
 pub const BURST: Duration = GRACE;
+/// How long no release may find anyone waiting before a run of releases over waiters ends:
+/// well above a waiter's absences (ipc's 1 ms stay-away, a wake-up on a busy machine).
+const QUIET: Duration = Duration::from_millis(20);
 
-/// A lock object's run of releases over waiting processes. Handing a lock over at every
-/// release costs a process wake-up per acquisition (tens of µs on a VM, more than many
+/// A process's run of releases of one lock over waiting processes. Handing a lock over at
+/// every release costs a process wake-up per acquisition (tens of µs on a VM, more than many
 /// critical sections); letting the releaser win it back for a short burst, then handing it
 /// over, keeps the lock busy and still lets every waiter in within about a burst.
 #[derive(Default)]
-pub struct Burst {
+struct Burst {
     /// The first release of the run that found others waiting.
     since: Option<std::time::Instant>,
     /// The last release that did (a waiter may be away for a moment after losing a race, so
@@ -118,13 +124,10 @@ pub struct Burst {
 impl Burst {
     /// Records a release that found others waiting or not; whether this one is to let a
     /// waiter in (the burst is over; a new one starts with the next release over waiters).
-    pub fn over(&mut self, waiting: bool) -> bool {
-        if !waiting && self.since.is_none() {
-            return false; // the uncontended release: no clock read
-        }
+    fn over(&mut self, waiting: bool) -> bool {
         let now = std::time::Instant::now();
         if !waiting {
-            if self.seen.map_or(true, |t| now - t >= BURST) {
+            if self.seen.map_or(true, |t| now - t >= QUIET) {
                 self.since = None;
             }
             return false;
@@ -133,6 +136,42 @@ impl Burst {
         let over = now - *self.since.get_or_insert(now) >= BURST;
         if over {
             self.since = None;
+        }
+        over
+    }
+}
+
+/// The [`Burst`]s of this process, one per lock (a semaphore key, a lock file's path): kept
+/// apart from lock objects, since many programs make a fresh one for each hold
+/// (`with coord.get_lock(name):`). A lock's entry lasts while a run does.
+pub struct Bursts<K>(Mutex<Option<HashMap<K, Burst>>>);
+
+impl<K: Hash + Eq + Clone> Bursts<K> {
+    pub const fn new() -> Self {
+        Bursts(Mutex::new(None))
+    }
+
+    /// Records a release of lock `key` that found others waiting or not; whether this one is
+    /// to let a waiter in.
+    pub fn over(&self, key: &K, waiting: bool) -> bool {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = guard.get_or_insert_with(HashMap::new);
+        let (over, ended) = match map.get_mut(key) {
+            // The uncontended release: no clock read, no allocation.
+            None if !waiting => return false,
+            None => {
+                let mut burst = Burst::default();
+                let over = burst.over(true);
+                map.insert(key.clone(), burst);
+                (over, false)
+            }
+            Some(burst) => {
+                let over = burst.over(waiting);
+                (over, burst.since.is_none())
+            }
+        };
+        if ended {
+            map.remove(key);
         }
         over
     }
@@ -204,9 +243,21 @@ mod tests {
         std::thread::sleep(BURST);
         assert!(s.over(true));
         assert!(!s.over(true), "a new run starts after a hand-over");
-        std::thread::sleep(BURST);
-        assert!(!s.over(false), "nobody waited for a whole burst: the run ends");
+        std::thread::sleep(QUIET);
+        assert!(!s.over(false), "nobody waited for a while: the run ends");
         assert!(!s.over(true), "and the next one starts afresh");
+    }
+
+    #[test]
+    fn bursts_are_kept_per_lock_and_only_while_a_run_lasts() {
+        let bursts: Bursts<u32> = Bursts::new();
+        assert!(!bursts.over(&1, false));
+        assert!(!bursts.over(&1, true));
+        assert!(!bursts.over(&2, true));
+        std::thread::sleep(BURST);
+        assert!(bursts.over(&1, true), "lock 1's run is over, whichever object releases it");
+        assert_eq!(bursts.0.lock().unwrap().as_ref().unwrap().len(), 1, "its entry is gone");
+        assert!(bursts.over(&2, true));
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //!
 //! * lock `name` = semaphore `ftok(name, "__TOOZ_LOCK_")`, created with value 1 and taken
 //!   with SEM_UNDO (a killed holder frees it); release *removes* the semaphore, and waiters
-//!   that see it vanish start over; ours hands it to the longest waiter instead once a lock
-//!   object has kept winning it back over waiters for a while (`let_go`), ours and upstream's
-//!   alike;
+//!   that see it vanish start over; ours hands it to a waiter instead once this process has
+//!   kept winning it back over waiters for a while (`let_go`), ours and upstream's alike;
 //! * groups = segment `ftok("GROUP_LIST", "_TOOZ_INTERNAL")`, 1024 bytes: a native-endian
 //!   u16 length, then a msgpack array of the ids; changed under lock `TOOZ_INTERNAL_LOCK`.
 //!   A process attaches the segment once, shared by its started coordinators; a coordinator
@@ -18,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::handoff::Burst;
+use super::handoff::Bursts;
 use super::sysv::{self, SemWait, Shm};
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
@@ -210,24 +209,42 @@ impl Drop for Taken {
 /// taken again (a releaser's burst) before it queues on the new one.
 const REQUEUE_PAUSE: Duration = Duration::from_millis(1);
 
-/// Gives up semaphore `id` (held by this process).
+/// This process's runs of releases over waiters, per semaphore key (`handoff::Bursts`).
+static BURSTS: Bursts<libc::key_t> = Bursts::new();
+
+/// Gives up semaphore `id` (held by this process), the lock of `key`.
 ///
-/// With nobody waiting, or while the lock object's [`Burst`] is young, the
-/// semaphore is removed, as upstream's release does: waiters see it vanish and race to
-/// recreate it, and the releaser, still running, usually wins it back, which keeps the lock
-/// busy (a hand-over costs a process wake-up, tens of µs on a VM). Once the burst is over
-/// (or for a wait given up, no burst), it is handed to the process that waited longest: a
-/// V operation, for which the kernel completes the first queued P, so that process holds it
-/// before it even runs and the releaser cannot take it back first. Upstream's waiters wait
-/// in the same P operation on the same semaphore, so they are handed it too.
-fn let_go(id: i32, burst: Option<&Mutex<Burst>>) -> Result<bool> {
+/// With nobody waiting, or while this process's run of releases of the lock over waiters is
+/// young (`BURSTS`), the semaphore is removed, as upstream's release does: waiters see it
+/// vanish and race to recreate it, and the releaser, still running, usually wins it back,
+/// which keeps the lock busy (a hand-over costs a process wake-up, tens of µs on a VM). Once
+/// the burst is over (or for a wait given up, `key` None), it is handed to a waiting
+/// process: a V operation, for which the kernel completes the first P in its queue (ours
+/// queue again at each wait slice, upstream's wait in one P), so that process holds it
+/// before it even runs and the releaser cannot take it back first. Only when the kernel
+/// says this process took it last: a forked child releasing what its parent holds removes
+/// it, as before, rather than raise its count to 2.
+fn let_go(id: i32, key: Option<libc::key_t>) -> Result<bool> {
+    let io = |e| ipc_err("cannot release semaphore", e);
     let waiting = sysv::sem_waiting(id).unwrap_or(0) > 0;
-    let hand_over = match burst {
-        None => waiting,
-        Some(burst) => burst.lock().unwrap_or_else(|p| p.into_inner()).over(waiting),
-    };
-    let gone = if hand_over { sysv::sem_post(id) } else { sysv::sem_remove(id) };
-    gone.map_err(|e| ipc_err("cannot release semaphore", e))
+    let hand_over = waiting
+        && key.map_or(true, |k| BURSTS.over(&k, true))
+        && sysv::sem_state(id).map_err(io)? == Some((0, std::process::id() as i32));
+    if !waiting {
+        if let Some(k) = key {
+            BURSTS.over(&k, false);
+        }
+    }
+    if !hand_over {
+        return sysv::sem_remove(id).map_err(io);
+    }
+    let posted = sysv::sem_post(id).map_err(io)?;
+    // The waiter gave up just before the V: nobody took it, so remove it rather than leave
+    // it in the kernel (someone about to wait on it sees it vanish and starts over).
+    if posted && sysv::sem_waiting(id).unwrap_or(1) == 0 && matches!(sysv::sem_state(id), Ok(Some((1, _)))) {
+        let _ = sysv::sem_remove(id);
+    }
+    Ok(posted)
 }
 
 enum Attempt {
@@ -252,13 +269,11 @@ pub struct IpcLock {
     key: libc::key_t,
     /// The semaphore id this object holds.
     held: Mutex<Option<i32>>,
-    /// Its releases over other processes' waits.
-    burst: Mutex<Burst>,
 }
 
 impl IpcLock {
     pub fn new(name: &[u8]) -> IpcLock {
-        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None), burst: Mutex::default() }
+        IpcLock { name: name.to_vec(), key: sysv::ftok(name, LOCK_PROJECT), held: Mutex::new(None) }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
@@ -358,7 +373,7 @@ impl DriverLock for IpcLock {
 
     async fn release(&self) -> Result<bool> {
         let Some(id) = self.held().take() else { return Ok(false) };
-        let_go(id, Some(&self.burst))
+        let_go(id, Some(self.key))
     }
 
     async fn break_(&self) -> Result<bool> {
@@ -368,4 +383,3 @@ impl DriverLock for IpcLock {
         }
     }
 }
-

@@ -115,8 +115,8 @@ pub fn sem_waiting(id: i32) -> io::Result<i32> {
 }
 
 /// V operation with SEM_UNDO (cancelling the adjustment of our P): with processes waiting,
-/// the kernel completes the longest waiter's P at once, so it holds the semaphore before it
-/// even runs. False when the semaphore is gone.
+/// the kernel completes the first P in its queue at once, so that process holds the
+/// semaphore before it even runs. False when the semaphore is gone.
 pub fn sem_post(id: i32) -> io::Result<bool> {
     let mut op = libc::sembuf { sem_num: 0, sem_op: 1, sem_flg: libc::SEM_UNDO as libc::c_short };
     loop {
