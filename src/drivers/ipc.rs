@@ -239,10 +239,13 @@ fn let_go(id: i32, key: Option<libc::key_t>) -> Result<bool> {
         return sysv::sem_remove(id).map_err(io);
     }
     let posted = sysv::sem_post(id).map_err(io)?;
-    // The waiter gave up just before the V: nobody took it, so remove it rather than leave
-    // it in the kernel (someone about to wait on it sees it vanish and starts over).
-    if posted && sysv::sem_waiting(id).unwrap_or(1) == 0 && matches!(sysv::sem_state(id), Ok(Some((1, _)))) {
-        let _ = sysv::sem_remove(id);
+    // The waiter gave up just before the V, and nobody else waits: take it back (one try,
+    // so never from someone who took it meanwhile) and remove it, as a release with nobody
+    // waiting does, rather than leave it in the kernel.
+    if posted && sysv::sem_waiting(id).unwrap_or(1) == 0 {
+        if let Ok(SemWait::Got) = sysv::sem_acquire(id, Some(Duration::ZERO)) {
+            let _ = sysv::sem_remove(id);
+        }
     }
     Ok(posted)
 }
