@@ -79,7 +79,7 @@ BACKENDS = {
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
 # "locks_only": no groups at all (group calls raise NotImplemented); see has_groups().
 # "fair_locks": a process that releases a lock others wait for steps aside (handoff.rs), or
-# (ipc) hands it to the longest waiter once it has won it back over them for a moment.
+# (ipc) hands it to a waiter once it has won it back over them for a moment.
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",
              "text_ids", "stale_members_revive", "self_expiry", "kernel_release", "election",

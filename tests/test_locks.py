@@ -177,6 +177,7 @@ def test_held_by_other_process(backend, coord):
         if holder.proc.poll() is None:
             holder.kill()
 
+
 def test_interrupted_wait_for_other_process_leaves_nothing_held(backend, coord):
     """Ctrl-C during a blocking acquire of a lock another process holds raises
     KeyboardInterrupt within a moment, and the abandoned wait does not take the lock later

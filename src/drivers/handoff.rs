@@ -155,9 +155,12 @@ impl<K: Hash + Eq + Clone> Bursts<K> {
     /// to let a waiter in.
     pub fn over(&self, key: &K, waiting: bool) -> bool {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !waiting && guard.as_ref().map_or(true, HashMap::is_empty) {
+            return false; // the uncontended release, with no run anywhere: not even a hash
+        }
         let map = guard.get_or_insert_with(HashMap::new);
         let (over, ended) = match map.get_mut(key) {
-            // The uncontended release: no clock read, no allocation.
+            // An uncontended release of a lock with no run: no clock read, no allocation.
             None if !waiting => return false,
             None => {
                 let mut burst = Burst::default();

@@ -227,14 +227,8 @@ static BURSTS: Bursts<libc::key_t> = Bursts::new();
 fn let_go(id: i32, key: Option<libc::key_t>) -> Result<bool> {
     let io = |e| ipc_err("cannot release semaphore", e);
     let waiting = sysv::sem_waiting(id).unwrap_or(0) > 0;
-    let hand_over = waiting
-        && key.map_or(true, |k| BURSTS.over(&k, true))
+    let hand_over = key.map_or(waiting, |k| BURSTS.over(&k, waiting))
         && sysv::sem_state(id).map_err(io)? == Some((0, std::process::id() as i32));
-    if !waiting {
-        if let Some(k) = key {
-            BURSTS.over(&k, false);
-        }
-    }
     if !hand_over {
         return sysv::sem_remove(id).map_err(io);
     }
@@ -243,7 +237,7 @@ fn let_go(id: i32, key: Option<libc::key_t>) -> Result<bool> {
     // so never from someone who took it meanwhile) and remove it, as a release with nobody
     // waiting does, rather than leave it in the kernel.
     if posted && sysv::sem_waiting(id).unwrap_or(1) == 0 {
-        if let Ok(SemWait::Got) = sysv::sem_acquire(id, Some(Duration::ZERO)) {
+        if let Ok(SemWait::Got) = sysv::sem_acquire(id, Duration::ZERO) {
             let _ = sysv::sem_remove(id);
         }
     }
@@ -260,7 +254,7 @@ enum Attempt {
 
 /// One P operation on semaphore `id` lasting at most `slice` (zero: one try).
 fn take(id: i32, slice: Duration) -> Result<Attempt> {
-    Ok(match sysv::sem_acquire(id, Some(slice)).map_err(|e| ipc_err("cannot take semaphore", e))? {
+    Ok(match sysv::sem_acquire(id, slice).map_err(|e| ipc_err("cannot take semaphore", e))? {
         SemWait::Got => Attempt::Got(Taken(Some(id))),
         SemWait::Busy => Attempt::Busy,
         SemWait::Removed => Attempt::Removed,

@@ -62,24 +62,23 @@ pub enum SemWait {
     Removed,
 }
 
-/// P operation with SEM_UNDO (the kernel gives it back if the process dies).
-/// `timeout`: `Some(ZERO)` = one try, `None` = wait forever.
-pub fn sem_acquire(id: i32, timeout: Option<Duration>) -> io::Result<SemWait> {
-    let nowait = timeout == Some(Duration::ZERO);
+/// One operation adding `delta` to the semaphore, with SEM_UNDO (the kernel undoes it if
+/// the process dies), waiting at most `wait` (zero: not at all) where it would block.
+fn sem_op(id: i32, delta: libc::c_short, wait: Duration) -> io::Result<SemWait> {
+    let nowait = wait.is_zero();
     let mut op = libc::sembuf {
         sem_num: 0,
-        sem_op: -1,
+        sem_op: delta,
         sem_flg: (libc::SEM_UNDO | if nowait { libc::IPC_NOWAIT } else { 0 }) as libc::c_short,
     };
     let started = std::time::Instant::now();
     loop {
-        let rc = match timeout {
-            Some(t) if !nowait => {
-                let left = t.saturating_sub(started.elapsed());
-                let ts = libc::timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
-                unsafe { semtimedop(id, &mut op, 1, &ts) }
-            }
-            _ => unsafe { libc::semop(id, &mut op, 1) },
+        let rc = if nowait {
+            unsafe { libc::semop(id, &mut op, 1) }
+        } else {
+            let left = wait.saturating_sub(started.elapsed());
+            let ts = libc::timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+            unsafe { semtimedop(id, &mut op, 1, &ts) }
         };
         if rc == 0 {
             return Ok(SemWait::Got);
@@ -92,6 +91,11 @@ pub fn sem_acquire(id: i32, timeout: Option<Duration>) -> io::Result<SemWait> {
             _ => return Err(e),
         }
     }
+}
+
+/// P operation, waiting at most `wait` (zero: one try).
+pub fn sem_acquire(id: i32, wait: Duration) -> io::Result<SemWait> {
+    sem_op(id, -1, wait)
 }
 
 /// (value, pid of the last operation) of a semaphore; `None` when it is gone.
@@ -114,22 +118,11 @@ pub fn sem_waiting(id: i32) -> io::Result<i32> {
     Ok(n)
 }
 
-/// V operation with SEM_UNDO (cancelling the adjustment of our P): with processes waiting,
-/// the kernel completes the first P in its queue at once, so that process holds the
-/// semaphore before it even runs. False when the semaphore is gone.
+/// V operation (its SEM_UNDO cancels the adjustment of our P): with processes waiting, the
+/// kernel completes the first P in its queue at once, so that process holds the semaphore
+/// before it even runs. False when the semaphore is gone. A V never blocks.
 pub fn sem_post(id: i32) -> io::Result<bool> {
-    let mut op = libc::sembuf { sem_num: 0, sem_op: 1, sem_flg: libc::SEM_UNDO as libc::c_short };
-    loop {
-        if unsafe { libc::semop(id, &mut op, 1) } == 0 {
-            return Ok(true);
-        }
-        let e = last_error();
-        match errno(&e) {
-            libc::EINTR => continue,
-            libc::EIDRM | libc::EINVAL => return Ok(false),
-            _ => return Err(e),
-        }
-    }
+    Ok(!matches!(sem_op(id, 1, Duration::ZERO)?, SemWait::Removed))
 }
 
 /// Removes the semaphore; false when it was already gone.
