@@ -1,6 +1,6 @@
 """Many lock holders in one process: tooz.aio against the blocking APIs.
 
-    python3 benchmarks/aio_locks.py [--seconds 2] [--backends redis,memcached,zookeeper]
+    .venv/bin/python benchmarks/aio_locks.py [--seconds 2] [--backends redis,memcached,zookeeper]
 
 N tasks (N = 1, 16, 256), each acquiring and releasing a lock of its own in a loop, on one
 coordinator, for a fixed time. Three ways of doing that work, against the same server started

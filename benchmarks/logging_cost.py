@@ -1,7 +1,7 @@
 """What logging costs: redis lock acquire+release with no logging configured, and with a
 DEBUG handler on the root logger, interleaved in fresh processes.
 
-    python3 benchmarks/logging_cost.py [--rounds 3] [--ops 3000]
+    .venv/bin/python benchmarks/logging_cost.py [--rounds 3] [--ops 3000]
 
 The core logs state changes only (an outage, a recovery, a re-join), never per call, so the
 two rates should agree within noise.

@@ -1,8 +1,8 @@
 """Ours against upstream tooz, same machine, same servers, same run.
 
-    python3 benchmarks/run.py [--rounds 3] [--only NAME[,NAME]] [--backends file,ipc]
+    .venv/bin/python benchmarks/run.py [--rounds 3] [--only NAME[,NAME]] [--backends file,ipc]
 
-Each workload of ``workloads.py`` runs in a fresh process under our interpreter (``python3``
+Each workload of ``workloads.py`` runs in a fresh process under our interpreter (``.venv/bin/python``
 with this package installed) and under ``.venv-upstream/bin/python`` (upstream tooz 9.1.0 from
 PyPI), alternating A, B, A, B for ``--rounds`` rounds to cancel drift. Prints one Markdown
 table per backend: ops/s of each side (median of rounds, with min-max), the ratio ours /

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 benchmarks/run.py "$@"
+.venv/bin/python benchmarks/run.py "$@"
 if [ "$#" -eq 0 ]; then
-  python3 benchmarks/scale.py
+  .venv/bin/python benchmarks/scale.py
 fi

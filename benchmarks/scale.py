@@ -1,6 +1,6 @@
 """How the cost of group calls grows with the work, ours against upstream tooz.
 
-    python3 benchmarks/scale.py [--sizes 10,100,1000,10000] [--backends redis,memcached,zookeeper,etcd3,file]
+    .venv/bin/python benchmarks/scale.py [--sizes 10,100,1000,10000] [--backends redis,memcached,zookeeper,etcd3,file]
                                 [--rounds 3] [--rows members,watchers,join]
 
 For each backend and each size N, one group is filled with N live members by a populator

@@ -1,4 +1,4 @@
-"""Sphinx configuration: ``python3 -m sphinx docs docs/_build``."""
+"""Sphinx configuration: ``.venv/bin/python -m sphinx docs docs/_build``."""
 
 project = "tooz (Rust core)"
 extensions = ["sphinx.ext.autodoc"]

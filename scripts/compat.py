@@ -6,9 +6,9 @@ directory and grafted onto the *installed* ``tooz`` package as ``tooz.tests`` (o
 no tests), then run with pytest once per backend with ``TOOZ_TEST_URL`` pointing at a real server
 started here on a free loopback port. One line per backend: ``passed / failed / skipped``.
 
-    python3 scripts/compat.py                       # every backend, against ours
-    python3 scripts/compat.py redis zookeeper       # some of them
-    python3 scripts/compat.py --python .venv-upstream/bin/python   # upstream against itself
+    .venv/bin/python scripts/compat.py                       # every backend, against ours
+    .venv/bin/python scripts/compat.py redis zookeeper       # some of them
+    .venv/bin/python scripts/compat.py --python .venv-upstream/bin/python   # upstream against itself
 
 Exit status is non-zero if any test failed or errored.
 """

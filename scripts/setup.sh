@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine (as root) to build and test tooz; safe to run again.
+# Sets up a fresh Debian 12 machine (as root) to build and test tooz; safe to run again (it
+# installs what is missing, and builds and installs the package from the work tree each time).
 #  - backend servers from Debian: redis-server, memcached, zookeeper, etcd-server (+ etcdctl
 #    from etcd-client for the auth test) (tests start their own instances on loopback; the
 #    packaged system services are not used); openssl makes the certificates of the TLS tests;
@@ -7,7 +8,11 @@
 #    at build time (protoc and its well-known types);
 #  - postgresql-15 and mariadb-server (started by the tests in temporary directories; the
 #    packaged services are stopped);
-#  - the Rust extension, built and installed into python3 with the test tools;
+#  - .venv: the project's own virtualenv (no system site-packages). It gets maturin, ziglang
+#    and auditwheel, then the package built as it is released (`maturin build --release --zig`:
+#    the manylinux2014 abi3 wheel), installed with its declared dependencies and its `test` and
+#    `docs` extras. The test command, the upstream-suite runner, the benchmarks and the docs
+#    build all run .venv/bin/python; nothing is installed into the system's Python.
 #  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency),
 #    with psycopg2-binary and PyMySQL for its postgresql:// and mysql:// drivers.
 set -euo pipefail
@@ -35,11 +40,24 @@ done
 
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
 
-# Test tools; fixtures, testtools and oslo.utils are what upstream's own test suite imports
-# (scripts/compat.py runs it against this package).
-python3 -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "hypothesis>=6" "tenacity>=6" \
-    "fixtures>=3" "testtools>=2.2" "oslo.utils>=4.7" "uvloop>=0.17" "sphinx>=7"
-python3 -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
+# The project's virtualenv; one that is not a working virtualenv (or none) is made anew.
+if ! .venv/bin/python -c "import sys; sys.exit(sys.prefix == sys.base_prefix)" 2>/dev/null; then
+    rm -rf .venv
+    python3 -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+"${pip[@]}" "maturin>=1.5,<2" "ziglang>=0.13" "auditwheel>=6"
+# maturin finds zig as `python3 -m ziglang` on the PATH: the venv's.
+wheels=$(mktemp -d)
+trap 'rm -rf "$wheels"' EXIT
+if ! PATH="$PWD/.venv/bin:$PATH" maturin build --release --zig --out "$wheels" >"$wheels/build.log" 2>&1; then
+    cat "$wheels/build.log" >&2
+    exit 1
+fi
+wheel=$(ls "$wheels"/*.whl)
+"${pip[@]}" --force-reinstall --no-deps "$wheel"
+"${pip[@]}" "$wheel[test,docs]"
+.venv/bin/python -m pip check
 
 if [ ! -x .venv-upstream/bin/python ] || ! .venv-upstream/bin/python -c "import tooz, sysv_ipc, redis, pymemcache, kazoo, etcd3gw, pytest, fixtures, testtools, oslo_utils" 2>/dev/null; then
     rm -rf .venv-upstream

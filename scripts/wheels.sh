@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
-# Builds the one abi3 wheel (and the sdist) with maturin, installs the wheel into fresh
-# virtualenvs of the oldest and newest CPython this machine has (3.9 and 3.13, from pyenv) and
-# runs a smoke subset of the suite there: locks, groups, heartbeat and fork on file and redis.
+# The release artefacts, checked as a user meets them:
+#  - the wheel, built with the documented command (`maturin build --release --zig`, from .venv):
+#    one cp39-abi3 manylinux2014 wheel; `auditwheel show` must agree that it needs no glibc newer
+#    than 2.17; it is installed into fresh virtualenvs of the oldest and newest CPython this
+#    machine has (3.9 and 3.13, from pyenv, where present) for a smoke run of the suite: locks,
+#    groups, heartbeat and fork on file and redis;
+#  - the sdist, installed by pip into a fresh virtualenv with PROTOC pointing at nothing (the
+#    build must need only cargo and a C compiler), then imported and used for a file lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv_bin="$PWD/.venv/bin"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-python3 -m maturin build --release --quiet --out "$out" 2>&1 | grep -v "^📦\|^🔗\|^🐍\|^⚠️" || true
-python3 -m maturin sdist --out "$out" >/dev/null 2>&1
+PATH="$venv_bin:$PATH" maturin build --release --zig --out "$out" >"$out/build.log" 2>&1 \
+    || { cat "$out/build.log" >&2; exit 1; }
+"$venv_bin/maturin" sdist --out "$out" >"$out/sdist.log" 2>&1 || { cat "$out/sdist.log" >&2; exit 1; }
 wheel=$(ls "$out"/*.whl)
-echo "built $(basename "$wheel") and $(basename "$(ls "$out"/*.tar.gz)")"
+sdist=$(ls "$out"/*.tar.gz)
+echo "built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) and $(basename "$sdist")"
+case "$(basename "$wheel")" in
+    *-cp39-abi3-manylinux2014_x86_64.*) ;;
+    *) echo "the wheel is not tagged cp39-abi3 manylinux2014: $(basename "$wheel")" >&2; exit 1 ;;
+esac
+audit=$("$venv_bin/auditwheel" show "$wheel")
+if ! grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"' <<<"$audit"; then
+    echo "$audit" >&2
+    echo "auditwheel does not find the wheel manylinux_2_17 (manylinux2014)" >&2
+    exit 1
+fi
+echo "auditwheel: consistent with manylinux_2_17_x86_64 (glibc 2.17)"
+
 for version in 3.9 3.13; do
     python=$(ls -d /root/.pyenv/versions/"$version".*/bin/python3 2>/dev/null | sort -V | tail -1 || true)
     if [ -z "$python" ]; then
@@ -27,3 +47,22 @@ for version in 3.9 3.13; do
         "$PWD/tests/test_heartbeat.py" "$PWD/tests/test_fork.py" -k "file or redis" --rootdir "$out" \
         | tail -1 | sed "s/^/python$version: /"
 done
+
+# The sdist, built from source by pip as a user without protoc would: any build step that
+# looked for protoc would find PROTOC set to a path that does not exist.
+"$venv_bin/python" -m venv "$out/venv-sdist"
+start=$(date +%s)
+PROTOC=/nonexistent/protoc "$out/venv-sdist/bin/pip" install -q --disable-pip-version-check "$sdist" \
+    >"$out/sdist-install.log" 2>&1 || { cat "$out/sdist-install.log" >&2; exit 1; }
+(cd "$out" && "$out/venv-sdist/bin/python" - "$out/locks" <<'PY'
+import sys
+from tooz import coordination
+c = coordination.get_coordinator("file://" + sys.argv[1], b"sdist-smoke")
+c.start()
+lock = c.get_lock(b"built-from-sdist")
+assert lock.acquire(blocking=False) and lock.release()
+c.stop()
+print("sdist: built and installed without protoc, file lock taken and released")
+PY
+)
+echo "sdist build took $(( $(date +%s) - start )) s"
