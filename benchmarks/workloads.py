@@ -427,8 +427,8 @@ def floor_zk_create_delete(url, ops):
 
 def floor_etcd3_grpc_txns(url, ops):
     """The two transactions an etcd lock cannot do without (put-if-absent on a lease, then
-    delete-if-ours), sent by a bare gRPC client (``etcd-client``, the crate our driver uses,
-    in the small Rust program ``examples/etcd3_floor.rs``) on one connection, with one lease
+    delete-if-ours), sent by a bare gRPC client (``tooz::clients::etcd``, the client our driver
+    uses, in the small Rust program ``examples/etcd3_floor.rs``) on one connection, with one lease
     granted up front: no lease per acquisition, no Python."""
     return _rust_floor("etcd3_floor", url, ops)
 

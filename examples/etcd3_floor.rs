@@ -1,12 +1,15 @@
 //! The raw floor of an etcd lock for `benchmarks/workloads.py`: `ops` rounds of the two
 //! transactions a lock needs (put-if-absent on a lease, delete-if-ours), on one connection
-//! with one lease granted up front. Prints `{"ops", "seconds", "samples_us"}` as JSON.
+//! with one lease granted up front, through the crate's own etcd client (`tooz::clients::etcd`,
+//! the one the driver uses) without the driver around it. Prints `{"ops", "seconds",
+//! "samples_us"}` as JSON.
 //!
 //!     etcd3_floor etcd3+http://127.0.0.1:2379 1000
 
 use std::time::Instant;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tooz::clients::etcd::messages::{Compare, CompareResult, RequestOp, TxnRequest};
+use tooz::clients::etcd::Client;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -15,22 +18,20 @@ fn main() {
     let endpoint = url.replacen("etcd3+", "", 1);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let mut c = Client::connect([endpoint], None).await.expect("cannot connect");
-        let lease = c.lease_grant(30, None).await.expect("no lease").id();
+        let channel = tonic::transport::Endpoint::from_shared(endpoint).expect("bad URL").tcp_nodelay(true).connect_lazy();
+        let c = Client::connect(channel, false, None).await.expect("cannot connect");
+        let lease = c.lease_grant(30).await.expect("no lease").id;
         let key = format!("bench-floor-{}", std::process::id()).into_bytes();
         let token = b"0123456789abcdef".to_vec();
         let round = || {
-            let mut c = c.clone();
+            let c = c.clone();
             let (key, token) = (key.clone(), token.clone());
             async move {
-                let put = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), token.clone(), Some(PutOptions::new().with_lease(lease)))]);
-                assert!(c.txn(put).await.unwrap().succeeded());
-                let del = Txn::new()
-                    .when([Compare::value(key.clone(), CompareOp::Equal, token)])
-                    .and_then([TxnOp::delete(key, None)]);
-                assert!(c.txn(del).await.unwrap().succeeded());
+                let put = TxnRequest::when([Compare::create_revision(key.clone(), CompareResult::Equal, 0)])
+                    .and_then([RequestOp::put(key.clone(), token.clone(), lease)]);
+                assert!(c.txn(put).await.unwrap().succeeded);
+                let del = TxnRequest::when([Compare::value(key.clone(), CompareResult::Equal, token)]).and_then([RequestOp::delete(key)]);
+                assert!(c.txn(del).await.unwrap().succeeded);
             }
         };
         for _ in 0..ops.min(200) {

@@ -202,6 +202,34 @@ def test_user_and_password():
         server.close()
 
 
+def test_expired_auth_token_is_renewed():
+    """etcd forgets a simple token unused for --auth-token-ttl seconds and refuses it ("invalid
+    auth token"): the client authenticates again and the call goes through."""
+    from servers import etcd
+
+    server = etcd(extra=("--auth-token-ttl", "1")).start()
+    try:
+        secret = "pw-" + new_id().decode()
+        for args in (("user", "add", "root:" + secret), ("auth", "enable")):
+            out = _etcdctl(server.port, *args)
+            assert out.returncode == 0, out.stderr
+        c = coordination.get_coordinator("etcd3+http://root:%s@127.0.0.1:%d?timeout=5" % (secret, server.port), b"me")
+        c.start()
+        try:
+            group = new_id("g")
+            c.create_group(group).get()
+            for _ in range(2):
+                time.sleep(2.5)  # the token lapses
+                assert group in c.get_groups().get()
+                lock = c.get_lock(new_id("l"))
+                assert lock.acquire() and lock.release()
+                c.heartbeat()
+        finally:
+            c.stop()
+    finally:
+        server.close()
+
+
 def test_tls_with_client_certificates(tmp_path):
     from certs import make_pki
     from servers import etcd

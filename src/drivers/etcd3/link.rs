@@ -15,9 +15,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
 use tokio::time::{timeout_at, Instant};
+use tonic::Status;
 
+use crate::clients::etcd::Client;
 use crate::error::{Error, Result};
 use crate::runtime;
 
@@ -39,39 +40,29 @@ enum Failure {
     Final(Error),
 }
 
-/// The tooz error for an etcd client error, and whether it is worth trying elsewhere.
-fn classify(what: &str, e: etcd_client::Error) -> Failure {
-    use etcd_client::Error as E;
+/// The tooz error for a failed call, and whether it is worth trying elsewhere. Every failure
+/// of our client is a gRPC status: etcd's own refusals say "etcdserver: ..."; tonic reports a
+/// member it cannot reach (or a stream that ended early) as Unavailable, Unknown or Cancelled
+/// without that prefix; an answer that does not decode is Internal (final).
+fn classify(what: &str, status: Status) -> Failure {
     use tonic::Code;
-    match e {
-        E::GRpcStatus(status) => {
-            let msg = format!("{what}: etcd said {}: {}", code_name(status.code()), status.message());
-            // tonic reports a failed connection as Unavailable too; etcd's own refusals say
-            // "etcdserver: ...".
-            let from_server = status.message().starts_with("etcdserver");
-            let refused_credentials = ["authentication failed", "user name is empty", "invalid auth token", "permission denied"]
-                .iter()
-                .any(|m| status.message().contains(m));
-            if refused_credentials {
-                return Failure::Final(Error::Connection(msg));
-            }
-            match status.code() {
-                Code::Unavailable | Code::Unknown | Code::Cancelled if !from_server => Failure::Unreachable(Error::Connection(msg)),
-                Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
-                    Failure::Retry(Error::Connection(msg))
-                }
-                Code::DeadlineExceeded => Failure::Retry(Error::Timeout(msg)),
-                Code::Unauthenticated | Code::PermissionDenied => Failure::Final(Error::Connection(msg)),
-                Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                    Failure::Final(Error::InvalidArgument(msg))
-                }
-                _ => Failure::Final(Error::Tooz(msg)),
-            }
+    let msg = format!("{what}: etcd said {}: {}", code_name(status.code()), status.message());
+    let from_server = status.message().starts_with("etcdserver");
+    let refused_credentials = ["authentication failed", "user name is empty", "invalid auth token", "permission denied"]
+        .iter()
+        .any(|m| status.message().contains(m));
+    if refused_credentials {
+        return Failure::Final(Error::Connection(msg));
+    }
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled if !from_server => Failure::Unreachable(Error::Connection(msg)),
+        Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
+            Failure::Retry(Error::Connection(msg))
         }
-        E::TransportError(t) => Failure::Unreachable(Error::Connection(format!("{what}: cannot reach etcd: {t}"))),
-        E::IoError(io) => Failure::Unreachable(Error::Connection(format!("{what}: cannot reach etcd: {io}"))),
-        E::WatchError(m) | E::LeaseKeepAliveError(m) => Failure::Unreachable(Error::Connection(format!("{what}: {m}"))),
-        other => Failure::Final(Error::Tooz(format!("{what}: {other}"))),
+        Code::DeadlineExceeded => Failure::Retry(Error::Timeout(msg)),
+        Code::Unauthenticated | Code::PermissionDenied => Failure::Final(Error::Connection(msg)),
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => Failure::Final(Error::InvalidArgument(msg)),
+        _ => Failure::Final(Error::Tooz(msg)),
     }
 }
 
@@ -79,13 +70,9 @@ fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
 
-/// Whether an error means the server refused the lease id (expired or revoked).
-pub(crate) fn lease_gone(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::NotFound || s.message().contains("lease not found"),
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        _ => false,
-    }
+/// Whether etcd refused the lease id (expired or revoked).
+pub(crate) fn lease_gone(s: &Status) -> bool {
+    s.code() == tonic::Code::NotFound || s.message().contains("lease not found")
 }
 
 /// Whether a call failed because the lease it used lapsed (see [`lease_gone`]).
@@ -178,12 +165,9 @@ impl Link {
             return Ok(c);
         }
         let channel = self.channel(index)?;
-        let mut options = ConnectOptions::new().with_require_leader(true);
-        if let Some((name, password)) = &self.user {
-            options = options.with_user(name.clone(), password.clone()).with_auto_token_refresh(true);
-        }
-        // Authenticates (one round trip) when there is a user; otherwise no I/O.
-        let made = timeout_at(deadline, Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options)))
+        // Authenticates (one round trip) when there is a user; otherwise no I/O. Calls carry
+        // `hasleader`: a member cut off from its leader refuses at once (Retry, elsewhere).
+        let made = timeout_at(deadline, Client::connect(channel, true, self.user.clone()))
             .await
             .map_err(|_| Error::Connection(format!("timed out connecting to etcd at {}", self.endpoints[index])))?;
         let client = match made {
@@ -206,7 +190,7 @@ impl Link {
     pub(crate) async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        Fut: std::future::Future<Output = std::result::Result<T, Status>>,
     {
         self.run_until(what, Instant::now() + self.budget, op).await
     }
@@ -215,7 +199,7 @@ impl Link {
     pub(crate) async fn run_until<T, F, Fut>(&self, what: &str, deadline: Instant, op: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        Fut: std::future::Future<Output = std::result::Result<T, Status>>,
     {
         let n = self.endpoints.len();
         let mut pause = FIRST_PAUSE;
@@ -333,9 +317,10 @@ fn tls_connector(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clients::etcd::messages::RangeRequest;
 
-    fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
-        etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    fn status(code: tonic::Code, msg: &str) -> Status {
+        Status::new(code, msg)
     }
 
     #[test]
@@ -353,6 +338,10 @@ mod tests {
         assert!(matches!(classify("x", status(tonic::Code::NotFound, "etcdserver: requested lease not found")), Failure::Final(Error::Tooz(_))));
         assert!(lease_gone(&status(tonic::Code::NotFound, "etcdserver: requested lease not found")));
         assert!(!lease_gone(&status(tonic::Code::Unavailable, "etcdserver: no leader")));
+        // An answer that did not decode (tonic's codec says Internal): final, not retried.
+        assert!(matches!(classify("x", status(tonic::Code::Internal, "failed to decode Protobuf message")), Failure::Final(Error::Tooz(_))));
+        // What our client says when it cannot get a channel ready: the next endpoint.
+        assert!(matches!(classify("x", status(tonic::Code::Unavailable, "cannot reach etcd: transport error")), Failure::Unreachable(_)));
     }
 
     #[test]
@@ -364,7 +353,7 @@ mod tests {
                 .collect();
             let link = Link::new(ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(), None, None, Duration::from_secs(20), "test".into());
             let began = std::time::Instant::now();
-            let got = link.run("probe", |mut c| async move { c.get("k", None).await }).await;
+            let got = link.run("probe", |c| async move { c.range(RangeRequest::key("k")).await }).await;
             assert!(matches!(got, Err(Error::Connection(_))), "{got:?}");
             assert!(began.elapsed() < Duration::from_secs(10), "did not wait out the budget");
         });

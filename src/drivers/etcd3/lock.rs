@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions};
 use tokio::time::Instant;
+
+use crate::clients::etcd::messages::{Compare, CompareResult as Cmp, Event, FilterType, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
 
 use super::link::lapsed;
 use crate::drivers::handoff::Courtesy;
@@ -134,25 +135,25 @@ impl Etcd3Lock {
     /// The transaction: put-if-absent; on success also drop this object's waiter entry if it
     /// has one, on failure read the holder (and register as a waiter if asked).
     async fn attempt(&self, lease: i64, waiting: Waiting) -> Result<Attempt> {
-        let mut won = vec![TxnOp::put(self.key.clone(), self.token.clone(), Some(PutOptions::new().with_lease(lease)))];
-        let mut lost = vec![TxnOp::get(self.key.clone(), None)];
+        let mut won = vec![RequestOp::put(self.key.clone(), self.token.clone(), lease)];
+        let mut lost = vec![RequestOp::range(RangeRequest::key(self.key.clone()))];
         match waiting {
-            Waiting::Registered => won.push(TxnOp::delete(self.waiting_key.clone(), None)),
-            Waiting::Register => lost.push(TxnOp::put(self.waiting_key.clone(), b"", Some(PutOptions::new().with_lease(lease)))),
+            Waiting::Registered => won.push(RequestOp::delete(self.waiting_key.clone())),
+            Waiting::Register => lost.push(RequestOp::put(self.waiting_key.clone(), b"", lease)),
             Waiting::No => {}
         }
-        let txn = Txn::new().when([Compare::create_revision(self.key.clone(), CompareOp::Equal, 0)]).and_then(won).or_else(lost);
+        let txn = TxnRequest::when([Compare::create_revision(self.key.clone(), Cmp::Equal, 0)]).and_then(won).or_else(lost);
         let resp = self.shared.txn("acquire lock", txn).await?;
-        if resp.succeeded() {
-            return Ok(Attempt::Won(resp.header().map(|h| h.revision()).unwrap_or(0)));
+        if resp.succeeded {
+            return Ok(Attempt::Won(resp.revision()));
         }
         let holder = first_kvs(&resp, 0);
         // Our own token without our record of holding it: an earlier attempt whose answer was
         // lost (the call was retried on another endpoint) did get it.
-        if let Some(kv) = holder.first().filter(|kv| kv.value() == self.token.as_slice() && kv.lease() == lease) {
-            return Ok(Attempt::Won(kv.create_revision()));
+        if let Some(kv) = holder.first().filter(|kv| kv.value == self.token && kv.lease == lease) {
+            return Ok(Attempt::Won(kv.create_revision));
         }
-        Ok(Attempt::Taken(resp.header().map(|h| h.revision()).unwrap_or(0)))
+        Ok(Attempt::Taken(resp.revision()))
     }
 
     /// Drops this object's waiter entry when it gives up (best effort: it lapses with the lease).
@@ -229,9 +230,8 @@ impl DriverLock for Etcd3Lock {
                         return Ok(false);
                     }
                     // Woken by etcd when the holder's key is deleted.
-                    let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-                    let deleted = |e: &etcd_client::Event| e.event_type() == EventType::Delete;
-                    wait_for_event(&self.shared.link, "watch lock", self.key.clone(), options, revision, deadline, deleted).await;
+                    let watch = WatchCreateRequest::key(self.key.clone()).without(FilterType::NoPut);
+                    wait_for_event(&self.shared.link, "watch lock", watch, revision, deadline, Event::is_delete).await;
                 }
             }
         }
@@ -252,14 +252,13 @@ impl DriverLock for Etcd3Lock {
             }
         };
         self.fate.released();
-        let waiters = GetOptions::new().with_prefix().with_count_only();
-        let txn = Txn::new()
-            .when([Compare::value(self.key.clone(), CompareOp::Equal, self.token.clone())])
-            .and_then([TxnOp::delete(self.key.clone(), None), TxnOp::get(self.waiters_prefix.clone(), Some(waiters))]);
+        let waiters = RangeRequest::key(self.waiters_prefix.clone()).prefix().count_only();
+        let txn = TxnRequest::when([Compare::value(self.key.clone(), Cmp::Equal, self.token.clone())])
+            .and_then([RequestOp::delete(self.key.clone()), RequestOp::range(waiters)]);
         let released = self.shared.txn("release lock", txn).await.map(|r| {
-            let others_waiting = matches!(r.op_responses().get(1), Some(TxnOpResponse::Get(g)) if g.count() > 0);
-            self.courtesy.released(r.succeeded() && others_waiting);
-            r.succeeded()
+            let others_waiting = r.range(1).is_some_and(|g| g.count > 0);
+            self.courtesy.released(r.succeeded && others_waiting);
+            r.succeeded
         });
         // The lease now holds nothing: keep it for this object's next acquire, which refreshes
         // it to a full TTL in the same round trip as its transaction (and falls back to a new
@@ -274,12 +273,12 @@ impl DriverLock for Etcd3Lock {
     async fn break_(&self) -> Result<bool> {
         let r = self.shared.delete("break lock", self.key.clone()).await?;
         self.shared.state().held.retain(|_, (k, _)| *k != self.key);
-        Ok(r.deleted() > 0)
+        Ok(r.deleted > 0)
     }
 
     async fn is_still_owner(&self) -> Result<bool> {
-        let r = self.shared.get("check lock owner", self.key.clone(), None).await?;
-        let owner = r.kvs().first().is_some_and(|kv| kv.value() == self.token.as_slice());
+        let r = self.shared.get("check lock owner", RangeRequest::key(self.key.clone())).await?;
+        let owner = r.kvs.first().is_some_and(|kv| kv.value == self.token);
         if !owner {
             self.shared.state().lost(self.id, "its key was deleted, or its lease lapsed");
         }

@@ -21,6 +21,10 @@
 //!
 //! Waiting for a lock uses a watch stream on its key (a push from etcd when the holder lets
 //! go), not polling. Several endpoints (`hosts` option) give failover (see `link.rs`).
+//!
+//! The calls go through our own etcd client (`crate::clients::etcd`: tonic, hand-written
+//! prost messages), not the `etcd-client` crate, whose build script compiles etcd's .proto
+//! files and so needs a system `protoc`; building us needs only cargo and a C compiler.
 
 mod link;
 mod lock;
@@ -32,7 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, PutOptions, WatchOptions};
+use crate::clients::etcd::messages::{
+    Compare, CompareResult as Cmp, DeleteRangeRequest, DeleteRangeResponse, KeyValue, RangeRequest, RangeResponse, RequestOp, SortOrder, SortTarget,
+    TxnRequest, TxnResponse, WatchCreateRequest,
+};
 
 use super::options::{self, Options};
 use super::Url;
@@ -141,20 +148,21 @@ impl Shared {
     }
 
     async fn grant(&self, ttl: i64) -> Result<i64> {
-        let r = self.link.run("grant lease", |mut c| async move { c.lease_grant(ttl, None).await }).await?;
-        if !r.error().is_empty() {
-            return Err(Error::Tooz(format!("etcd refused a lease: {}", r.error())));
+        let r = self.link.run("grant lease", |c| async move { c.lease_grant(ttl).await }).await?;
+        if !r.error.is_empty() {
+            return Err(Error::Tooz(format!("etcd refused a lease: {}", r.error)));
         }
-        Ok(r.id())
+        Ok(r.id)
     }
 
     /// Refreshes a lease; false when etcd no longer knows it (expired or revoked).
     async fn keep_alive(&self, lease: i64) -> Result<bool> {
         let outcome = self
             .link
-            .run("refresh lease", |mut c| async move {
+            .run("refresh lease", |c| async move {
                 match c.lease_keep_alive(lease).await {
-                    Ok(_) => Ok(true),
+                    // TTL 0: etcd does not know the lease.
+                    Ok(ttl) => Ok(ttl > 0),
                     Err(e) if lease_gone(&e) => Ok(false),
                     Err(e) => Err(e),
                 }
@@ -177,7 +185,7 @@ impl Shared {
 
     async fn revoke(&self, lease: i64) -> Result<()> {
         self.link
-            .run("revoke lease", |mut c| async move {
+            .run("revoke lease", |c| async move {
                 match c.lease_revoke(lease).await {
                     Ok(_) => Ok(()),
                     Err(e) if lease_gone(&e) => Ok(()),
@@ -187,25 +195,20 @@ impl Shared {
             .await
     }
 
-    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        self.link.run(what, |mut c| { let txn = txn.clone(); async move { c.txn(txn).await } }).await
+    async fn txn(&self, what: &str, txn: TxnRequest) -> Result<TxnResponse> {
+        self.link.run(what, |c| { let txn = txn.clone(); async move { c.txn(txn).await } }).await
     }
 
-    async fn get(&self, what: &str, key: Vec<u8>, options: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
-        self.link
-            .run(what, |mut c| {
-                let (key, options) = (key.clone(), options.clone());
-                async move { c.get(key, options).await }
-            })
-            .await
+    async fn get(&self, what: &str, range: RangeRequest) -> Result<RangeResponse> {
+        self.link.run(what, |c| { let range = range.clone(); async move { c.range(range).await } }).await
     }
 
     /// Deletes the one key `key`.
-    async fn delete(&self, what: &str, key: Vec<u8>) -> Result<etcd_client::DeleteResponse> {
+    async fn delete(&self, what: &str, key: Vec<u8>) -> Result<DeleteRangeResponse> {
         self.link
-            .run(what, |mut c| {
+            .run(what, |c| {
                 let key = key.clone();
-                async move { c.delete(key, None).await }
+                async move { c.delete_range(DeleteRangeRequest::key(key)).await }
             })
             .await
     }
@@ -247,13 +250,11 @@ impl Shared {
             LeaseKind::Membership => {
                 let joined = self.state().joined.clone();
                 for (g, j) in joined {
-                    let txn = Txn::new()
-                        .when([Compare::version(group_key(&g), CompareOp::Greater, 0)])
-                        .and_then([
-                            TxnOp::put(member_key(&g, &self.member), j.caps.clone(), Some(PutOptions::new().with_lease(lease))),
-                            TxnOp::put(info_key(&g, &self.member), info_value(j.created_at, now()), Some(PutOptions::new().with_lease(lease))),
-                        ]);
-                    if !self.txn("rejoin group", txn).await?.succeeded() {
+                    let txn = TxnRequest::when([Compare::version(group_key(&g), Cmp::Greater, 0)]).and_then([
+                        RequestOp::put(member_key(&g, &self.member), j.caps.clone(), lease),
+                        RequestOp::put(info_key(&g, &self.member), info_value(j.created_at, now()), lease),
+                    ]);
+                    if !self.txn("rejoin group", txn).await?.succeeded {
                         self.state().joined.remove(&g);
                     }
                 }
@@ -262,9 +263,8 @@ impl Shared {
                 let groups: Vec<Vec<u8>> = self.state().candidate.keys().cloned().collect();
                 for g in groups {
                     let key = [election_prefix(&g), self.member.clone()].concat();
-                    let txn = Txn::new()
-                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(key, self.member.clone(), Some(PutOptions::new().with_lease(lease)))]);
+                    let txn = TxnRequest::when([Compare::create_revision(key.clone(), Cmp::Equal, 0)])
+                        .and_then([RequestOp::put(key, self.member.clone(), lease)]);
                     self.txn("re-enter election", txn).await?;
                 }
             }
@@ -303,18 +303,14 @@ fn info_value(created_at: f64, updated_at: f64) -> Vec<u8> {
     msgpack::encode(&Value::map_of(vec![("created_at", Value::Float(created_at)), ("updated_at", Value::Float(updated_at))]))
 }
 
-fn first_kvs(resp: &etcd_client::TxnResponse, index: usize) -> Vec<etcd_client::KeyValue> {
-    match resp.op_responses().into_iter().nth(index) {
-        Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
-        _ => Vec::new(),
-    }
+/// The keys read by the `index`-th op of the transaction's branch that ran (none if it was
+/// not a read).
+fn first_kvs(resp: &TxnResponse, index: usize) -> &[KeyValue] {
+    resp.range(index).map_or(&[], |r| r.kvs.as_slice())
 }
 
-fn count_of(resp: &etcd_client::TxnResponse, index: usize) -> i64 {
-    match resp.op_responses().into_iter().nth(index) {
-        Some(TxnOpResponse::Get(g)) => g.count(),
-        _ => 0,
-    }
+fn count_of(resp: &TxnResponse, index: usize) -> i64 {
+    resp.range(index).map_or(0, |r| r.count)
 }
 
 pub struct Etcd3Driver {
@@ -400,16 +396,15 @@ impl Etcd3Driver {
     /// group does not exist).
     async fn read_group(&self, group: &Id, keys_only: bool) -> Result<(i64, Option<Vec<(Id, Vec<u8>)>>)> {
         let gkey = group_key(group.as_bytes());
-        let mut opts = GetOptions::new().with_prefix();
+        let mut range = RangeRequest::key(gkey.clone()).prefix();
         if keys_only {
-            opts = opts.with_keys_only();
+            range = range.keys_only();
         }
-        let mut r = self.shared.get("get members", gkey.clone(), Some(opts)).await?;
-        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+        let r = self.shared.get("get members", range).await?;
+        let revision = r.revision();
         let mut found = false;
         let mut out = Vec::new();
-        for kv in r.take_kvs() {
-            let (key, value) = kv.into_key_value();
+        for KeyValue { key, value, .. } in r.kvs {
             if key == gkey {
                 found = true;
             } else {
@@ -423,8 +418,9 @@ impl Etcd3Driver {
         [election_prefix(g), self.shared.member.clone()].concat()
     }
 
-    fn oldest_candidate() -> GetOptions {
-        GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1)
+    /// The candidate of `prefix` with the lowest create revision: the leader.
+    fn oldest_candidate(prefix: Vec<u8>) -> RangeRequest {
+        RangeRequest::key(prefix).prefix().sort(SortTarget::Create, SortOrder::Ascend).limit(1)
     }
 }
 
@@ -494,10 +490,8 @@ impl Driver for Etcd3Driver {
 
     async fn create_group(&self, group: &Id) -> Result<()> {
         let key = group_key(group.as_bytes());
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), key, None)]);
-        if !self.shared.txn("create group", txn).await?.succeeded() {
+        let txn = TxnRequest::when([Compare::version(key.clone(), Cmp::Equal, 0)]).and_then([RequestOp::put(key.clone(), key, 0)]);
+        if !self.shared.txn("create group", txn).await?.succeeded {
             return Err(Error::GroupAlreadyExist(group.clone()));
         }
         Ok(())
@@ -506,22 +500,21 @@ impl Driver for Etcd3Driver {
     async fn delete_group(&self, group: &Id) -> Result<()> {
         let gkey = group_key(group.as_bytes());
         loop {
-            let r = self.shared.get("delete group", gkey.clone(), Some(GetOptions::new().with_prefix().with_keys_only())).await?;
-            let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-            if !r.kvs().iter().any(|kv| kv.key() == gkey.as_slice()) {
+            let r = self.shared.get("delete group", RangeRequest::key(gkey.clone()).prefix().keys_only()).await?;
+            let revision = r.revision();
+            if !r.kvs.iter().any(|kv| kv.key == gkey) {
                 return Err(Error::GroupNotCreated(group.clone()));
             }
-            if r.kvs().len() > 1 {
+            if r.kvs.len() > 1 {
                 return Err(Error::GroupNotEmpty(group.clone()));
             }
             // Delete only if nothing under the group changed since the read (no one joined).
-            let txn = Txn::new()
-                .when([
-                    Compare::version(gkey.clone(), CompareOp::NotEqual, 0),
-                    Compare::mod_revision(gkey.clone(), CompareOp::Less, revision + 1).with_prefix(),
-                ])
-                .and_then([TxnOp::delete(gkey.clone(), None)]);
-            if self.shared.txn("delete group", txn).await?.succeeded() {
+            let txn = TxnRequest::when([
+                Compare::version(gkey.clone(), Cmp::NotEqual, 0),
+                Compare::mod_revision(gkey.clone(), Cmp::Less, revision + 1).prefix(),
+            ])
+            .and_then([RequestOp::delete(gkey.clone())]);
+            if self.shared.txn("delete group", txn).await?.succeeded {
                 return Ok(());
             }
         }
@@ -534,15 +527,12 @@ impl Driver for Etcd3Driver {
     }
 
     async fn get_groups(&self) -> Result<Vec<Id>> {
-        let mut r = self
-            .shared
-            .get("get groups", GROUP_PREFIX.to_vec(), Some(GetOptions::new().with_prefix().with_keys_only()))
-            .await?;
+        let r = self.shared.get("get groups", RangeRequest::key(GROUP_PREFIX).prefix().keys_only()).await?;
         // Group keys end with '/' and have no lease; member keys hang on a lease.
-        Ok(r.take_kvs()
+        Ok(r.kvs
             .into_iter()
-            .filter(|kv| kv.lease() == 0 && kv.key().len() > GROUP_PREFIX.len() + 1 && kv.key().ends_with(b"/"))
-            .map(|kv| Id::Bytes(kv.key()[GROUP_PREFIX.len()..kv.key().len() - 1].to_vec()))
+            .filter(|kv| kv.lease == 0 && kv.key.len() > GROUP_PREFIX.len() + 1 && kv.key.ends_with(b"/"))
+            .map(|kv| Id::Bytes(kv.key[GROUP_PREFIX.len()..kv.key.len() - 1].to_vec()))
             .collect())
     }
 
@@ -554,20 +544,19 @@ impl Driver for Etcd3Driver {
         let resp = self
             .shared
             .with_lease(LeaseKind::Membership, |lease| {
-                let txn = Txn::new()
-                    .when([
-                        Compare::version(gkey.clone(), CompareOp::Greater, 0),
-                        Compare::create_revision(mkey.clone(), CompareOp::Equal, 0),
-                    ])
-                    .and_then([
-                        TxnOp::put(mkey.clone(), caps.clone(), Some(PutOptions::new().with_lease(lease))),
-                        TxnOp::put(ikey.clone(), info_value(created_at, created_at), Some(PutOptions::new().with_lease(lease))),
-                    ])
-                    .or_else([TxnOp::get(gkey.clone(), Some(GetOptions::new().with_count_only()))]);
+                let txn = TxnRequest::when([
+                    Compare::version(gkey.clone(), Cmp::Greater, 0),
+                    Compare::create_revision(mkey.clone(), Cmp::Equal, 0),
+                ])
+                .and_then([
+                    RequestOp::put(mkey.clone(), caps.clone(), lease),
+                    RequestOp::put(ikey.clone(), info_value(created_at, created_at), lease),
+                ])
+                .or_else([RequestOp::range(RangeRequest::key(gkey.clone()).count_only())]);
                 async move { self.shared.txn("join group", txn).await }
             })
             .await?;
-        if !resp.succeeded() {
+        if !resp.succeeded {
             if count_of(&resp, 0) == 0 {
                 return Err(Error::GroupNotCreated(group.clone()));
             }
@@ -580,10 +569,9 @@ impl Driver for Etcd3Driver {
     async fn leave_group(&self, group: &Id) -> Result<()> {
         let g = group.as_bytes();
         let mkey = member_key(g, &self.shared.member);
-        let txn = Txn::new()
-            .when([Compare::create_revision(mkey.clone(), CompareOp::NotEqual, 0)])
-            .and_then([TxnOp::delete(mkey, None), TxnOp::delete(info_key(g, &self.shared.member), None)]);
-        let ok = self.shared.txn("leave group", txn).await?.succeeded();
+        let txn = TxnRequest::when([Compare::create_revision(mkey.clone(), Cmp::NotEqual, 0)])
+            .and_then([RequestOp::delete(mkey), RequestOp::delete(info_key(g, &self.shared.member))]);
+        let ok = self.shared.txn("leave group", txn).await?.succeeded;
         self.shared.state().joined.remove(g);
         if !ok {
             return Err(Error::MemberNotJoined { group: group.clone(), member: self.member_id() });
@@ -604,11 +592,10 @@ impl Driver for Etcd3Driver {
             if !crate::driver::same_members(&now, known) {
                 return Ok(now);
             }
-            let options = WatchOptions::new().with_prefix();
             let deadline = Some(tokio::time::Instant::now() + poll);
             // A put under the prefix may only update capabilities: looking again tells.
-            let key = group_key(group.as_bytes());
-            watch::wait_for_event(&self.shared.link, "watch members", key, options, revision, deadline, |_| true).await;
+            let watch = WatchCreateRequest::key(group_key(group.as_bytes())).prefix();
+            watch::wait_for_event(&self.shared.link, "watch members", watch, revision, deadline, |_| true).await;
         }
     }
 
@@ -622,14 +609,14 @@ impl Driver for Etcd3Driver {
 
     async fn get_member_capabilities(&self, group: &Id, member: &Id) -> Result<Value> {
         let g = group.as_bytes();
-        let txn = Txn::new().and_then([
-            TxnOp::get(member_key(g, member.as_bytes()), None),
-            TxnOp::get(group_key(g), Some(GetOptions::new().with_count_only())),
+        let txn = TxnRequest::default().and_then([
+            RequestOp::range(RangeRequest::key(member_key(g, member.as_bytes()))),
+            RequestOp::range(RangeRequest::key(group_key(g)).count_only()),
         ]);
         let resp = self.shared.txn("get member capabilities", txn).await?;
-        match first_kvs(&resp, 0).into_iter().next() {
-            Some(kv) if kv.value().is_empty() => Ok(Value::Nil),
-            Some(kv) => msgpack::decode(kv.value()),
+        match first_kvs(&resp, 0).first() {
+            Some(kv) if kv.value.is_empty() => Ok(Value::Nil),
+            Some(kv) => msgpack::decode(&kv.value),
             None if count_of(&resp, 1) == 0 => Err(Error::GroupNotCreated(group.clone())),
             None => Err(Error::MemberNotJoined { group: group.clone(), member: member.clone() }),
         }
@@ -644,18 +631,17 @@ impl Driver for Etcd3Driver {
         let resp = self
             .shared
             .with_lease(LeaseKind::Membership, |lease| {
-                let mut ops = vec![TxnOp::put(mkey.clone(), caps.clone(), Some(PutOptions::new().with_lease(lease)))];
+                let mut ops = vec![RequestOp::put(mkey.clone(), caps.clone(), lease)];
                 if let Some(created_at) = created_at {
-                    ops.push(TxnOp::put(ikey.clone(), info_value(created_at, updated_at), Some(PutOptions::new().with_lease(lease))));
+                    ops.push(RequestOp::put(ikey.clone(), info_value(created_at, updated_at), lease));
                 }
-                let txn = Txn::new()
-                    .when([Compare::create_revision(mkey.clone(), CompareOp::NotEqual, 0)])
+                let txn = TxnRequest::when([Compare::create_revision(mkey.clone(), Cmp::NotEqual, 0)])
                     .and_then(ops)
-                    .or_else([TxnOp::get(group_key(&g), Some(GetOptions::new().with_count_only()))]);
+                    .or_else([RequestOp::range(RangeRequest::key(group_key(&g)).count_only())]);
                 async move { self.shared.txn("update capabilities", txn).await }
             })
             .await?;
-        if !resp.succeeded() {
+        if !resp.succeeded {
             if count_of(&resp, 0) == 0 {
                 return Err(Error::GroupNotCreated(group.clone()));
             }
@@ -669,14 +655,15 @@ impl Driver for Etcd3Driver {
 
     async fn get_member_info(&self, group: &Id, member: &Id) -> Result<MemberInfo> {
         let (g, m) = (group.as_bytes(), member.as_bytes());
-        let txn = Txn::new().and_then([TxnOp::get(member_key(g, m), None), TxnOp::get(info_key(g, m), None)]);
+        let txn = TxnRequest::default()
+            .and_then([RequestOp::range(RangeRequest::key(member_key(g, m))), RequestOp::range(RangeRequest::key(info_key(g, m)))]);
         let resp = self.shared.txn("get member info", txn).await?;
-        let Some(kv) = first_kvs(&resp, 0).into_iter().next() else {
+        let Some(kv) = first_kvs(&resp, 0).first() else {
             return Err(Error::MemberNotJoined { group: group.clone(), member: member.clone() });
         };
-        let capabilities = if kv.value().is_empty() { Value::Nil } else { msgpack::decode(kv.value())? };
-        let info = match first_kvs(&resp, 1).into_iter().next() {
-            Some(i) => msgpack::decode(i.value())?,
+        let capabilities = if kv.value.is_empty() { Value::Nil } else { msgpack::decode(&kv.value)? };
+        let info = match first_kvs(&resp, 1).first() {
+            Some(i) => msgpack::decode(&i.value)?,
             None => {
                 return Err(Error::Tooz(format!(
                     "no join time is recorded for member {member} of group {group} (it joined through a client that records none)"
@@ -692,8 +679,8 @@ impl Driver for Etcd3Driver {
     }
 
     async fn get_leader(&self, group: &Id) -> Result<Option<Id>> {
-        let mut r = self.shared.get("get leader", election_prefix(group.as_bytes()), Some(Self::oldest_candidate())).await?;
-        Ok(r.take_kvs().into_iter().next().map(|kv| Id::Bytes(kv.value().to_vec())))
+        let r = self.shared.get("get leader", Self::oldest_candidate(election_prefix(group.as_bytes()))).await?;
+        Ok(r.kvs.into_iter().next().map(|kv| Id::Bytes(kv.value)))
     }
 
     async fn stand_down_group_leader(&self, group: &Id) -> Result<bool> {
@@ -701,15 +688,13 @@ impl Driver for Etcd3Driver {
         let key = self.election_key(&g);
         let prefix = election_prefix(&g);
         // Only the leader stands down: delete our candidacy if it is the oldest.
-        let mut r = self.shared.get("get leader", prefix, Some(Self::oldest_candidate())).await?;
-        let leading = r.take_kvs().first().is_some_and(|kv| kv.key() == key.as_slice());
+        let r = self.shared.get("get leader", Self::oldest_candidate(prefix)).await?;
+        let leading = r.kvs.first().is_some_and(|kv| kv.key == key);
         if !leading {
             return Ok(false);
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)])
-            .and_then([TxnOp::delete(key, None)]);
-        let ok = self.shared.txn("stand down", txn).await?.succeeded();
+        let txn = TxnRequest::when([Compare::create_revision(key.clone(), Cmp::NotEqual, 0)]).and_then([RequestOp::delete(key)]);
+        let ok = self.shared.txn("stand down", txn).await?.succeeded;
         self.shared.state().candidate.remove(&g);
         Ok(ok)
     }
@@ -721,18 +706,17 @@ impl Driver for Etcd3Driver {
         let resp = self
             .shared
             .with_lease(LeaseKind::Election, |lease| {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                let txn = TxnRequest::when([Compare::create_revision(key.clone(), Cmp::Equal, 0)])
                     .and_then([
-                        TxnOp::put(key.clone(), self.shared.member.clone(), Some(PutOptions::new().with_lease(lease))),
-                        TxnOp::get(prefix.clone(), Some(Self::oldest_candidate())),
+                        RequestOp::put(key.clone(), self.shared.member.clone(), lease),
+                        RequestOp::range(Self::oldest_candidate(prefix.clone())),
                     ])
-                    .or_else([TxnOp::get(prefix.clone(), Some(Self::oldest_candidate()))]);
+                    .or_else([RequestOp::range(Self::oldest_candidate(prefix.clone()))]);
                 async move { self.shared.txn("run for leader", txn).await }
             })
             .await?;
-        let index = if resp.succeeded() { 1 } else { 0 };
-        let leading = first_kvs(&resp, index).first().is_some_and(|kv| kv.key() == key.as_slice());
+        let index = if resp.succeeded { 1 } else { 0 };
+        let leading = first_kvs(&resp, index).first().is_some_and(|kv| kv.key == key);
         let mut st = self.shared.state();
         let was = st.candidate.insert(g, leading).unwrap_or(false);
         Ok(leading && !was)
@@ -743,13 +727,13 @@ impl Driver for Etcd3Driver {
     async fn wait_leader_change(&self, group: &Id, poll: Duration) -> Result<()> {
         let g = group.as_bytes().to_vec();
         let prefix = election_prefix(&g);
-        let mut r = self.shared.get("get leader", prefix.clone(), Some(Self::oldest_candidate())).await?;
-        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-        match r.take_kvs().first() {
-            Some(kv) if kv.key() != self.election_key(&g).as_slice() => {
+        let r = self.shared.get("get leader", Self::oldest_candidate(prefix.clone())).await?;
+        let revision = r.revision();
+        match r.kvs.first() {
+            Some(kv) if kv.key != self.election_key(&g) => {
                 let deadline = Some(tokio::time::Instant::now() + poll);
-                let options = WatchOptions::new().with_prefix();
-                watch::wait_for_event(&self.shared.link, "watch leader", prefix, options, revision, deadline, |_| true).await;
+                let watch = WatchCreateRequest::key(prefix).prefix();
+                watch::wait_for_event(&self.shared.link, "watch leader", watch, revision, deadline, |_| true).await;
                 Ok(())
             }
             _ => Ok(()),

@@ -4,29 +4,29 @@
 
 use std::time::Duration;
 
-use etcd_client::{Event, WatchOptions};
 use tokio::time::Instant;
+
+use crate::clients::etcd::messages::{Event, WatchCreateRequest};
 
 use super::link::Link;
 
-/// Waits until etcd reports, after `revision`, an event on `key` (shaped by `options`:
+/// Waits until etcd reports, after `revision`, an event of the watch `watch` (a key or a
 /// prefix, filters) that `wanted` accepts, or until `deadline`. Returns early, letting the
 /// caller look again, when the watch cannot be opened or kept up (etcd away for now, the
 /// revision compacted).
 pub(super) async fn wait_for_event(
     link: &Link,
     what: &str,
-    key: Vec<u8>,
-    options: WatchOptions,
+    watch: WatchCreateRequest,
     revision: i64,
     deadline: Option<Instant>,
     wanted: impl Fn(&Event) -> bool,
 ) {
-    let options = options.with_start_revision(revision + 1);
+    let watch = watch.from_revision(revision + 1);
     let opened = link
-        .run(what, |mut c| {
-            let (key, options) = (key.clone(), options.clone());
-            async move { c.watch(key, Some(options)).await }
+        .run(what, |c| {
+            let watch = watch.clone();
+            async move { c.watch(watch).await }
         })
         .await;
     let Ok(mut stream) = opened else {
@@ -43,7 +43,7 @@ pub(super) async fn wait_for_event(
         };
         match next {
             Ok(Some(resp)) => {
-                if resp.canceled() || resp.events().iter().any(&wanted) {
+                if resp.canceled || resp.events.iter().any(&wanted) {
                     return;
                 }
             }
