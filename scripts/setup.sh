@@ -4,8 +4,8 @@
 #  - backend servers from Debian: redis-server, memcached, zookeeper, etcd-server (+ etcdctl
 #    from etcd-client for the auth test) (tests start their own instances on loopback; the
 #    packaged system services are not used); openssl makes the certificates of the TLS tests;
-#  - protobuf-compiler and libprotobuf-dev: the etcd client crate compiles etcd's .proto files
-#    at build time (protoc and its well-known types);
+#  - no protoc: the build needs only cargo and a C compiler (the etcd client's messages are
+#    written by hand, src/clients/etcd/);
 #  - postgresql-15 and mariadb-server (started by the tests in temporary directories; the
 #    packaged services are stopped);
 #  - .venv: the project's own virtualenv (no system site-packages). It gets maturin, ziglang
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(redis-server memcached zookeeper etcd-server etcd-client protobuf-compiler libprotobuf-dev python3-venv openssl
+packages=(redis-server memcached zookeeper etcd-server etcd-client python3-venv openssl
           postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
 missing=()
 for p in "${packages[@]}"; do
