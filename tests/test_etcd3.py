@@ -177,15 +177,23 @@ def _etcdctl(port, *args, scheme="http"):
                           capture_output=True, text=True, timeout=30)
 
 
-def test_user_and_password():
+def _etcd_with_auth(*extra):
+    """A fresh etcd member with user root (a random password) and authentication enabled."""
     from servers import etcd
 
-    server = etcd().start()
+    server = etcd(extra=extra).start()
+    secret = "pw-" + new_id().decode()
+    for args in (("user", "add", "root:" + secret), ("auth", "enable")):
+        out = _etcdctl(server.port, *args)
+        if out.returncode != 0:
+            server.close()
+        assert out.returncode == 0, out.stderr
+    return server, secret
+
+
+def test_user_and_password():
+    server, secret = _etcd_with_auth()
     try:
-        secret = "pw-" + new_id().decode()
-        for args in (("user", "add", "root:" + secret), ("auth", "enable")):
-            out = _etcdctl(server.port, *args)
-            assert out.returncode == 0, out.stderr
         good = coordination.get_coordinator("etcd3+http://root:%s@127.0.0.1:%d" % (secret, server.port), b"me")
         good.start()
         group = new_id("g")
@@ -205,14 +213,8 @@ def test_user_and_password():
 def test_expired_auth_token_is_renewed():
     """etcd forgets a simple token unused for --auth-token-ttl seconds and refuses it ("invalid
     auth token"): the client authenticates again and the call goes through."""
-    from servers import etcd
-
-    server = etcd(extra=("--auth-token-ttl", "1")).start()
+    server, secret = _etcd_with_auth("--auth-token-ttl", "1")
     try:
-        secret = "pw-" + new_id().decode()
-        for args in (("user", "add", "root:" + secret), ("auth", "enable")):
-            out = _etcdctl(server.port, *args)
-            assert out.returncode == 0, out.stderr
         c = coordination.get_coordinator("etcd3+http://root:%s@127.0.0.1:%d?timeout=5" % (secret, server.port), b"me")
         c.start()
         try:
