@@ -416,10 +416,11 @@ def test_server_restart_during_a_wait_then_recovery(request, tmp_path):
             hold = holder.get_lock(name)
             assert hold.acquire()
             outcome = []
+            waiting = c.get_lock(name)
 
             def wait():
                 try:
-                    outcome.append(c.get_lock(name).acquire(blocking=True))
+                    outcome.append(waiting.acquire(blocking=True))
                 except Exception as e:  # noqa: BLE001 - checked below
                     outcome.append(e)
 
@@ -430,8 +431,18 @@ def test_server_restart_during_a_wait_then_recovery(request, tmp_path):
             waiter.join(20)
             assert not waiter.is_alive(), "the wait hung through the server's stop"
             [result] = outcome
-            assert isinstance(result, tooz.ToozError), result
-            assert isinstance(result, coordination.ToozConnectionError), result
+            if result is True:
+                # A race of the shutdown, seen once in CI on PostgreSQL: the server ended the
+                # holder's session first and granted the waiter's lock before ending its
+                # session too. The grant was real; the lock went with the session, so letting
+                # it go may fail, but only with a tooz error.
+                try:
+                    waiting.release()
+                except tooz.ToozError:
+                    pass
+            else:
+                assert isinstance(result, tooz.ToozError), result
+                assert isinstance(result, coordination.ToozConnectionError), result
             assert hold.is_still_owner() is False, "the holder's session died with the server"
             with pytest.raises(coordination.ToozConnectionError):
                 c.get_lock(new_id("l")).acquire(blocking=False)
