@@ -70,4 +70,8 @@ fi
 if ! .venv-upstream/bin/python -c "import psycopg2, pymysql" 2>/dev/null; then
     .venv-upstream/bin/pip install -q --disable-pip-version-check psycopg2-binary PyMySQL
 fi
+# eventlet, for upstream's side of benchmarks/green.py (both sides under monkey_patch()).
+if ! .venv-upstream/bin/python -c "import eventlet" 2>/dev/null; then
+    .venv-upstream/bin/pip install -q --disable-pip-version-check "eventlet>=0.36"
+fi
 echo "set-up done"

@@ -80,6 +80,7 @@ impl<T> Clone for Pending<T> {
     }
 }
 
+#[derive(Clone)]
 pub struct Coordinator {
     inner: Arc<Inner>,
     heart: Arc<HeartState>,

@@ -13,42 +13,7 @@ import tooz
 from tooz import coordination
 from tooz import locking
 
-from conftest import count_under_lock, has, new_id, with_options
-
-HOLDER = r"""
-import sys
-from tooz import coordination
-c = coordination.get_coordinator(sys.argv[1], b'holder')
-c.start()
-lock = c.get_lock(sys.argv[2].encode())
-assert lock.acquire(blocking=False), 'could not take the lock'
-print('held', flush=True)
-sys.stdin.readline()
-lock.release()
-c.stop()
-print('released', flush=True)
-"""
-
-
-class OtherProcessHolder:
-    """A separate interpreter holding ``name`` until told to let go."""
-
-    def __init__(self, url, name, python=sys.executable):
-        self.proc = subprocess.Popen([python, "-c", HOLDER, url, name.decode()], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        assert line == "held", self.proc.stderr.read()
-
-    def release(self):
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "released"
-        self.proc.wait(10)
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(10)
-
+from conftest import OtherProcessHolder, count_under_lock, has, new_id, with_options
 
 def test_acquire_release(coord):
     lock = coord.get_lock(new_id("l"))

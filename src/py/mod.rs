@@ -4,6 +4,7 @@ mod aio;
 mod convert;
 mod errors;
 mod gate;
+mod green;
 mod hashring;
 mod worker;
 
@@ -85,6 +86,13 @@ impl PyAsyncResult {
     /// Waits for the call and returns its value (or raises its tooz exception).
     #[pyo3(signature = (timeout=None))]
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        if green::active(py) {
+            let pending = self.pending.clone();
+            return match green::wait_for(py, async move { pending.wait_async().await }, timeout, |_| {})? {
+                Some(result) => result.map_err(to_py)?.into_py(py),
+                None => Err(to_py(Error::Timeout("Operation timed out".into()))),
+            };
+        }
         let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = match deadline {
@@ -148,8 +156,12 @@ impl PyCoordinator {
         Ok(PyAsyncResult { pending: self.core.submit(call) })
     }
 
-    fn run<T: Send>(&self, py: Python<'_>, f: impl std::future::Future<Output = crate::error::Result<T>> + Send) -> PyResult<T> {
-        py.detach(|| runtime::block_on(f)).map_err(to_py)
+    fn run<T: Send + 'static>(
+        &self,
+        py: Python<'_>,
+        f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+    ) -> PyResult<T> {
+        wait_call(py, f)
     }
 }
 
@@ -309,7 +321,7 @@ impl PyCoordinator {
         let g = id_from_py(group_id, "group_id")?;
         let membership = self.core.membership().clone();
         let pending = self.core.submit(move |d| async move { membership.confirm_absent(d.as_ref(), &g).await });
-        py.detach(move || pending.wait(None)).unwrap_or(Ok(true)).map_err(to_py)
+        settle(py, pending)?.unwrap_or(Ok(true)).map_err(to_py)
     }
 
     /// Leaves every joined group, after every call submitted before; failures are ignored
@@ -320,13 +332,13 @@ impl PyCoordinator {
             membership.leave_all(d.as_ref()).await;
             Ok(())
         });
-        let _ = py.detach(move || pending.wait(None));
+        let _ = settle(py, pending);
     }
 
     /// Stops the driver once every call submitted before has finished.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
         let pending = self.core.submit(|d| async move { d.stop().await });
-        py.detach(move || pending.wait(None)).unwrap_or(Ok(())).map_err(to_py)
+        settle(py, pending)?.unwrap_or(Ok(())).map_err(to_py)
     }
 
     fn heartbeat(&self, py: Python<'_>) -> PyResult<Option<f64>> {
@@ -348,7 +360,7 @@ impl PyCoordinator {
     fn destroy_group(&self, py: Python<'_>, group_id: &Bound<'_, PyAny>) -> PyResult<()> {
         let g = id_from_py(group_id, "group_id")?;
         let pending = self.core.submit(move |d| async move { d.destroy_group(&g).await });
-        py.detach(move || pending.wait(None)).unwrap_or(Ok(())).map_err(to_py)
+        settle(py, pending)?.unwrap_or(Ok(())).map_err(to_py)
     }
 
     fn get_groups(&self) -> PyResult<PyAsyncResult> {
@@ -459,6 +471,16 @@ impl PyCoordinator {
 
     #[pyo3(signature = (timeout=None))]
     fn wait_heart(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        if green::active(py) {
+            // Until the heart stops, polled on the runtime while this greenthread waits.
+            let core = self.core.clone();
+            let stopped = async move {
+                while core.wait_heart(Some(Duration::ZERO)) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            return Ok(green::wait_for(py, stopped, timeout, |_| {})?.is_none());
+        }
         let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = deadline.map_or(SIGNAL_CHECK, |d| d.saturating_duration_since(std::time::Instant::now()).min(SIGNAL_CHECK));
@@ -509,6 +531,19 @@ impl PyLock {
     fn acquire(&self, py: Python<'_>, blocking: Option<&Bound<'_, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<bool> {
         let wait = wait_from(blocking, timeout)?;
         let lock = self.lock.clone();
+        if green::active(py) {
+            // On the runtime (no reply read on this thread); withdrawn when interrupted, and a
+            // lock won as the interruption came is let go.
+            let acquire = Acquire::start(lock.clone(), wait, shared);
+            return green::wait(py, async move { acquire.finish().await }, move |won| {
+                if let Ok(true) = won {
+                    runtime::runtime().spawn(async move {
+                        let _ = lock.release().await;
+                    });
+                }
+            })?
+            .map_err(to_py);
+        }
         // Fast path: one attempt, no task (on this thread where the lock can); not when this
         // object owes waiters of other processes a turn first.
         let courteous = wait != Wait::No && lock.stepping_aside();
@@ -579,22 +614,25 @@ impl PyLock {
 
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
+        if green::active(py) {
+            return green::wait(py, async move { lock.release().await }, |_| {})?.map_err(to_py);
+        }
         py.detach(|| lock.release_here().unwrap_or_else(|| runtime::block_on(lock.release()))).map_err(to_py)
     }
 
     fn break_(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
-        py.detach(|| runtime::block_on(lock.break_())).map_err(to_py)
+        wait_call(py, async move { lock.break_().await })
     }
 
     fn is_still_owner(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
-        py.detach(|| runtime::block_on(lock.is_still_owner())).map_err(to_py)
+        wait_call(py, async move { lock.is_still_owner().await })
     }
 
     fn heartbeat(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
-        py.detach(|| runtime::block_on(lock.heartbeat())).map_err(to_py)
+        wait_call(py, async move { lock.heartbeat().await })
     }
 
     /// The fencing token of the last successful acquire (no I/O).
@@ -611,9 +649,29 @@ impl PyLock {
 
     fn get_owner<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let lock = self.lock.clone();
-        let owner = py.detach(|| runtime::block_on(lock.get_owner())).map_err(to_py)?;
+        let owner = wait_call(py, async move { lock.get_owner().await })?;
         Ok(owner.map(|id| id_to_py(py, &id)))
     }
+}
+
+/// A call that needs no undoing, run to its end (waited for in the hub in a green process).
+fn wait_call<T: Send + 'static>(
+    py: Python<'_>,
+    f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> PyResult<T> {
+    if green::active(py) {
+        return green::wait(py, f, |_| {})?.map_err(to_py);
+    }
+    py.detach(|| runtime::block_on(f)).map_err(to_py)
+}
+
+/// The result of a submitted call, waited for without a time limit (in the hub in a green
+/// process).
+fn settle<T: Clone + Send + 'static>(py: Python<'_>, pending: Pending<T>) -> PyResult<Option<crate::error::Result<T>>> {
+    if green::active(py) {
+        return green::wait(py, async move { pending.wait_async().await }, |_| {}).map(Some);
+    }
+    Ok(py.detach(move || pending.wait(None)))
 }
 
 /// `tooz.utils.dumps`: oslo msgpack encoding.

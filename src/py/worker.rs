@@ -28,6 +28,9 @@ static JOBS: ForkLocal<Job> = ForkLocal::new();
 static RUNNING: AtomicU64 = AtomicU64::new(u64::MAX);
 
 pub fn submit(job: Job) {
+    if super::green::seen() {
+        return super::green::hand_over(job);
+    }
     let _ = JOBS.get().push(job, MAX_QUEUED);
     let generation = runtime::generation();
     if RUNNING.swap(generation, Ordering::SeqCst) == generation {
@@ -47,24 +50,39 @@ fn run(generation: u64) {
     while runtime::generation() == generation {
         // Idle: no GIL taken (records always come with a `Drain` job).
         let Some(job) = JOBS.get().pop(Duration::from_secs(1)) else { continue };
+        if super::green::seen() {
+            super::green::hand_over(job);
+            continue;
+        }
         let attached = super::gate::with_python(|py| {
-            while let Some(record) = log::next(Duration::ZERO) {
-                let out = py.import("logging").and_then(|logging| {
-                    let logger = logging.call_method1("getLogger", (record.logger.as_str(),))?;
-                    logger.call_method1("log", (record.level as i32, "%s", record.message.as_str()))
-                });
-                if let Err(e) = out {
-                    e.print(py);
-                }
-            }
-            if let Job::Call(callable) = job {
-                if let Err(e) = callable.call0(py) {
-                    e.print(py);
-                }
+            // Patched since the thread started: Python's locks are green now, and only the
+            // hub's greenthreads may take them.
+            if super::green::active(py) {
+                super::green::hand_over(job);
+            } else {
+                run_job(py, job);
             }
         });
         if attached.is_none() {
             return; // the interpreter is shutting down
+        }
+    }
+}
+
+/// Hands the waiting log records to `logging`, then runs the job's callback.
+pub fn run_job(py: Python<'_>, job: Job) {
+    while let Some(record) = log::next(Duration::ZERO) {
+        let out = py.import("logging").and_then(|logging| {
+            let logger = logging.call_method1("getLogger", (record.logger.as_str(),))?;
+            logger.call_method1("log", (record.level as i32, "%s", record.message.as_str()))
+        });
+        if let Err(e) = out {
+            e.print(py);
+        }
+    }
+    if let Job::Call(callable) = job {
+        if let Err(e) = callable.call0(py) {
+            e.print(py);
         }
     }
 }

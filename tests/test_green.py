@@ -1,0 +1,298 @@
+"""eventlet-patched processes: a waiting call lets the other greenthreads run, an
+``eventlet.Timeout`` withdraws a wait, and the rest of the API works there.
+
+Each test runs a fresh interpreter that calls ``eventlet.monkey_patch()`` before importing
+tooz, as cinder-volume and other services do.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import OtherProcessHolder, has, new_id, run_python, with_options
+
+pytest.importorskip("eventlet")
+
+# A greenthread ticks every 10 ms for 2 s, once alone (the baseline) and once while the main
+# greenthread waits 2 s for a lock another process holds; then an eventlet.Timeout of 0.5 s
+# ends a wait without a limit. The process then stays, holding nothing, until told to stop.
+WAITER = r"""
+import eventlet
+eventlet.monkey_patch()
+import json, sys, time
+from tooz import coordination
+
+url, name = sys.argv[1], sys.argv[2].encode()
+c = coordination.get_coordinator(url, b"green-waiter")
+c.start(start_heart=True)
+
+def ticker(ticks, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ticks.append(time.monotonic())
+        eventlet.sleep(0.01)
+
+alone = []
+ticker(alone, 2.0)
+ticks = []
+t = eventlet.spawn(ticker, ticks, 2.0)
+start = time.monotonic()
+got = c.get_lock(name).acquire(blocking=2)
+waited = time.monotonic() - start
+t.wait()
+timed_out = False
+start = time.monotonic()
+try:
+    with eventlet.Timeout(0.5):
+        c.get_lock(name).acquire(blocking=True)
+except eventlet.Timeout:
+    timed_out = True
+print(json.dumps({"alone": len(alone), "ticks": len(ticks), "got": got, "waited": waited,
+                  "timed_out": timed_out, "timeout_after": time.monotonic() - start}), flush=True)
+sys.stdin.readline()
+c.stop()
+print("stopped", flush=True)
+"""
+
+
+def test_a_lock_wait_lets_other_greenthreads_run_and_a_timeout_withdraws_it(backend, make_coordinator):
+    name = new_id("l")
+    holder = OtherProcessHolder(backend[1], name)
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", WAITER, backend[1], name.decode()],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        out = json.loads(line)
+        assert out["got"] is False
+        assert 1.9 <= out["waited"] < 4.0, out
+        assert out["ticks"] >= 0.8 * out["alone"], out
+        assert out["timed_out"] and out["timeout_after"] < 1.5, out
+        # The withdrawn wait left nothing queued or held: once the holder lets go, another
+        # process takes the lock at once while the green process is still alive.
+        holder.release()
+        other = make_coordinator()
+        lock = other.get_lock(name)
+        assert lock.acquire(blocking=5)
+        assert lock.release()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "stopped", proc.stderr.read()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if holder.proc.poll() is None:
+            holder.kill()
+
+
+GROUPS = r"""
+import eventlet
+eventlet.monkey_patch()
+import sys, time
+from tooz import coordination
+
+url = sys.argv[1]
+a = coordination.get_coordinator(url, b"green-a")
+b = coordination.get_coordinator(url, b"green-b")
+a.start(start_heart=True)
+b.start(start_heart=True)
+group = ("green-" + sys.argv[2]).encode()
+a.create_group(group).get()
+seen = []
+b.watch_join_group(group, lambda event: seen.append(event.member_id))
+b.run_watchers()
+a.join_group(group, capabilities={"cores": 8}).get()
+deadline = time.monotonic() + 10
+while b"green-a" not in seen and time.monotonic() < deadline:
+    b.run_watchers()
+    eventlet.sleep(0.05)
+assert b"green-a" in seen, seen
+b.join_group(group).get(timeout=10)
+assert set(b.get_members(group).get()) == {b"green-a", b"green-b"}
+assert a.get_member_capabilities(group, b"green-a").get() == {"cores": 8}
+if ELECTION:
+    elected = []
+    a.watch_elected_as_leader(group, lambda event: elected.append(event.member_id))
+    deadline = time.monotonic() + 10
+    while not elected and time.monotonic() < deadline:
+        a.run_watchers()
+        eventlet.sleep(0.05)
+    assert elected == [b"green-a"], elected
+a.leave_group(group).get()
+b.leave_group(group).get()
+a.stop()
+b.stop()
+print("ok")
+"""
+
+
+def test_groups_watchers_and_leaders_work_green(backend):
+    if not has(backend, "members"):
+        pytest.skip("no members on %s" % backend[0])
+    code = (GROUPS.replace("sys.argv[1]", repr(backend[1])).replace("sys.argv[2]", repr(new_id("g").decode()))
+            .replace("ELECTION", repr(has(backend, "watch_elected_as_leader"))))
+    out = run_python(code, timeout=90)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# A lock broken by another coordinator: is_still_owner() finds it lost. The core's warning and
+# the on_lost callback (which yields to the hub and logs) reach Python in a greenthread,
+# through a handler that yields too; nothing runs Python on a thread of the core.
+LOST = r"""
+import eventlet
+eventlet.monkey_patch()
+import json, logging, sys, time
+from tooz import coordination
+
+url, name = sys.argv[1], sys.argv[2].encode()
+records = []
+
+class Slow(logging.Handler):
+    def emit(self, record):
+        eventlet.sleep(0.01)
+        records.append(record.getMessage())
+
+logging.getLogger().addHandler(Slow())
+logging.getLogger().setLevel(logging.INFO)
+c = coordination.get_coordinator(url, b"green-holder")
+c.start(start_heart=True)
+lock = c.get_lock(name)
+assert lock.acquire()
+called = []
+
+def lost(_lock):
+    eventlet.sleep(0.01)
+    logging.getLogger("app").warning("on_lost ran")
+    called.append(True)
+
+lock.on_lost(lost)
+other = coordination.get_coordinator(url, b"green-breaker")
+other.start()
+assert other.get_lock(name).break_()
+owner = lock.is_still_owner()
+released = lock.release()
+deadline = time.monotonic() + 10
+while not (called and any("on_lost ran" in r for r in records)) and time.monotonic() < deadline:
+    eventlet.sleep(0.05)
+other.stop()
+c.stop()
+print(json.dumps({"owner": owner, "released": released, "called": bool(called), "records": records}))
+"""
+
+
+def test_on_lost_and_the_cores_records_are_delivered_in_a_greenthread(backend):
+    if not (has(backend, "break") and has(backend, "ttl_locks")):
+        pytest.skip("no broken-lock notice on %s" % backend[0])
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", LOST, backend[1], new_id("l").decode()],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "greenlet" not in out.stderr, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["owner"] is False and result["released"] is False, result
+    assert result["called"], result
+    assert any("was lost" in r for r in result["records"]), result
+    assert "on_lost ran" in result["records"], result
+
+
+# The heart is a task of the core: it beats while a greenthread keeps the hub (and the GIL)
+# busy in pure Python for twice the membership timeout.
+BUSY = r"""
+import eventlet
+eventlet.monkey_patch()
+import sys, time
+from tooz import coordination
+
+url, group = sys.argv[1], sys.argv[2].encode()
+c = coordination.get_coordinator(url, b"green-busy")
+c.start(start_heart=True)
+c.create_group(group).get()
+c.join_group(group).get()
+print("joined", flush=True)
+end = time.monotonic() + 2.5
+n = 0
+while time.monotonic() < end:
+    n += 1
+print("done", flush=True)
+sys.stdin.readline()
+c.stop()
+"""
+
+
+def test_a_busy_hub_does_not_let_the_member_expire(backend, make_coordinator):
+    if not (has(backend, "members") and has(backend, "beat_liveness")):
+        pytest.skip("membership on %s does not lapse without beats" % backend[0])
+    url = with_options(backend[1], timeout=1)
+    group = new_id("g")
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", BUSY, url, group.decode()],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "joined", proc.stderr.read()
+        observer = make_coordinator(url=url)
+        time.sleep(2.0)  # twice the timeout, the hub busy all along
+        assert b"green-busy" in observer.get_members(group).get()
+        assert proc.stdout.readline().strip() == "done"
+        assert b"green-busy" in observer.get_members(group).get()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+# A server that takes connections (the kernel's backlog) and never answers: start() fails
+# after its timeout while another greenthread goes on ticking.
+SILENT = r"""
+import eventlet
+eventlet.monkey_patch()
+import json, sys, time
+from tooz import coordination
+
+def ticker(ticks, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ticks.append(1)
+        eventlet.sleep(0.01)
+
+alone = []
+ticker(alone, 1.0)
+ticks = []
+t = eventlet.spawn(ticker, ticks, 2.0)
+start = time.monotonic()
+c = coordination.get_coordinator(sys.argv[1], b"green-silent")
+try:
+    c.start()
+    c.get_lock(b"silent").acquire(blocking=False)
+    error = None
+except Exception as e:
+    error = type(e).__name__
+failed_after = time.monotonic() - start
+t.wait()
+print(json.dumps({"alone": len(alone), "ticks": len(ticks), "error": error, "failed_after": failed_after}))
+"""
+
+
+@pytest.mark.parametrize("scheme", ["redis", "memcached", "zookeeper", "etcd3+http"])
+def test_a_silent_server_does_not_stall_the_hub(scheme):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        url = "%s://127.0.0.1:%d?timeout=2" % (scheme, listener.getsockname()[1])
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", SILENT, url], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr[-3000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["error"] is not None, result
+        # The ticker runs its 2 s whatever the call does: only a stalled hub costs it ticks.
+        assert result["ticks"] >= 0.8 * 2 * result["alone"], result
+        print(scheme, result)
+    finally:
+        listener.close()
