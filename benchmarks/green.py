@@ -1,0 +1,92 @@
+"""Locks from many greenthreads of one eventlet-patched process: ours against upstream.
+
+    .venv/bin/python benchmarks/green.py [--seconds 2] [--rounds 3] [--backends redis,memcached,zookeeper,etcd3]
+
+N greenthreads (N = 1, 16, 256) of one process that called ``eventlet.monkey_patch()`` first,
+each acquiring and releasing a lock of its own in a loop on one shared coordinator, for a fixed
+time. Ours (this package, ``.venv/bin/python``) and upstream tooz 9.1.0 (``.venv-upstream``,
+pure Python over green sockets) against the same server started here on loopback, in the same
+run, alternating ours, upstream for ``--rounds`` rounds. Prints a Markdown table of acquire +
+release pairs per second: the median of the rounds with min-max, and the ratio ours / upstream
+as min-max over the rounds (each round's ours over the same round's upstream).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
+SIZES = (1, 16, 256)
+
+WORKER = r'''
+import eventlet
+eventlet.monkey_patch()
+import json, sys, time, uuid
+from tooz import coordination
+
+url, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+coord = coordination.get_coordinator(url, uuid.uuid4().hex.encode())
+coord.start()
+locks = [coord.get_lock(("green-bench-%s-%d" % (uuid.uuid4().hex, i)).encode()) for i in range(n)]
+count = [0]
+deadline = time.monotonic() + seconds
+
+def one(lock):
+    while time.monotonic() < deadline:
+        lock.acquire()
+        lock.release()
+        count[0] += 1
+
+pool = eventlet.GreenPool(n)
+for lock in locks:
+    pool.spawn_n(one, lock)
+pool.waitall()
+coord.stop()
+print(json.dumps({"rate": count[0] / seconds}))
+'''
+
+
+def measure(python, url, n, seconds):
+    out = subprocess.run([python, "-W", "ignore", "-c", WORKER, url, str(n), str(seconds)], capture_output=True,
+                         text=True, timeout=seconds * 20 + 60)
+    if out.returncode != 0:
+        raise RuntimeError("%s on %s failed: %s" % (python, url, out.stderr[-2000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])["rate"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default="redis,memcached,zookeeper,etcd3")
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import servers
+
+    print("| backend | greenthreads | ours pairs/s | upstream pairs/s | ours ÷ upstream |")
+    print("|---|---|---|---|---|")
+    for backend in args.backends.split(","):
+        server = getattr(servers, "etcd" if backend == "etcd3" else backend)().start()
+        scheme = "etcd3+http" if backend == "etcd3" else backend
+        try:
+            url = "%s://127.0.0.1:%d" % (scheme, server.port)
+            for n in SIZES:
+                ours, upstream = [], []
+                for _ in range(args.rounds):
+                    ours.append(measure(sys.executable, url, n, args.seconds))
+                    upstream.append(measure(UPSTREAM, url, n, args.seconds))
+                ratios = [o / u for o, u in zip(ours, upstream)]
+                print("| %s | %d | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %.2f-%.2f× |"
+                      % (backend, n, statistics.median(ours), min(ours), max(ours), statistics.median(upstream),
+                         min(upstream), max(upstream), min(ratios), max(ratios)), flush=True)
+        finally:
+            server.close()
+
+
+if __name__ == "__main__":
+    main()
