@@ -15,10 +15,10 @@ Prints a Markdown table of acquire+release pairs per second.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
+
+import rates
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,11 +93,7 @@ print(json.dumps({"rate": n / seconds}))
 
 
 def measure(python, url, mode, tasks, seconds):
-    out = subprocess.run([python, "-c", WORKER, url, mode, str(tasks), str(seconds)], capture_output=True,
-                         text=True, timeout=seconds * 20 + 60)
-    if out.returncode != 0:
-        raise RuntimeError("%s %s failed: %s" % (mode, url, out.stderr[-2000:]))
-    return json.loads(out.stdout.strip().splitlines()[-1])["rate"]
+    return rates.measure(python, WORKER, (url, mode, tasks, seconds), seconds)
 
 
 def main():

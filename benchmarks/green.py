@@ -12,11 +12,11 @@ as min-max over the rounds (each round's ours over the same round's upstream).
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
+
+import rates
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -52,11 +52,7 @@ print(json.dumps({"rate": count[0] / seconds}))
 
 
 def measure(python, url, n, seconds):
-    out = subprocess.run([python, "-W", "ignore", "-c", WORKER, url, str(n), str(seconds)], capture_output=True,
-                         text=True, timeout=seconds * 20 + 60)
-    if out.returncode != 0:
-        raise RuntimeError("%s on %s failed: %s" % (python, url, out.stderr[-2000:]))
-    return json.loads(out.stdout.strip().splitlines()[-1])["rate"]
+    return rates.measure(python, WORKER, (url, n, seconds), seconds)
 
 
 def main():
