@@ -350,3 +350,90 @@ def test_a_forked_worker_of_a_green_process_waits_green(backend):
         assert result["share"] >= 0.8, result
     finally:
         holder.release()
+
+
+# The server stops under a joined, heartbeating coordinator while four greenthreads log
+# through a handler that yields, then comes back: the core's records about the outage reach
+# that handler, the membership heals, and the process stops cleanly.
+OUTAGE = r"""
+import eventlet
+eventlet.monkey_patch()
+import json, logging, sys, time
+from eventlet.hubs import trampoline
+from tooz import coordination
+
+url, group = sys.argv[1], sys.argv[2].encode()
+records = []
+
+class Slow(logging.Handler):
+    def emit(self, record):
+        eventlet.sleep(0.005)
+        records.append((record.name, record.getMessage()))
+
+logging.getLogger().addHandler(Slow())
+logging.getLogger().setLevel(logging.DEBUG)
+c = coordination.get_coordinator(url, b"green-outage", membership_timeout=3)
+c.start(start_heart=True)
+c.create_group(group).get()
+c.join_group(group).get()
+done = []
+
+def chatter(i):
+    while not done:
+        logging.getLogger("app").info("chatter %d", i)
+        eventlet.sleep(0.02)
+
+for i in range(4):
+    eventlet.spawn_n(chatter, i)
+print("joined", flush=True)
+for _ in range(2):  # "stopped", then "started"
+    trampoline(sys.stdin.fileno(), read=True)
+    sys.stdin.readline()
+healed = False
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        if b"green-outage" in c.get_members(group).get():
+            healed = True
+            break
+    except coordination.ToozError:
+        pass
+    eventlet.sleep(0.2)
+done.append(True)
+c.stop()
+core = [m for name, m in records if name.startswith("tooz")]
+print(json.dumps({"healed": healed, "core": core, "chatter": sum(1 for n, _ in records if n == "app")}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["redis", "memcached"])
+def test_an_outage_under_logging_greenthreads_heals_and_delivers_the_cores_records(kind):
+    import servers
+
+    server = getattr(servers, kind)().start()
+    proc = None
+    try:
+        url = "%s://127.0.0.1:%d" % (kind, server.port)
+        proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", OUTAGE, url, new_id("g").decode()],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "joined", proc.stderr.read()
+        time.sleep(0.5)
+        server.stop()
+        proc.stdin.write("stopped\n")
+        proc.stdin.flush()
+        time.sleep(2.5)  # beats fail meanwhile
+        server.start()
+        proc.stdin.write("started\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+        assert "greenlet" not in err, err[-3000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["healed"], result
+        assert result["chatter"] > 100, result
+        assert any("heartbeat" in m and "failed" in m for m in result["core"]), result
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        server.close()
