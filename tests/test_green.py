@@ -53,8 +53,8 @@ class Ticker:
 """
 
 # While the main greenthread waits 2 s for a lock another process holds, the ticker keeps
-# ticking; then an eventlet.Timeout of 0.5 s ends a wait without a limit. The process then
-# stays, holding nothing, until told to stop.
+# ticking; then an eventlet.Timeout of 0.5 s ends a wait without a limit, and kill() another
+# greenthread's. The process then stays, holding nothing, until told to stop.
 WAITER = PRELUDE + r"""
 
 url, name = sys.argv[1], sys.argv[2].encode()
@@ -74,8 +74,13 @@ try:
         c.get_lock(name).acquire(blocking=True)
 except eventlet.Timeout:
     timed_out = True
-print(json.dumps({"share": share, "got": got, "waited": waited,
-                  "timed_out": timed_out, "timeout_after": time.monotonic() - start}), flush=True)
+timeout_after = time.monotonic() - start
+# GreenThread.kill() of a greenthread that waits withdraws its wait too.
+waiting = eventlet.spawn(c.get_lock(name).acquire, blocking=True)
+eventlet.sleep(0.3)
+waiting.kill()
+print(json.dumps({"share": share, "got": got, "waited": waited, "timed_out": timed_out,
+                  "timeout_after": timeout_after, "killed": waiting.dead}), flush=True)
 sys.stdin.readline()
 c.stop()
 print("stopped", flush=True)
@@ -96,6 +101,7 @@ def test_a_lock_wait_lets_other_greenthreads_run_and_a_timeout_withdraws_it(back
         assert 1.9 <= out["waited"] < 4.0, out
         assert out["share"] >= 0.8, out
         assert out["timed_out"] and out["timeout_after"] < 1.5, out
+        assert out["killed"], out
         # The withdrawn wait left nothing queued or held: once the holder lets go, another
         # process takes the lock at once while the green process is still alive.
         holder.release()

@@ -23,24 +23,28 @@ def wait_readable(fd, timeout=None):
     return True
 
 
-def _deliver_forever(fd, deliver, pid):
+def _deliver_forever(fd, deliver, ended, pid):
     from eventlet.hubs import trampoline
 
-    while True:
-        trampoline(fd, read=True)
-        if os.getpid() != pid:
-            # Inherited by a forked child that kept its parent's hub: the eventfd is the
-            # parent's (the child starts a deliverer of its own); leave its wake-ups to it.
-            return
-        try:
-            os.read(fd, 8)  # resets the eventfd; a signal fired during deliver() re-arms it
-        except BlockingIOError:
-            pass
-        deliver()
+    try:
+        while True:
+            trampoline(fd, read=True)
+            if os.getpid() != pid:
+                # Inherited by a forked child that kept its parent's hub: the eventfd is the
+                # parent's (the child starts a deliverer of its own); leave its wake-ups to it.
+                return
+            try:
+                os.read(fd, 8)  # resets the eventfd; a signal fired during deliver() re-arms it
+            except BlockingIOError:
+                pass
+            deliver()
+    finally:
+        if os.getpid() == pid:
+            ended()  # the next green call starts another
 
 
-def start_deliverer(fd, deliver):
+def start_deliverer(fd, deliver, ended):
     """Starts the greenthread that hands the core's log records and callbacks to Python."""
     import eventlet
 
-    eventlet.spawn_n(_deliver_forever, fd, deliver, os.getpid())
+    eventlet.spawn_n(_deliver_forever, fd, deliver, ended, os.getpid())

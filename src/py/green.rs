@@ -19,9 +19,10 @@
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
@@ -36,8 +37,11 @@ use crate::runtime;
 static GREEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// The fork generation whose deliverer greenthread has been started.
 static DELIVERER: AtomicU64 = AtomicU64::new(u64::MAX);
-/// The deliverer's wake-up (one per process image: a child makes its own).
-static DELIVERY: Mutex<Option<(u64, Arc<Signal>)>> = Mutex::new(None);
+/// The deliverer's wake-up, one per process image (a child makes its own). Leaked, never
+/// closed: a child that kept its parent's hub still has the parent's deliverer registered on
+/// that descriptor, which must not be reused by another eventfd. An atomic rather than a lock,
+/// which a fork could copy held.
+static DELIVERY: AtomicPtr<(u64, Signal)> = AtomicPtr::new(std::ptr::null_mut());
 /// Work for the deliverer, in the order it came.
 static JOBS: ForkLocal<Job> = ForkLocal::new();
 const MAX_QUEUED: usize = 10_000;
@@ -82,7 +86,7 @@ pub fn active(py: Python<'_>) -> bool {
     }) else {
         return false;
     };
-    let Ok(Some(patcher)) = modules.bind(py).get_item("eventlet.patcher") else {
+    let Ok(Some(patcher)) = modules.bind(py).get_item(intern!(py, "eventlet.patcher")) else {
         return false;
     };
     let patched = patcher.call_method1("is_monkey_patched", ("thread",)).and_then(|v| v.is_truthy()).unwrap_or(false);
@@ -102,17 +106,21 @@ fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 }
 
 /// The deliverer's signal of this process image, made on first use.
-fn delivery() -> crate::error::Result<Arc<Signal>> {
+fn delivery() -> crate::error::Result<&'static Signal> {
     let generation = runtime::generation();
-    let mut slot = DELIVERY.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((g, signal)) = slot.as_ref() {
+    let cur = DELIVERY.load(Ordering::Acquire);
+    // SAFETY: slots are leaked, never freed.
+    if let Some((g, signal)) = unsafe { cur.as_ref() } {
         if *g == generation {
-            return Ok(signal.clone());
+            return Ok(signal);
         }
     }
-    let signal = Arc::new(Signal::new()?);
-    *slot = Some((generation, signal.clone()));
-    Ok(signal)
+    let fresh = Box::into_raw(Box::new((generation, Signal::new()?)));
+    match DELIVERY.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Ok(unsafe { &(*fresh).1 }),
+        // Another thread made one first; ours (never used) is leaked with the rest.
+        Err(winner) => Ok(unsafe { &(*winner).1 }),
+    }
 }
 
 /// Starts the deliverer greenthread in the calling thread's hub, once per process image.
@@ -123,7 +131,8 @@ fn ensure_deliverer(py: Python<'_>) -> PyResult<()> {
     }
     let signal = delivery().map_err(to_py)?;
     let deliver = wrap_pyfunction!(deliver, py)?;
-    helpers(py)?.call_method1("start_deliverer", (signal.fd(), deliver))?;
+    let ended = wrap_pyfunction!(deliverer_ended, py)?;
+    helpers(py)?.call_method1("start_deliverer", (signal.fd(), deliver, ended))?;
     DELIVERER.store(generation, Ordering::SeqCst);
     // Work queued before the deliverer existed.
     signal.fire();
@@ -138,6 +147,13 @@ pub fn hand_over(job: Job) {
     }
 }
 
+/// Called by a deliverer greenthread that stops (killed with its hub): the next green call
+/// starts another.
+#[pyfunction]
+fn deliverer_ended() {
+    DELIVERER.store(u64::MAX, Ordering::SeqCst);
+}
+
 /// Run by the deliverer greenthread when woken: every queued record and callback.
 #[pyfunction]
 fn deliver(py: Python<'_>) {
@@ -146,59 +162,109 @@ fn deliver(py: Python<'_>) {
     }
 }
 
+/// What becomes of a call whose greenthread stops waiting for it (an exception thrown into
+/// it, or the time limit of [`wait_for`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Dropped: for an acquire (its drop withdraws the attempt) and for calls that only
+    /// watch another (waiting for a submitted call's result, for the heart to stop).
+    Abort,
+    /// Run to its end, as a blocking call in a thread would be (a release, an election).
+    Finish,
+}
+
+/// The state a call's task and its waiting greenthread share.
+struct Shared<T> {
+    value: Option<T>,
+    /// The greenthread no longer waits: a value that still comes goes to `undo`.
+    abandoned: bool,
+    /// The task is over (it stored its value, or it panicked or was aborted).
+    ended: bool,
+}
+
+/// Marks the task over, and wakes the waiter, however the task ends (a panic included).
+struct Ended<T> {
+    shared: Arc<Mutex<Shared<T>>>,
+    signal: Arc<Signal>,
+}
+
+impl<T> Drop for Ended<T> {
+    fn drop(&mut self) {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
+        self.signal.fire();
+    }
+}
+
 /// Runs `fut` on the runtime while the calling greenthread waits in the hub; the result, or
-/// the exception the greenthread was interrupted with. An interrupted call is aborted, and
-/// a result that still came is given to `undo`.
-pub fn wait<T, F>(py: Python<'_>, fut: F, undo: impl FnOnce(T) + Send + 'static) -> PyResult<T>
+/// the exception the greenthread was interrupted with. What happens to an interrupted call
+/// is `left`'s; a result that still comes is given to `undo`.
+pub fn wait<T, F>(py: Python<'_>, fut: F, left: Left, undo: impl FnOnce(T) + Send + 'static) -> PyResult<T>
 where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
-    match wait_for(py, fut, None, undo)? {
+    match wait_for(py, fut, None, left, undo)? {
         Some(v) => Ok(v),
         None => Err(to_py(Error::Tooz("a green wait without a time limit ended with no result".into()))),
     }
 }
 
-/// [`wait`] with a time limit: `None` when it passed first (the call then goes on, and its
-/// result is given to `undo`).
-pub fn wait_for<T, F>(py: Python<'_>, fut: F, timeout: Option<f64>, undo: impl FnOnce(T) + Send + 'static) -> PyResult<Option<T>>
+/// [`wait`] with a time limit: `None` when it passed first.
+pub fn wait_for<T, F>(
+    py: Python<'_>,
+    fut: F,
+    timeout: Option<f64>,
+    left: Left,
+    undo: impl FnOnce(T) + Send + 'static,
+) -> PyResult<Option<T>>
 where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
     ensure_deliverer(py)?;
+    let helpers = helpers(py)?;
     let signal = Arc::new(Signal::new().map_err(to_py)?);
-    // The result, or (with `abandoned`) nobody to take it.
-    let slot: Arc<Mutex<(Option<T>, bool)>> = Arc::new(Mutex::new((None, false)));
+    let shared = Arc::new(Mutex::new(Shared { value: None, abandoned: false, ended: false }));
     let undo: Arc<Mutex<Option<Box<dyn FnOnce(T) + Send>>>> = Arc::new(Mutex::new(Some(Box::new(undo))));
+    let generation = runtime::generation();
     let task = {
-        let (signal, slot, undo) = (signal.clone(), slot.clone(), undo.clone());
+        let ended = Ended { shared: shared.clone(), signal: signal.clone() };
+        let undo = undo.clone();
         runtime::runtime().spawn(async move {
             let value = fut.await;
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if s.1 {
+            let mut s = ended.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if s.abandoned {
                 drop(s);
                 if let Some(undo) = undo.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     undo(value);
                 }
             } else {
-                s.0 = Some(value);
-                drop(s);
-                signal.fire();
+                s.value = Some(value);
             }
+            // `ended` marks the end and fires as it drops.
         })
     };
     let deadline = timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs_f64(t.max(0.0)));
-    let helpers = helpers(py)?;
     loop {
-        if let Some(v) = slot.lock().unwrap_or_else(|p| p.into_inner()).0.take() {
-            return Ok(Some(v));
+        if runtime::generation() != generation {
+            // A greenthread of the parent, carried into a forked child with its hub: the task
+            // and its runtime stayed in the parent (the eventfd is shared with it).
+            std::mem::forget(task);
+            return Err(to_py(Error::Tooz("a call made before fork() cannot be waited for in the child".into())));
         }
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_secs_f64());
-        let outcome = match left {
+        {
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = s.value.take() {
+                return Ok(Some(v));
+            }
+            if s.ended {
+                return Err(to_py(Error::Tooz("the call ended in the core without a result (a panic)".into())));
+            }
+        }
+        let left_s = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_secs_f64());
+        let outcome = match left_s {
             Some(l) if l <= 0.0 => Ok(false),
-            _ => helpers.call_method1("wait_readable", (signal.fd(), left)).and_then(|v| v.is_truthy()),
+            _ => helpers.call_method1("wait_readable", (signal.fd(), left_s)).and_then(|v| v.is_truthy()),
         };
         let interrupted = match outcome {
             Ok(true) => continue,
@@ -207,11 +273,11 @@ where
         };
         // Timed out or interrupted: nobody takes the result any more.
         let late = {
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-            s.1 = true;
-            s.0.take()
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.abandoned = true;
+            s.value.take()
         };
-        if interrupted.is_some() {
+        if left == Left::Abort {
             task.abort();
         }
         if let Some(v) = late {

@@ -88,7 +88,7 @@ impl PyAsyncResult {
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         if green::active(py) {
             let pending = self.pending.clone();
-            return match green::wait_for(py, async move { pending.wait_async().await }, timeout, |_| {})? {
+            return match green::wait_for(py, async move { pending.wait_async().await }, timeout, green::Left::Abort, |_| {})? {
                 Some(result) => result.map_err(to_py)?.into_py(py),
                 None => Err(to_py(Error::Timeout("Operation timed out".into()))),
             };
@@ -479,7 +479,7 @@ impl PyCoordinator {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             };
-            return Ok(green::wait_for(py, stopped, timeout, |_| {})?.is_none());
+            return Ok(green::wait_for(py, stopped, timeout, green::Left::Abort, |_| {})?.is_none());
         }
         let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
@@ -535,7 +535,7 @@ impl PyLock {
             // On the runtime (no reply read on this thread); withdrawn when interrupted, and a
             // lock won as the interruption came is let go.
             let acquire = Acquire::start(lock.clone(), wait, shared);
-            return green::wait(py, async move { acquire.finish().await }, move |won| {
+            return green::wait(py, async move { acquire.finish().await }, green::Left::Abort, move |won| {
                 if let Ok(true) = won {
                     runtime::runtime().spawn(async move {
                         let _ = lock.release().await;
@@ -615,7 +615,7 @@ impl PyLock {
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
         if green::active(py) {
-            return green::wait(py, async move { lock.release().await }, |_| {})?.map_err(to_py);
+            return green::wait(py, async move { lock.release().await }, green::Left::Finish, |_| {})?.map_err(to_py);
         }
         py.detach(|| lock.release_here().unwrap_or_else(|| runtime::block_on(lock.release()))).map_err(to_py)
     }
@@ -660,7 +660,7 @@ fn wait_call<T: Send + 'static>(
     f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
 ) -> PyResult<T> {
     if green::active(py) {
-        return green::wait(py, f, |_| {})?.map_err(to_py);
+        return green::wait(py, f, green::Left::Finish, |_| {})?.map_err(to_py);
     }
     py.detach(|| runtime::block_on(f)).map_err(to_py)
 }
@@ -669,7 +669,8 @@ fn wait_call<T: Send + 'static>(
 /// process).
 fn settle<T: Clone + Send + 'static>(py: Python<'_>, pending: Pending<T>) -> PyResult<Option<crate::error::Result<T>>> {
     if green::active(py) {
-        return green::wait(py, async move { pending.wait_async().await }, |_| {}).map(Some);
+        // The call itself runs on as a task of its own; only this wait for it is dropped.
+        return green::wait(py, async move { pending.wait_async().await }, green::Left::Abort, |_| {}).map(Some);
     }
     Ok(py.detach(move || pending.wait(None)))
 }
