@@ -47,9 +47,7 @@ impl Outcome {
     fn resolve(self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if future.call_method0("done")?.is_truthy()? {
             if let Outcome::Acquired(true, lock) = self {
-                runtime::runtime().spawn(async move {
-                    let _ = lock.release().await;
-                });
+                let_go(lock);
             }
             return Ok(());
         }
@@ -64,11 +62,16 @@ impl Outcome {
     /// Nobody will read it (the loop is gone): undo what must not be left behind.
     fn discard(self) {
         if let Outcome::Acquired(true, lock) = self {
-            runtime::runtime().spawn(async move {
-                let _ = lock.release().await;
-            });
+            let_go(lock);
         }
     }
+}
+
+/// Releases, on the runtime, a lock won for a caller that is no longer there to hold it.
+pub fn let_go(lock: Arc<dyn DriverLock>) {
+    runtime::runtime().spawn(async move {
+        let _ = lock.release().await;
+    });
 }
 
 /// One event loop's queue of finished outcomes.

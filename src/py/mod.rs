@@ -155,14 +155,6 @@ impl PyCoordinator {
         self.check(op)?;
         Ok(PyAsyncResult { pending: self.core.submit(call) })
     }
-
-    fn run<T: Send + 'static>(
-        &self,
-        py: Python<'_>,
-        f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
-    ) -> PyResult<T> {
-        wait_call(py, f)
-    }
 }
 
 #[pymethods]
@@ -209,7 +201,7 @@ impl PyCoordinator {
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let driver = self.core.driver().clone();
-        self.run(py, async move { driver.start().await })?;
+        wait_call(py, async move { driver.start().await })?;
         self.core.membership().started(self.core.driver().as_ref());
         Ok(())
     }
@@ -343,7 +335,7 @@ impl PyCoordinator {
 
     fn heartbeat(&self, py: Python<'_>) -> PyResult<Option<f64>> {
         let driver = self.core.driver().clone();
-        self.run(py, async move { driver.heartbeat().await })
+        wait_call(py, async move { driver.heartbeat().await })
     }
 
     fn create_group(&self, group_id: &Bound<'_, PyAny>) -> PyResult<PyAsyncResult> {
@@ -425,7 +417,7 @@ impl PyCoordinator {
         self.check(Op::StandDownGroupLeader)?;
         let g = id_from_py(group_id, "group_id")?;
         let driver = self.core.driver().clone();
-        self.run(py, async move { driver.stand_down_group_leader(&g).await })
+        wait_call(py, async move { driver.stand_down_group_leader(&g).await })
     }
 
     /// One election attempt per group; returns the groups this member just became leader of.
@@ -433,7 +425,7 @@ impl PyCoordinator {
         self.check(Op::Elect)?;
         let groups = group_ids.iter().map(|g| id_from_py(g, "group_id")).collect::<PyResult<Vec<_>>>()?;
         let driver = self.core.driver().clone();
-        let won = self.run(py, async move {
+        let won = wait_call(py, async move {
             let mut won = Vec::new();
             for (i, g) in groups.iter().enumerate() {
                 if driver.elect(g).await? {
@@ -537,9 +529,7 @@ impl PyLock {
             let acquire = Acquire::start(lock.clone(), wait, shared);
             return green::wait(py, async move { acquire.finish().await }, green::Left::Abort, move |won| {
                 if let Ok(true) = won {
-                    runtime::runtime().spawn(async move {
-                        let _ = lock.release().await;
-                    });
+                    aio::let_go(lock);
                 }
             })?
             .map_err(to_py);
@@ -615,7 +605,7 @@ impl PyLock {
     fn release(&self, py: Python<'_>) -> PyResult<bool> {
         let lock = self.lock.clone();
         if green::active(py) {
-            return green::wait(py, async move { lock.release().await }, green::Left::Finish, |_| {})?.map_err(to_py);
+            return wait_call(py, async move { lock.release().await });
         }
         py.detach(|| lock.release_here().unwrap_or_else(|| runtime::block_on(lock.release()))).map_err(to_py)
     }
