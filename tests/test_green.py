@@ -171,25 +171,27 @@ def test_groups_watchers_and_leaders_work_green(backend):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
-# A lock broken by another coordinator: is_still_owner() finds it lost. The core's warning and
-# the on_lost callback (which yields to the hub and logs) reach Python in a greenthread,
-# through a handler that yields too; nothing runs Python on a thread of the core.
-LOST = r"""
-import eventlet
-eventlet.monkey_patch()
-import json, logging, sys, time
-from tooz import coordination
-
-url, name = sys.argv[1], sys.argv[2].encode()
+# Every record, as (logger name, message), through a root handler that yields to the hub.
+SLOWLY_LOGGED = PRELUDE + r"""
+import logging
 records = []
+
 
 class Slow(logging.Handler):
     def emit(self, record):
-        eventlet.sleep(0.01)
-        records.append(record.getMessage())
+        eventlet.sleep(0.005)
+        records.append((record.name, record.getMessage()))
+
 
 logging.getLogger().addHandler(Slow())
-logging.getLogger().setLevel(logging.INFO)
+logging.getLogger().setLevel(logging.DEBUG)
+"""
+
+# A lock broken by another coordinator: is_still_owner() finds it lost. The core's warning and
+# the on_lost callback (which yields to the hub and logs) reach Python in a greenthread,
+# through a handler that yields too; nothing runs Python on a thread of the core.
+LOST = SLOWLY_LOGGED + r"""
+url, name = sys.argv[1], sys.argv[2].encode()
 c = coordination.get_coordinator(url, b"green-holder")
 c.start(start_heart=True)
 lock = c.get_lock(name)
@@ -208,11 +210,11 @@ assert other.get_lock(name).break_()
 owner = lock.is_still_owner()
 released = lock.release()
 deadline = time.monotonic() + 10
-while not (called and any("on_lost ran" in r for r in records)) and time.monotonic() < deadline:
+while not (called and any(m == "on_lost ran" for _, m in records)) and time.monotonic() < deadline:
     eventlet.sleep(0.05)
 other.stop()
 c.stop()
-print(json.dumps({"owner": owner, "released": released, "called": bool(called), "records": records}))
+print(json.dumps({"owner": owner, "released": released, "called": bool(called), "records": [m for _, m in records]}))
 """
 
 
@@ -361,23 +363,10 @@ def test_a_forked_worker_of_a_green_process_waits_green(backend):
 # The server stops under a joined, heartbeating coordinator while four greenthreads log
 # through a handler that yields, then comes back: the core's records about the outage reach
 # that handler, the membership heals, and the process stops cleanly.
-OUTAGE = r"""
-import eventlet
-eventlet.monkey_patch()
-import json, logging, sys, time
+OUTAGE = SLOWLY_LOGGED + r"""
 from eventlet.hubs import trampoline
-from tooz import coordination
 
 url, group = sys.argv[1], sys.argv[2].encode()
-records = []
-
-class Slow(logging.Handler):
-    def emit(self, record):
-        eventlet.sleep(0.005)
-        records.append((record.name, record.getMessage()))
-
-logging.getLogger().addHandler(Slow())
-logging.getLogger().setLevel(logging.DEBUG)
 c = coordination.get_coordinator(url, b"green-outage", membership_timeout=3)
 c.start(start_heart=True)
 c.create_group(group).get()
