@@ -143,6 +143,83 @@ impl Wake for Parked {
     }
 }
 
+/// A count of threads or calls inside something, per fork generation: a forked child starts
+/// from zero (it has none of its parent's threads, nor the greenthreads of a hub it replaced).
+/// The count is in the low bits, the generation it belongs to above them; an atomic rather
+/// than a lock, which a fork could copy held.
+pub struct ForkCount(AtomicU64);
+
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+impl ForkCount {
+    pub const fn new() -> Self {
+        ForkCount(AtomicU64::new(0))
+    }
+
+    pub fn enter(&self) {
+        let generation = generation();
+        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            Some(if v >> COUNT_BITS == generation { v + 1 } else { (generation << COUNT_BITS) | 1 })
+        });
+    }
+
+    pub fn leave(&self) {
+        let generation = generation();
+        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            (v >> COUNT_BITS == generation && v & COUNT_MASK > 0).then(|| v - 1)
+        });
+    }
+
+    /// How many are inside in this process image.
+    pub fn count(&self) -> u64 {
+        let v = self.0.load(Ordering::SeqCst);
+        if v >> COUNT_BITS == generation() {
+            v & COUNT_MASK
+        } else {
+            0
+        }
+    }
+}
+
+impl Default for ForkCount {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Polls `fut` on the calling thread (not a runtime worker, and not one that may block: the
+/// future's I/O waits are the runtime's) until it is ready or `budget` has passed, parking
+/// the thread between wake-ups: its output, or `None` with the future still pending, to be
+/// finished elsewhere (e.g. spawned). For a caller that may block only briefly but would pay
+/// more for handing a call that is quick anyway to a runtime thread and back.
+pub fn poll_briefly<F: Future + Unpin>(fut: &mut F, budget: std::time::Duration) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let until = std::time::Instant::now() + budget;
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let _context = runtime().enter();
+    loop {
+        if let std::task::Poll::Ready(v) = Pin::new(&mut *fut).poll(&mut cx) {
+            return Some(v);
+        }
+        let now = std::time::Instant::now();
+        if now >= until {
+            return None;
+        }
+        // A wake-up that came during the poll left its token: this returns at once then.
+        std::thread::park_timeout(until - now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +272,37 @@ mod tests {
             tx.send(()).unwrap();
         }));
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+
+    #[test]
+    fn a_brief_poll_gives_a_quick_future_its_output_and_leaves_a_slow_one_pending() {
+        let mut quick = Box::pin(async {
+            tokio::task::yield_now().await;
+            7
+        });
+        assert_eq!(poll_briefly(&mut quick, Duration::from_millis(500)), Some(7));
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut slow = Box::pin(async move { rx.await.unwrap() + 1 });
+        let started = std::time::Instant::now();
+        assert_eq!(poll_briefly(&mut slow, Duration::from_micros(300)), None);
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let woken = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            tx.send(41).unwrap()
+        });
+        assert_eq!(poll_briefly(&mut slow, Duration::from_secs(10)), Some(42));
+        woken.join().unwrap();
+    }
+
+    #[test]
+    fn a_fork_count_counts_in_and_out() {
+        let c = ForkCount::new();
+        c.enter();
+        c.enter();
+        c.leave();
+        assert_eq!(c.count(), 1);
+        c.leave();
+        c.leave();
+        assert_eq!(c.count(), 0);
     }
 }

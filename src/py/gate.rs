@@ -9,47 +9,29 @@
 //! waits, without the GIL, for the threads already inside to leave; after it, no thread of
 //! ours asks for the GIL again.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::runtime;
+use crate::runtime::ForkCount;
 
 static CLOSED: AtomicBool = AtomicBool::new(false);
-/// The threads inside, in the low bits, and the fork generation they belong to above them (a
-/// forked child does not wait for its parent's threads, which it does not have).
-static INSIDE: AtomicU64 = AtomicU64::new(0);
-const COUNT_BITS: u32 = 24;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// The threads inside (a forked child does not wait for its parent's, which it does not have).
+static INSIDE: ForkCount = ForkCount::new();
 /// How long the exit hook waits for threads inside (a callback that never returns).
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `f` with the GIL from a thread of ours; `None` once the interpreter is exiting.
 pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
-    enter();
+    INSIDE.enter();
     let out = if CLOSED.load(Ordering::SeqCst) { None } else { Python::try_attach(f) };
-    leave();
+    INSIDE.leave();
     out
 }
 
-fn enter() {
-    let generation = runtime::generation();
-    let _ = INSIDE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-        Some(if v >> COUNT_BITS == generation { v + 1 } else { (generation << COUNT_BITS) | 1 })
-    });
-}
-
-fn leave() {
-    let generation = runtime::generation();
-    let _ = INSIDE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-        (v >> COUNT_BITS == generation && v & COUNT_MASK > 0).then(|| v - 1)
-    });
-}
-
 fn busy() -> bool {
-    let v = INSIDE.load(Ordering::SeqCst);
-    v >> COUNT_BITS == runtime::generation() && v & COUNT_MASK > 0
+    INSIDE.count() > 0
 }
 
 /// The `atexit` hook: closes the gate, then lets the threads inside finish.

@@ -31,7 +31,7 @@ use super::errors::to_py;
 use super::worker::{self, Job};
 use crate::error::Error;
 use crate::queue::ForkLocal;
-use crate::runtime;
+use crate::runtime::{self, ForkCount};
 
 /// The fork generation in which the process was seen green (`u64::MAX`: not seen).
 static GREEN: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -45,6 +45,11 @@ static DELIVERY: AtomicPtr<(u64, Signal)> = AtomicPtr::new(std::ptr::null_mut())
 /// Work for the deliverer, in the order it came.
 static JOBS: ForkLocal<Job> = ForkLocal::new();
 const MAX_QUEUED: usize = 10_000;
+/// Calls whose greenthread waits in the hub for them now.
+static IN_HUB: ForkCount = ForkCount::new();
+/// How long a call may hold the OS thread before its greenthread goes to wait in the hub
+/// (when no other call is waiting there): about what a green socket call may.
+const INLINE: std::time::Duration = std::time::Duration::from_micros(250);
 
 static MODULES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -223,6 +228,18 @@ where
 {
     ensure_deliverer(py)?;
     let helpers = helpers(py)?;
+    let deadline = timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs_f64(t.max(0.0)));
+    let mut fut = Box::pin(fut);
+    if IN_HUB.count() == 0 {
+        // No other call of ours is waiting in the hub (one greenthread at a time uses us):
+        // most calls end within a round trip to the server, shorter than the hub's wake-up
+        // through an eventfd and a hop to a runtime thread and back. So the call is polled
+        // here for a moment first, as long as a green socket call might hold the thread.
+        let budget = deadline.map_or(INLINE, |d| d.saturating_duration_since(std::time::Instant::now()).min(INLINE));
+        if let Some(v) = py.detach(|| runtime::poll_briefly(&mut fut, budget)) {
+            return Ok(Some(v));
+        }
+    }
     let signal = Arc::new(Signal::new().map_err(to_py)?);
     let shared = Arc::new(Mutex::new(Shared { value: None, abandoned: false, ended: false }));
     let undo: Arc<Mutex<Option<Box<dyn FnOnce(T) + Send>>>> = Arc::new(Mutex::new(Some(Box::new(undo))));
@@ -244,7 +261,6 @@ where
             // `ended` marks the end and fires as it drops.
         })
     };
-    let deadline = timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs_f64(t.max(0.0)));
     loop {
         if runtime::generation() != generation {
             // A greenthread of the parent, carried into a forked child with its hub: the task
@@ -264,7 +280,12 @@ where
         let left_s = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_secs_f64());
         let outcome = match left_s {
             Some(l) if l <= 0.0 => Ok(false),
-            _ => helpers.call_method1("wait_readable", (signal.fd(), left_s)).and_then(|v| v.is_truthy()),
+            _ => {
+                IN_HUB.enter();
+                let woken = helpers.call_method1("wait_readable", (signal.fd(), left_s)).and_then(|v| v.is_truthy());
+                IN_HUB.leave();
+                woken
+            }
         };
         let interrupted = match outcome {
             Ok(true) => continue,
