@@ -13,6 +13,27 @@ import pytest
 
 from tooz import coordination
 
+EVENTLET = os.environ.get("TOOZ_TEST_EVENTLET") == "1"
+
+
+def not_green(reason):
+    """Marks a test that does not apply in an eventlet-patched session, with why."""
+    return pytest.mark.skipif(EVENTLET, reason="eventlet session: " + reason)
+
+
+if EVENTLET:
+    # Started by tests/eventlet_pytest.py: the session is meant to be green; make sure it is.
+    import eventlet.patcher
+
+    assert eventlet.patcher.is_monkey_patched("thread"), "the eventlet session is not patched"
+
+
+def pytest_report_header(config):
+    if EVENTLET:
+        return "tooz: eventlet.monkey_patch() applied (green session)"
+    return None
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAM_PYTHON = os.environ.get(
     "TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))

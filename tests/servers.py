@@ -356,9 +356,17 @@ def mariadb(port=None, tls=None):
     workdir = tempfile.mkdtemp(prefix="tooz-mariadb-")
     data = os.path.join(workdir, "data")
     socket_path = os.path.join(workdir, "mysqld.sock")
-    subprocess.run(["mariadb-install-db", "--no-defaults", "--datadir=" + data, "--user=root",
-                    "--auth-root-authentication-method=socket", "--skip-test-db"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for attempt in (1, 2):
+        # Once seen failing (its stderr was not kept) while other suites started servers in
+        # parallel: a second try into a clean directory, and the reason if that fails too.
+        shutil.rmtree(data, ignore_errors=True)
+        made = subprocess.run(["mariadb-install-db", "--no-defaults", "--datadir=" + data, "--user=root",
+                               "--auth-root-authentication-method=socket", "--skip-test-db"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if made.returncode == 0:
+            break
+        if attempt == 2:
+            raise RuntimeError("mariadb-install-db failed (%d): %s" % (made.returncode, made.stderr[-2000:]))
     init = os.path.join(workdir, "init.sql")
     with open(init, "w") as f:
         for host in ("%", "localhost"):

@@ -432,3 +432,68 @@ def test_an_outage_under_logging_greenthreads_heals_and_delivers_the_cores_recor
             proc.kill()
             proc.wait(10)
         server.close()
+
+
+# cinder-volume's shape: patched first, one coordinator, a decorator that formats a lock name
+# from the call's arguments and holds that lock around the call (`with lock(blocking)`), and
+# several greenthreads working on volumes, two to a volume, 0.2 s inside each volume's lock.
+# A greenthread of the same process holds the lock the others wait for (where a wait that
+# blocked the OS thread would deadlock), and a ticker records the longest stall of the hub.
+SYNCHRONIZED = PRELUDE + r"""
+import functools, inspect
+
+url = sys.argv[1]
+c = coordination.get_coordinator(url, b"green-volume")
+c.start(start_heart=True)
+
+
+def synchronized(template, blocking=True):
+    def wrap(f):
+        @functools.wraps(f)
+        def inner(*args, **kwargs):
+            named = inspect.getcallargs(f, *args, **kwargs)
+            with c.get_lock(("volume-" + template.format(**named)).encode())(blocking):
+                return f(*args, **kwargs)
+        return inner
+    return wrap
+
+
+inside = {}
+overlaps = []
+
+
+@synchronized("{volume_id}-delete_volume")
+def delete_volume(volume_id, worker):
+    if inside.get(volume_id) is not None:
+        overlaps.append((volume_id, inside[volume_id], worker))
+    inside[volume_id] = worker
+    eventlet.sleep(0.2)
+    inside[volume_id] = None
+
+
+ticker = Ticker()
+start = time.monotonic()
+volumes = [sys.argv[2] + "-a", sys.argv[2] + "-b"]
+pool = eventlet.GreenPool(4)
+for worker in range(4):
+    pool.spawn(delete_volume, volumes[worker % 2], worker)
+pool.waitall()
+took = time.monotonic() - start
+ticks = [t for t in ticker.ticks if t >= start]
+stall = max(b - a for a, b in zip([start] + ticks, ticks + [time.monotonic()]))
+ticker.stop()
+c.stop()
+print(json.dumps({"took": took, "stall": stall, "overlaps": overlaps}))
+"""
+
+
+def test_cinder_style_synchronized_volume_locks_keep_the_hub_running(backend):
+    code = SYNCHRONIZED.replace("sys.argv[1]", repr(backend[1])).replace("sys.argv[2]", repr(new_id("v").decode()))
+    done = run_python("import warnings; warnings.simplefilter('ignore')\n" + code, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    print("%s: longest stall %.3f s, %.2f s in all" % (backend[0], out["stall"], out["took"]))
+    assert out["overlaps"] == [], out  # one holder per volume at a time
+    assert 0.39 <= out["took"] < 5.0, out  # two holds in a row per volume, the volumes at once
+    # Each hold sleeps 0.2 s in the hub; a wait that blocked the OS thread stalls it that long.
+    assert out["stall"] < 0.15, out

@@ -7,7 +7,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import has, has_groups, need, need_groups, new_id
+from conftest import has, has_groups, need, need_groups, new_id, not_green
 
 def test_create_list_delete(backend, coord, group):
     need_groups(backend)
@@ -209,6 +209,8 @@ def test_capabilities_that_cannot_be_serialised(backend, coord, group):
     assert coord.get_members(group).get() == set(), "nothing was written"
 
 
+@not_green("needs a thread that beats in parallel with the listing; a greenthread in a busy "
+           "loop never yields")
 def test_file_members_beating_during_a_listing_stay_listed(tmp_path):
     # A member's file is its heartbeat (mtime). A beat landing while a long listing runs must
     # not make the member look dead (dated after a clock read taken before the listing).

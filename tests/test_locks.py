@@ -13,7 +13,7 @@ import tooz
 from tooz import coordination
 from tooz import locking
 
-from conftest import OtherProcessHolder, count_under_lock, has, new_id, with_options
+from conftest import OtherProcessHolder, count_under_lock, has, new_id, not_green, with_options
 
 def test_acquire_release(coord):
     lock = coord.get_lock(new_id("l"))
@@ -143,6 +143,8 @@ def test_held_by_other_process(backend, coord):
             holder.kill()
 
 
+@not_green("a signal is raised in whichever greenthread runs when it comes; a green wait is "
+           "withdrawn by eventlet.Timeout or kill() instead (test_green)")
 def test_interrupted_wait_for_other_process_leaves_nothing_held(backend, coord):
     """Ctrl-C during a blocking acquire of a lock another process holds raises
     KeyboardInterrupt within a moment, and the abandoned wait does not take the lock later
