@@ -466,3 +466,72 @@ class OtherProcessHolder:
     def kill(self):
         self.proc.kill()
         self.proc.wait(10)
+
+
+# An eventlet-patched interpreter whose greenthread waits for a lock without a limit, until
+# told (a line on stdin) to kill() that greenthread or to throw eventlet.Timeout into it; then,
+# on the next line, it stops. Tells "waiting", "withdrawn <dead?>" and "stopped" on stdout.
+GREEN_WAITER = r"""
+import eventlet
+eventlet.monkey_patch()
+import sys
+from tooz import coordination
+
+c = coordination.get_coordinator(sys.argv[1], b"green-waiter")
+c.start()
+how = sys.argv[3]
+if how == "timeout":
+    def wait():
+        try:
+            with eventlet.Timeout(3600):
+                c.get_lock(sys.argv[2].encode()).acquire(blocking=True)
+        except eventlet.Timeout:
+            pass
+    waiting = eventlet.spawn(wait)
+else:
+    waiting = eventlet.spawn(c.get_lock(sys.argv[2].encode()).acquire, blocking=True)
+eventlet.sleep(0.3)
+print("waiting", flush=True)
+sys.stdin.readline()
+if how == "timeout":
+    waiting.kill(eventlet.Timeout())
+else:
+    waiting.kill()
+eventlet.sleep(0)
+print("withdrawn", waiting.dead, flush=True)
+sys.stdin.readline()
+c.stop()
+print("stopped", flush=True)
+"""
+
+
+class GreenWaiter:
+    """A separate, eventlet-patched interpreter with a greenthread waiting for ``name``;
+    ``withdraw()`` ends that wait (``kill()`` or ``eventlet.Timeout``, as ``how`` says) and
+    leaves the process running until ``close()``."""
+
+    def __init__(self, url, name, how="kill"):
+        self.proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", GREEN_WAITER, url, name.decode(), how],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        line = self.proc.stdout.readline().strip()
+        assert line == "waiting", self.proc.stderr.read()
+
+    def _say(self, expected):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        assert line == expected, (line, self.proc.stderr.read() if not line else "")
+
+    def withdraw(self):
+        self._say("withdrawn True")
+
+    def close(self):
+        try:
+            if self.proc.poll() is None:
+                self._say("stopped")
+                assert self.proc.wait(30) == 0
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)

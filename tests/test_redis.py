@@ -9,7 +9,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import Peer, PeerError, new_id, with_options
+from conftest import GreenWaiter, Peer, PeerError, new_id, wait_for, with_options
 from servers import Server, free_port, redis
 
 
@@ -389,3 +389,26 @@ def _tls_port(argv_for_port):
         return out
 
     return argv
+
+
+@pytest.mark.parametrize("how", ["kill", "timeout"])
+def test_a_withdrawn_green_wait_removes_its_waiter_entry(redis_server, ns_url, make_coordinator, how):
+    """eventlet.Timeout or kill() in a greenthread waiting for a lock ends its wait on the
+    server: its entry in the lock's waiters set, refreshed while it waits, is gone while its
+    process lives on, and the lock goes to nobody but the next caller."""
+    pytest.importorskip("eventlet")
+    ns = ns_url.split("namespace=")[1]
+    holder = make_coordinator().get_lock(b"res")
+    assert holder.acquire()
+    waiters = "%s_res_lock:waiters" % ns
+    waiter = GreenWaiter(ns_url, b"res", how)
+    try:
+        assert wait_for(lambda: redis_cli(redis_server.port, "ZCARD", waiters) == "1", timeout=10)
+        waiter.withdraw()
+        assert wait_for(lambda: redis_cli(redis_server.port, "ZCARD", waiters) == "0", timeout=2)
+        assert holder.release()
+        other = make_coordinator().get_lock(b"res")
+        assert other.acquire(blocking=False)
+        other.release()
+    finally:
+        waiter.close()

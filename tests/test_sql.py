@@ -20,7 +20,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import Peer, new_id, with_options
+from conftest import GreenWaiter, Peer, new_id, wait_for, with_options
 
 SQL = ["postgresql", "mysql"]
 
@@ -345,6 +345,28 @@ def test_interrupted_wait_is_cancelled_on_the_server(sql, coordinators, request)
     assert waiter.acquire(blocking=False), "nobody else got it"
     waiter.release()
 
+
+@pytest.mark.parametrize("how", ["kill", "timeout"])
+def test_a_withdrawn_green_wait_is_cancelled_on_the_server(sql, coordinators, request, how):
+    """eventlet.Timeout or kill() in a greenthread waiting for a lock: the wait does not go on
+    on the server while its process lives on."""
+    pytest.importorskip("eventlet")
+    scheme, url = sql
+    server = _server_of(request, scheme)
+    name = new_id("l")
+    holder = coordinators(url).get_lock(name)
+    assert holder.acquire()
+    waiter = GreenWaiter(url, name, how)
+    try:
+        assert wait_for(lambda: _waiting_sessions(scheme, server) == 1, timeout=10)
+        waiter.withdraw()
+        assert wait_for(lambda: _waiting_sessions(scheme, server) == 0, timeout=5), "the wait goes on"
+        holder.release()
+        other = coordinators(url).get_lock(name)
+        assert other.acquire(blocking=False), "nobody else got it"
+        other.release()
+    finally:
+        waiter.close()
 
 # ------------------------------------------------------------------ lost connections
 

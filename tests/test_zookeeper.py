@@ -15,7 +15,7 @@ from tooz import coordination
 from tooz import locking
 from tooz.drivers import zookeeper as zk_driver
 
-from conftest import Peer, PeerError, new_id, wait_for, with_options
+from conftest import GreenWaiter, Peer, PeerError, new_id, wait_for, with_options
 from certs import make_pki
 from servers import free_port, zookeeper
 
@@ -655,3 +655,26 @@ def test_interrupted_wait_withdraws_its_node(ns_url, ns, upstream, make_coordina
         waiter.stdin.write("\n")
         waiter.stdin.flush()
         waiter.wait(10)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("how", ["kill", "timeout"])
+def test_a_withdrawn_green_wait_removes_its_node(ns_url, ns, upstream, make_coordinator, how):
+    """eventlet.Timeout or kill() in a greenthread waiting for a lock removes its contender
+    node while its session lives on."""
+    pytest.importorskip("eventlet")
+    holder = make_coordinator().get_lock(b"res")
+    assert holder.acquire()
+    up = upstream()
+    children = "c._coord.get_children('/%s/locks/res')" % ns
+    waiter = GreenWaiter(ns_url, b"res", how)
+    try:
+        assert wait_for(lambda: len(up.call(children)) == 2, timeout=10)
+        waiter.withdraw()
+        assert wait_for(lambda: len(up.call(children)) == 1, timeout=10), up.call(children)
+        assert holder.release()
+        other = make_coordinator().get_lock(b"res")
+        assert other.acquire(blocking=False)
+        other.release()
+    finally:
+        waiter.close()
