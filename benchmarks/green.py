@@ -8,7 +8,9 @@ time. Ours (this package, ``.venv/bin/python``) and upstream tooz 9.1.0 (``.venv
 pure Python over green sockets) against the same server started here on loopback, in the same
 run, alternating ours, upstream for ``--rounds`` rounds. Prints a Markdown table of acquire +
 release pairs per second: the median of the rounds with min-max, and the ratio ours / upstream
-as min-max over the rounds (each round's ours over the same round's upstream).
+as min-max over the rounds (each round's ours over the same round's upstream). For one
+greenthread on redis and memcached it also shows the floor: two bare request/reply round
+trips over a green socket (an acquire and a release are one request each), which bounds both.
 """
 
 import argparse
@@ -21,7 +23,7 @@ import rates
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM = os.environ.get("TOOZ_UPSTREAM_PYTHON", os.path.join(ROOT, ".venv-upstream", "bin", "python"))
-SIZES = (1, 16, 256)
+SIZES = tuple(int(n) for n in os.environ.get("TOOZ_GREEN_SIZES", "1,16,256").split(","))
 
 WORKER = r'''
 import eventlet
@@ -51,6 +53,28 @@ print(json.dumps({"rate": count[0] / seconds}))
 '''
 
 
+# The floor of one greenthread's pair on redis and memcached: two round trips to the server
+# (a lock's acquire and release are one request each, on either side), over a green socket
+# read in the hub, with no client library at all.
+FLOOR = r'''
+import eventlet
+eventlet.monkey_patch()
+import json, socket, sys, time
+
+port, request, seconds = int(sys.argv[1]), sys.argv[2].encode().decode("unicode_escape").encode(), float(sys.argv[3])
+s = socket.create_connection(("127.0.0.1", port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+n, deadline = 0, time.monotonic() + seconds
+while time.monotonic() < deadline:
+    for _ in range(2):
+        s.sendall(request)
+        s.recv(4096)
+    n += 1
+print(json.dumps({"rate": n / seconds}))
+'''
+FLOOR_REQUEST = {"redis": r"PING\r\n", "memcached": r"version\r\n"}
+
+
 def measure(python, url, n, seconds):
     return rates.measure(python, WORKER, (url, n, seconds), seconds)
 
@@ -64,8 +88,8 @@ def main():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import servers
 
-    print("| backend | greenthreads | ours pairs/s | upstream pairs/s | ours ÷ upstream |")
-    print("|---|---|---|---|---|")
+    print("| backend | greenthreads | ours pairs/s | upstream pairs/s | ours ÷ upstream | 2-round-trip floor |")
+    print("|---|---|---|---|---|---|")
     for backend in args.backends.split(","):
         server = getattr(servers, "etcd" if backend == "etcd3" else backend)().start()
         scheme = "etcd3+http" if backend == "etcd3" else backend
@@ -76,10 +100,15 @@ def main():
                 for _ in range(args.rounds):
                     ours.append(measure(sys.executable, url, n, args.seconds))
                     upstream.append(measure(UPSTREAM, url, n, args.seconds))
+                floor = ""
+                if n == 1 and backend in FLOOR_REQUEST:
+                    floors = [rates.measure(sys.executable, FLOOR, (server.port, FLOOR_REQUEST[backend], args.seconds),
+                                            args.seconds) for _ in range(args.rounds)]
+                    floor = "%.0f (%.0f-%.0f)" % (statistics.median(floors), min(floors), max(floors))
                 ratios = [o / u for o, u in zip(ours, upstream)]
-                print("| %s | %d | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %.2f-%.2f× |"
+                print("| %s | %d | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %.2f-%.2f× | %s |"
                       % (backend, n, statistics.median(ours), min(ours), max(ours), statistics.median(upstream),
-                         min(upstream), max(upstream), min(ratios), max(ratios)), flush=True)
+                         min(upstream), max(upstream), min(ratios), max(ratios), floor), flush=True)
         finally:
             server.close()
 

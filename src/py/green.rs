@@ -9,6 +9,12 @@
 //! task is aborted, which drops the future (an acquire withdraws its attempt, as on Ctrl-C),
 //! and a result that arrived anyway is undone (a lock won meanwhile is released).
 //!
+//! A call is first polled on the calling thread for a moment ([`INLINE`], about what a green
+//! socket call may hold the thread) when no other call of ours waits in the hub: a call that
+//! ends within a round trip to the server then costs no hop to a runtime thread and back and
+//! no wake-up through the hub, which is what one greenthread alone would otherwise pay. One
+//! that takes longer goes on where it stands, moved to the runtime.
+//!
 //! Nor does Python run on a thread of ours there (its locks are green and belong to the hub's
 //! thread): log records and callbacks are handed to a greenthread of the hub (the
 //! *deliverer*, started by the first green call of the process) through another eventfd.
