@@ -92,6 +92,8 @@ struct Inner {
     /// Completion signal of the most recently submitted call, and the fork generation it
     /// belongs to (a call in flight in the parent never completes in a forked child).
     tail: Mutex<(u64, Option<oneshot::Receiver<()>>)>,
+    /// The process image (fork generation) that started the coordinator; `u64::MAX`: none.
+    started: AtomicU64,
 }
 
 struct HeartState {
@@ -101,6 +103,10 @@ struct HeartState {
     wake: Notify,
     beats: AtomicU64,
     generation: AtomicU64,
+    /// The process image whose lease keeper runs ([`Coordinator::keep_leases`]), and the one
+    /// whose keeper was told to stop; `u64::MAX`: none.
+    keeper: AtomicU64,
+    keeper_stop: AtomicU64,
 }
 
 impl Coordinator {
@@ -110,6 +116,7 @@ impl Coordinator {
                 driver,
                 membership: Arc::new(membership),
                 tail: Mutex::new((runtime::generation(), None)),
+                started: AtomicU64::new(u64::MAX),
             }),
             heart: Arc::new(HeartState {
                 running: Mutex::new(false),
@@ -118,6 +125,8 @@ impl Coordinator {
                 wake: Notify::new(),
                 beats: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
+                keeper: AtomicU64::new(u64::MAX),
+                keeper_stop: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -177,6 +186,64 @@ impl Inner {
 }
 
 impl Coordinator {
+    // ------------------------------------------------------------ process images
+
+    /// Records that this process image started the coordinator.
+    pub fn mark_started(&self) {
+        self.inner.started.store(runtime::generation(), Ordering::SeqCst);
+    }
+
+    /// Whether this is a forked child of the process that started the coordinator (a
+    /// pre-fork worker using what its parent set up): its `stop()` leaves the parent's
+    /// memberships and session alone ([`Driver::stop_inherited`]).
+    pub fn inherited(&self) -> bool {
+        let started = self.inner.started.load(Ordering::SeqCst);
+        started != u64::MAX && started != runtime::generation()
+    }
+
+    /// In a forked child of a process whose heart was beating at the fork, starts (once per
+    /// process image) the task that keeps the leases of the locks this child takes alive:
+    /// the heart stayed in the parent, and the parent must not extend a child's locks (it
+    /// would keep a dead worker's locks alive). It extends nothing else — the parent's heart
+    /// keeps the membership — and ends at `stop()`, or when the child starts a heart of its
+    /// own. Cheap to call before every acquire.
+    pub fn keep_leases(&self) {
+        let generation = runtime::generation();
+        let heart = &self.heart;
+        if heart.keeper.load(Ordering::SeqCst) == generation || !self.inherited() {
+            return;
+        }
+        // `try_lock`: a lock the fork copied held (by a thread the child does not have) would
+        // never come free; the heart holds it only for a moment, while it runs.
+        let running = heart.running.try_lock().map(|r| *r).unwrap_or(true);
+        let beating_at_fork = running && heart.generation.load(Ordering::SeqCst) != generation;
+        if !beating_at_fork || heart.keeper.swap(generation, Ordering::SeqCst) == generation {
+            return;
+        }
+        let (inner, heart) = (self.inner.clone(), self.heart.clone());
+        runtime::runtime().spawn(async move {
+            let own_heart = || {
+                *heart.running.lock().unwrap_or_else(|p| p.into_inner()) && heart.generation.load(Ordering::SeqCst) == generation
+            };
+            while heart.keeper_stop.load(Ordering::SeqCst) != generation && !own_heart() {
+                let pause = match inner.driver.extend_locks().await {
+                    Ok(Some(next)) => Duration::from_secs_f64((next / 2.0).max(0.05)),
+                    Ok(None) => return, // no leases on this backend
+                    Err(e) => {
+                        log::emit(Level::Warning, LOGGER, format!("extending the locks of a forked worker failed, retrying: {e}"));
+                        Duration::from_secs(1)
+                    }
+                };
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    /// Ends this process image's lease keeper (at `stop()`).
+    pub fn stop_keeper(&self) {
+        self.heart.keeper_stop.store(runtime::generation(), Ordering::SeqCst);
+    }
+
     // ------------------------------------------------------------ heartbeat
 
     pub fn heart_alive(&self) -> bool {

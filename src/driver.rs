@@ -125,6 +125,22 @@ pub trait Driver: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Extends the leases of the locks this process image took, and nothing else (no
+    /// membership beat): what keeps a forked worker's locks alive when the heart that beats
+    /// them stayed in the parent. The seconds until the next extension is due; `None` where
+    /// locks have no lease.
+    async fn extend_locks(&self) -> Result<Option<f64>> {
+        Ok(None)
+    }
+
+    /// `stop()` in a forked child of the process that started the coordinator: releases the
+    /// locks this process image took and lets its connections go, and leaves the parent's
+    /// session, memberships and locks alone. [`Driver::stop`] by default, for backends whose
+    /// child works over a session or connections of its own.
+    async fn stop_inherited(&self) -> Result<()> {
+        self.stop().await
+    }
+
     async fn create_group(&self, _group: &Id) -> Result<()> {
         unsupported("create_group")
     }

@@ -188,6 +188,37 @@ impl Default for ForkCount {
     }
 }
 
+/// A value that belongs to the process image that made it: a forked child finds the default
+/// instead (e.g. the locks a coordinator holds: the parent's are not the child's to extend or
+/// release). The parent's value is leaked in the child, not dropped: it may hold resources of
+/// the parent's runtime.
+pub struct PerImage<T: Default> {
+    generation: u64,
+    value: T,
+}
+
+impl<T: Default> PerImage<T> {
+    pub fn new() -> Self {
+        PerImage { generation: generation(), value: T::default() }
+    }
+
+    /// This process image's value.
+    pub fn get(&mut self) -> &mut T {
+        let now = generation();
+        if self.generation != now {
+            std::mem::forget(std::mem::take(&mut self.value));
+            self.generation = now;
+        }
+        &mut self.value
+    }
+}
+
+impl<T: Default> Default for PerImage<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Polls `fut` on the calling thread (not a runtime worker, and not one that may block: the
 /// future's I/O waits are the runtime's) until it is ready or `budget` has passed, parking
 /// the thread between wake-ups: its output, or `None` with the future still pending, to be

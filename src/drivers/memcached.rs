@@ -29,6 +29,7 @@ use crate::driver::{unsupported, Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
+use crate::runtime::PerImage;
 
 #[path = "memcached_lock.rs"]
 mod lock;
@@ -153,7 +154,7 @@ struct Shared {
     /// What identifies the server in the process-wide lock wake-up table.
     scope: String,
     /// Locks this coordinator holds (refreshed by the heartbeat, released by `stop`).
-    held: Mutex<Vec<Arc<LockState>>>,
+    held: Mutex<PerImage<Vec<Arc<LockState>>>>,
 }
 
 pub struct MemcachedDriver {
@@ -226,7 +227,7 @@ impl MemcachedDriver {
             tls,
         });
         Ok(MemcachedDriver {
-            shared: Arc::new(Shared { client, member, scope, held: Mutex::new(Vec::new()) }),
+            shared: Arc::new(Shared { client, member, scope, held: Mutex::new(PerImage::new()) }),
             membership_timeout,
             lock_timeout,
             leader_timeout,
@@ -377,8 +378,18 @@ impl MemcachedDriver {
         self.client().send_checked_later("heartbeat", &request, |r| matches!(r, Reply::Stored)).await
     }
 
+    /// Releases the locks this process image holds.
+    async fn release_held(&self) {
+        for lock in self.held() {
+            if lock.release().await.is_err() {
+                // Unreachable server: the key lapses by itself; this coordinator is done with it.
+                lock.forget();
+            }
+        }
+    }
+
     fn held(&self) -> Vec<Arc<LockState>> {
-        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().clone()
     }
 }
 
@@ -417,12 +428,7 @@ impl Driver for MemcachedDriver {
         for group in joined {
             let _ = self.leave_group(&group).await;
         }
-        for lock in self.held() {
-            if lock.release().await.is_err() {
-                // Unreachable server: the key lapses by itself; this coordinator is done with it.
-                lock.forget();
-            }
-        }
+        self.release_held().await;
         // On the beat's own connection, which also checks the last beat.
         let delete = memcache::delete_request(&Self::beat_key(self.member()));
         let gone = |r: &Reply| matches!(r, Reply::Deleted | Reply::NotFound);
@@ -433,12 +439,23 @@ impl Driver for MemcachedDriver {
         Ok(())
     }
 
+    async fn stop_inherited(&self) -> Result<()> {
+        self.release_held().await;
+        self.client().close();
+        Ok(())
+    }
+
     async fn heartbeat(&self) -> Result<Option<f64>> {
         self.beat().await?;
+        self.extend_locks().await?;
+        Ok(Some(self.membership_timeout.min(self.leader_timeout).min(self.lock_timeout)))
+    }
+
+    async fn extend_locks(&self) -> Result<Option<f64>> {
         for lock in self.held() {
             lock.touch().await?;
         }
-        Ok(Some(self.membership_timeout.min(self.leader_timeout).min(self.lock_timeout)))
+        Ok(Some(self.lock_timeout))
     }
 
     async fn create_group(&self, group: &Id) -> Result<()> {

@@ -108,7 +108,8 @@ impl LockState {
     }
 
     pub(super) fn forget(self: &Arc<Self>) {
-        let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        let held = guard.get();
         self.acquired.store(false, Ordering::SeqCst);
         held.retain(|l| !Arc::ptr_eq(l, self));
     }
@@ -163,7 +164,8 @@ impl LockState {
         };
         *self.cas.lock().await = cas;
         {
-            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        let held = guard.get();
             if !self.acquired.swap(true, Ordering::SeqCst) {
                 held.push(self.clone());
             }

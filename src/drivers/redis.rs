@@ -32,6 +32,7 @@ use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
+use crate::runtime::PerImage;
 
 const GROUP_EXISTS: &[u8] = b"__created__";
 const STILL_ALIVE: &[u8] = b"Not dead!";
@@ -170,7 +171,7 @@ struct Shared {
     lock_timeout: f64,
     membership_timeout: f64,
     /// Locks currently held through this coordinator: extended by heartbeats, released at stop.
-    held: Mutex<HashMap<u64, Held>>,
+    held: Mutex<PerImage<HashMap<u64, Held>>>,
     next_lock: AtomicU64,
     /// Names this server for the in-process wake-ups of lock waiters.
     scope: String,
@@ -254,7 +255,7 @@ impl Shared {
 
     /// A held lock turned out lost: no longer extended, and its holder is told.
     fn lost(&self, id: u64, why: &str) {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).get().remove(&id);
         if let Some(h) = held {
             h.fate.lost(why);
         }
@@ -424,7 +425,7 @@ impl RedisDriver {
             encoding,
             lock_timeout,
             membership_timeout,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(PerImage::new()),
             next_lock: AtomicU64::new(0),
             scope: format!("redis:{}:{}:{}", url.host.as_deref().unwrap_or(""), url.port.unwrap_or(0), url.path),
         };
@@ -445,6 +446,15 @@ impl RedisDriver {
 
     fn member_id(&self) -> Id {
         Id::Bytes(self.member.clone())
+    }
+
+    /// Releases the locks this process image holds (failures ignored: they lapse).
+    async fn release_held(&self) {
+        let held: Vec<Held> = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().drain().map(|(_, v)| v).collect();
+        for Held { key, token, fate } in held {
+            fate.released();
+            let _ = self.shared.release(&key, &token).await;
+        }
     }
 
     fn beat_key(&self) -> Vec<u8> {
@@ -549,26 +559,33 @@ impl Driver for RedisDriver {
     }
 
     async fn stop(&self) -> Result<()> {
-        let held: Vec<Held> = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, v)| v).collect();
-        for Held { key, token, fate } in held {
-            fate.released();
-            let _ = self.shared.release(&key, &token).await;
-        }
+        self.release_held().await;
         let _ = self.shared.query::<i64>("stop", redis::cmd("DEL").arg(self.beat_key())).await;
+        self.shared.link.forget();
+        Ok(())
+    }
+
+    async fn stop_inherited(&self) -> Result<()> {
+        self.release_held().await;
         self.shared.link.forget();
         Ok(())
     }
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
         self.beat().await?;
+        self.extend_locks().await?;
+        Ok(Some(self.shared.lock_timeout.min(self.shared.membership_timeout)))
+    }
+
+    async fn extend_locks(&self) -> Result<Option<f64>> {
         let held: Vec<(u64, Held)> =
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, h)| (*id, h.clone())).collect();
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().iter().map(|(id, h)| (*id, h.clone())).collect();
         for (id, h) in held {
             if !self.shared.extend(&h.key, &h.token).await? {
                 self.shared.lost(id, "its key expired or was taken by another holder before the heartbeat extended it");
             }
         }
-        Ok(Some(self.shared.lock_timeout.min(self.shared.membership_timeout)))
+        Ok(Some(self.shared.lock_timeout))
     }
 
     async fn create_group(&self, group: &Id) -> Result<()> {
@@ -693,7 +710,7 @@ pub struct RedisLock {
 
 impl RedisLock {
     fn held_here(&self) -> bool {
-        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&self.id)
+        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().contains_key(&self.id)
     }
 
     /// One SET NX; a failed one registers this lock object as a waiter when `wait`s.
@@ -728,13 +745,13 @@ impl DriverLock for RedisLock {
         let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || self.try_once(wait)).await?;
         if got {
             let held = Held { key: self.key.clone(), token: self.token.clone(), fate: self.fate.clone() };
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, held);
+            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().insert(self.id, held);
         }
         Ok(got)
     }
 
     async fn release(&self) -> Result<bool> {
-        let was_held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id).is_some();
+        let was_held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().remove(&self.id).is_some();
         if !was_held {
             return Ok(false);
         }

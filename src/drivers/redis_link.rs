@@ -23,7 +23,7 @@ use redis::{AsyncConnectionConfig, Client};
 
 use crate::error::{Error, Result};
 use crate::pool::Idle;
-use crate::runtime;
+use crate::runtime::{self, PerImage};
 
 /// How many idle blocking connections a coordinator keeps.
 const IDLE_BLOCKING: usize = 8;
@@ -56,7 +56,9 @@ pub(super) struct Link {
     config: AsyncConnectionConfig,
     call_timeout: Duration,
     connect_timeout: Duration,
-    current: Mutex<Option<MultiplexedConnection>>,
+    /// The multiplexed connection of this process image (a forked child's copy of its
+    /// parent's has its driver task on the parent's runtime: it would never answer).
+    current: Mutex<PerImage<Option<MultiplexedConnection>>>,
     /// Idle blocking connections.
     idle: Idle<redis::Connection>,
     /// Connections lost so far.
@@ -76,7 +78,7 @@ impl Link {
             config,
             call_timeout,
             connect_timeout,
-            current: Mutex::new(None),
+            current: Mutex::new(PerImage::new()),
             idle: Idle::default(),
             losses: AtomicU64::new(0),
             health,
@@ -114,12 +116,12 @@ impl Link {
             .await
             .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
             .map_err(|e| redis_err("cannot connect to Redis", e))?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()).get() = Some(conn.clone());
         Ok(conn)
     }
 
     async fn conn(&self) -> Result<MultiplexedConnection> {
-        let existing = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let existing = self.current.lock().unwrap_or_else(|p| p.into_inner()).get().clone();
         match existing {
             Some(c) => Ok(c),
             None => self.connect().await,
@@ -128,13 +130,13 @@ impl Link {
 
     /// Closes every connection (start and stop); the next call connects afresh.
     pub(super) fn forget(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()).get() = None;
         drop(self.idle.drain());
     }
 
     /// A connection failed: the next call uses a new one, and the epoch moves.
     fn lost(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()).get() = None;
         self.losses.fetch_add(1, Ordering::SeqCst);
     }
 

@@ -203,6 +203,7 @@ impl PyCoordinator {
         let driver = self.core.driver().clone();
         wait_call(py, async move { driver.start().await })?;
         self.core.membership().started(self.core.driver().as_ref());
+        self.core.mark_started();
         Ok(())
     }
 
@@ -210,20 +211,29 @@ impl PyCoordinator {
 
     fn start_async(&self) -> PyAsyncResult {
         let m = self.core.membership().clone();
+        let core = self.core.clone();
         PyAsyncResult {
             pending: self.core.submit(move |d| async move {
                 d.start().await?;
                 m.started(d.as_ref());
+                core.mark_started();
                 Ok(Reply::Unit)
             }),
         }
     }
 
-    /// Leaves what is joined (failures ignored), then stops the driver.
+    /// Leaves what is joined (failures ignored), then stops the driver; in a forked child of
+    /// the process that started it, only what the child took (see `stop`).
     fn stop_async(&self) -> PyAsyncResult {
         let m = self.core.membership().clone();
+        let inherited = self.core.inherited();
+        self.core.stop_keeper();
         PyAsyncResult {
             pending: self.core.submit(move |d| async move {
+                if inherited {
+                    m.forget_all();
+                    return d.stop_inherited().await.map(|_| Reply::Unit);
+                }
                 m.leave_all(d.as_ref()).await;
                 d.stop().await.map(|_| Reply::Unit)
             }),
@@ -319,6 +329,11 @@ impl PyCoordinator {
     /// Leaves every joined group, after every call submitted before; failures are ignored
     /// (stop's clean-up, as upstream's).
     fn leave_joined(&self, py: Python<'_>) {
+        if self.core.inherited() {
+            // A forked worker stopping: the memberships are its parent's, which lives on.
+            self.core.membership().forget_all();
+            return;
+        }
         let membership = self.core.membership().clone();
         let pending = self.core.submit(move |d| async move {
             membership.leave_all(d.as_ref()).await;
@@ -327,9 +342,14 @@ impl PyCoordinator {
         let _ = settle(py, pending);
     }
 
-    /// Stops the driver once every call submitted before has finished.
+    /// Stops the driver once every call submitted before has finished. In a forked child of
+    /// the process that started the coordinator (a pre-fork worker), only the child's part:
+    /// its locks are released, the parent's session and locks are left alone.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let pending = self.core.submit(|d| async move { d.stop().await });
+        self.core.stop_keeper();
+        let inherited = self.core.inherited();
+        let pending =
+            self.core.submit(move |d| async move { if inherited { d.stop_inherited().await } else { d.stop().await } });
         settle(py, pending)?.unwrap_or(Ok(())).map_err(to_py)
     }
 
@@ -440,7 +460,7 @@ impl PyCoordinator {
     fn get_lock(&self, name: &Bound<'_, PyAny>) -> PyResult<PyLock> {
         let name = id_from_py(name, "lock name")?;
         let lock = self.core.driver().lock(name.as_bytes()).map_err(to_py)?;
-        Ok(PyLock { lock })
+        Ok(PyLock { lock, core: self.core.clone() })
     }
 
     // -------------------------------------------------------- heartbeat task
@@ -504,6 +524,9 @@ fn wait_from(blocking: Option<&Bound<'_, PyAny>>, timeout: Option<f64>) -> PyRes
 #[pyclass(frozen, module = "tooz._tooz", name = "Lock")]
 struct PyLock {
     lock: Arc<dyn DriverLock>,
+    /// Its coordinator: in a pre-fork worker, an acquire first makes sure the worker keeps
+    /// its own leases alive (`Coordinator::keep_leases`).
+    core: Coordinator,
 }
 
 #[pymethods]
@@ -522,6 +545,7 @@ impl PyLock {
     #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
     fn acquire(&self, py: Python<'_>, blocking: Option<&Bound<'_, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<bool> {
         let wait = wait_from(blocking, timeout)?;
+        self.core.keep_leases();
         let lock = self.lock.clone();
         if green::active(py) {
             // On the runtime (no reply read on this thread); withdrawn when interrupted, and a
@@ -560,6 +584,7 @@ impl PyLock {
     #[pyo3(signature = (blocking=None, shared=false, timeout=None))]
     fn acquire_async<'py>(&self, py: Python<'py>, blocking: Option<&Bound<'py, PyAny>>, shared: bool, timeout: Option<f64>) -> PyResult<(Bound<'py, PyAny>, aio::Cancel)> {
         let wait = wait_from(blocking, timeout)?;
+        self.core.keep_leases();
         let lock = self.lock.clone();
         // Dropped (cancelled) before it finishes, the Acquire withdraws the attempt.
         let acquire = Acquire::start(lock.clone(), wait, shared);

@@ -76,7 +76,7 @@ impl Etcd3Lock {
     }
 
     fn held_here(&self) -> bool {
-        self.shared.state().held.contains_key(&self.id)
+        self.shared.state().held.get().contains_key(&self.id)
     }
 
     /// The spare lease, if it is young enough to be worth refreshing rather than replacing.
@@ -113,7 +113,7 @@ impl Etcd3Lock {
                 (_, Err(e)) if lapsed(&e) => {}
                 (Ok(false), Ok(Attempt::Won(_))) => {
                     // Cannot happen (a put on an unknown lease fails); be safe all the same.
-                    self.shared.state().held.remove(&self.id);
+                    self.shared.state().held.get().remove(&self.id);
                 }
                 (Ok(false), Ok(_)) => {}
                 (Err(e), _) | (_, Err(e)) => {
@@ -216,8 +216,8 @@ impl DriverLock for Etcd3Lock {
                 Attempt::Won(revision) => {
                     self.fate.acquired((revision > 0).then_some(revision as u64));
                     let mut state = self.shared.state();
-                    state.held.insert(self.id, (self.key.clone(), lease));
-                    state.fates.insert(self.id, self.fate.clone());
+                    state.held.get().insert(self.id, (self.key.clone(), lease));
+                    state.fates.get().insert(self.id, self.fate.clone());
                     return Ok(true);
                 }
                 Attempt::Taken(revision) => {
@@ -245,8 +245,8 @@ impl DriverLock for Etcd3Lock {
         let _one = self.busy.lock().await;
         let lease = {
             let mut state = self.shared.state();
-            state.fates.remove(&self.id);
-            match state.held.remove(&self.id) {
+            state.fates.get().remove(&self.id);
+            match state.held.get().remove(&self.id) {
                 Some((_, lease)) => lease,
                 None => return Ok(false),
             }
@@ -272,7 +272,7 @@ impl DriverLock for Etcd3Lock {
 
     async fn break_(&self) -> Result<bool> {
         let r = self.shared.delete("break lock", self.key.clone()).await?;
-        self.shared.state().held.retain(|_, (k, _)| *k != self.key);
+        self.shared.state().held.get().retain(|_, (k, _)| *k != self.key);
         Ok(r.deleted > 0)
     }
 
@@ -287,7 +287,7 @@ impl DriverLock for Etcd3Lock {
 
     async fn heartbeat(&self) -> Result<bool> {
         let _one = self.busy.lock().await;
-        let lease = match self.shared.state().held.get(&self.id) {
+        let lease = match self.shared.state().held.get().get(&self.id) {
             Some((_, lease)) => *lease,
             None => return Ok(false),
         };

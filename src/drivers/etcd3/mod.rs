@@ -31,6 +31,8 @@ mod lock;
 mod watch;
 
 use std::collections::HashMap;
+
+use crate::runtime::PerImage;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,16 +110,16 @@ struct State {
     /// last look.
     candidate: HashMap<Vec<u8>, bool>,
     /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
-    held: HashMap<u64, (Vec<u8>, i64)>,
+    held: PerImage<HashMap<u64, (Vec<u8>, i64)>>,
     /// The fates of the held locks (told when a heartbeat finds a lock's lease lapsed).
-    fates: HashMap<u64, Arc<crate::fate::Fate>>,
+    fates: PerImage<HashMap<u64, Arc<crate::fate::Fate>>>,
 }
 
 impl State {
     /// A held lock turned out lost: no longer refreshed, and its holder is told.
     fn lost(&mut self, id: u64, why: &str) {
-        self.held.remove(&id);
-        if let Some(fate) = self.fates.remove(&id) {
+        self.held.get().remove(&id);
+        if let Some(fate) = self.fates.get().remove(&id) {
             fate.lost(why);
         }
     }
@@ -333,6 +335,21 @@ fn tls_config(https: bool, options: &Options) -> Result<Option<Arc<rustls::Clien
 }
 
 impl Etcd3Driver {
+    /// Releases the locks this process image holds: revoking a lock's lease deletes its key.
+    async fn release_held(&self) {
+        let held = {
+            let mut st = self.shared.state();
+            let held = st.held.get().drain().map(|(_, v)| v).collect::<Vec<_>>();
+            for (_, fate) in st.fates.get().drain() {
+                fate.released();
+            }
+            held
+        };
+        for (_, lock_lease) in held {
+            let _ = self.shared.revoke(lock_lease).await;
+        }
+    }
+
     pub fn new(member: Id, url: &Url, options: &Options) -> Result<Etcd3Driver> {
         let timeout = options.float("timeout", 30.0)?;
         let lock_timeout = options.float("lock_timeout", timeout)?;
@@ -446,25 +463,25 @@ impl Driver for Etcd3Driver {
     }
 
     async fn stop(&self) -> Result<()> {
-        let (lease, election, held) = {
+        let (lease, election) = {
             let mut st = self.shared.state();
             st.joined.clear();
             st.candidate.clear();
-            let held = st.held.drain().map(|(_, v)| v).collect::<Vec<_>>();
-            for (_, fate) in st.fates.drain() {
-                fate.released();
-            }
-            (std::mem::take(&mut st.lease), std::mem::take(&mut st.election_lease), held)
+            (std::mem::take(&mut st.lease), std::mem::take(&mut st.election_lease))
         };
         // Revoking a lease deletes what hangs on it: members, candidacies, held locks.
-        for (_, lock_lease) in held {
-            let _ = self.shared.revoke(lock_lease).await;
-        }
+        self.release_held().await;
         for l in [lease, election] {
             if l != 0 {
                 let _ = self.shared.revoke(l).await;
             }
         }
+        self.shared.link.reset();
+        Ok(())
+    }
+
+    async fn stop_inherited(&self) -> Result<()> {
+        self.release_held().await;
         self.shared.link.reset();
         Ok(())
     }
@@ -478,7 +495,11 @@ impl Driver for Etcd3Driver {
         if election != 0 && !self.shared.keep_alive(election).await? {
             self.shared.renew(LeaseKind::Election, election).await?;
         }
-        let held: Vec<(u64, i64)> = self.shared.state().held.iter().map(|(id, (_, l))| (*id, *l)).collect();
+        self.extend_locks().await
+    }
+
+    async fn extend_locks(&self) -> Result<Option<f64>> {
+        let held: Vec<(u64, i64)> = self.shared.state().held.get().iter().map(|(id, (_, l))| (*id, *l)).collect();
         for (id, lock_lease) in held {
             if !self.shared.keep_alive(lock_lease).await? {
                 // The lock lapsed: whoever holds it now, it is not us.
