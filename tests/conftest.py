@@ -535,3 +535,21 @@ class GreenWaiter:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def assert_green_wait_withdrawn(url, name, holder, fresh_lock, waiting, how):
+    """While ``holder`` (a held lock) keeps ``name``, a greenthread of a green process waits
+    for it; ``waiting()`` is how many waits the server shows for the lock. Once the wait is
+    withdrawn (``how``) it must be gone on the server while that process lives on, and after
+    the holder lets go a fresh lock (``fresh_lock()``) takes the lock at once."""
+    waiter = GreenWaiter(url, name, how)
+    try:
+        assert wait_for(lambda: waiting() == 1, timeout=10)
+        waiter.withdraw()
+        assert wait_for(lambda: waiting() == 0, timeout=5), "the withdrawn wait goes on on the server"
+        assert holder.release()
+        lock = fresh_lock()
+        assert lock.acquire(blocking=False), "nobody else got it"
+        lock.release()
+    finally:
+        waiter.close()

@@ -9,7 +9,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import GreenWaiter, Peer, PeerError, new_id, wait_for, with_options
+from conftest import Peer, PeerError, assert_green_wait_withdrawn, new_id, with_options
 from servers import Server, free_port, redis
 
 
@@ -401,14 +401,5 @@ def test_a_withdrawn_green_wait_removes_its_waiter_entry(redis_server, ns_url, m
     holder = make_coordinator().get_lock(b"res")
     assert holder.acquire()
     waiters = "%s_res_lock:waiters" % ns
-    waiter = GreenWaiter(ns_url, b"res", how)
-    try:
-        assert wait_for(lambda: redis_cli(redis_server.port, "ZCARD", waiters) == "1", timeout=10)
-        waiter.withdraw()
-        assert wait_for(lambda: redis_cli(redis_server.port, "ZCARD", waiters) == "0", timeout=2)
-        assert holder.release()
-        other = make_coordinator().get_lock(b"res")
-        assert other.acquire(blocking=False)
-        other.release()
-    finally:
-        waiter.close()
+    assert_green_wait_withdrawn(ns_url, b"res", holder, lambda: make_coordinator().get_lock(b"res"),
+                                lambda: int(redis_cli(redis_server.port, "ZCARD", waiters)), how)

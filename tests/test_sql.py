@@ -20,7 +20,7 @@ import pytest
 import tooz
 from tooz import coordination
 
-from conftest import GreenWaiter, Peer, new_id, wait_for, with_options
+from conftest import Peer, assert_green_wait_withdrawn, new_id, with_options
 
 SQL = ["postgresql", "mysql"]
 
@@ -356,17 +356,8 @@ def test_a_withdrawn_green_wait_is_cancelled_on_the_server(sql, coordinators, re
     name = new_id("l")
     holder = coordinators(url).get_lock(name)
     assert holder.acquire()
-    waiter = GreenWaiter(url, name, how)
-    try:
-        assert wait_for(lambda: _waiting_sessions(scheme, server) == 1, timeout=10)
-        waiter.withdraw()
-        assert wait_for(lambda: _waiting_sessions(scheme, server) == 0, timeout=5), "the wait goes on"
-        holder.release()
-        other = coordinators(url).get_lock(name)
-        assert other.acquire(blocking=False), "nobody else got it"
-        other.release()
-    finally:
-        waiter.close()
+    assert_green_wait_withdrawn(url, name, holder, lambda: coordinators(url).get_lock(name),
+                                lambda: _waiting_sessions(scheme, server), how)
 
 # ------------------------------------------------------------------ lost connections
 

@@ -15,7 +15,7 @@ from tooz import coordination
 from tooz import locking
 from tooz.drivers import zookeeper as zk_driver
 
-from conftest import GreenWaiter, Peer, PeerError, new_id, wait_for, with_options
+from conftest import Peer, PeerError, assert_green_wait_withdrawn, new_id, wait_for, with_options
 from certs import make_pki
 from servers import free_port, zookeeper
 
@@ -667,14 +667,5 @@ def test_a_withdrawn_green_wait_removes_its_node(ns_url, ns, upstream, make_coor
     assert holder.acquire()
     up = upstream()
     children = "c._coord.get_children('/%s/locks/res')" % ns
-    waiter = GreenWaiter(ns_url, b"res", how)
-    try:
-        assert wait_for(lambda: len(up.call(children)) == 2, timeout=10)
-        waiter.withdraw()
-        assert wait_for(lambda: len(up.call(children)) == 1, timeout=10), up.call(children)
-        assert holder.release()
-        other = make_coordinator().get_lock(b"res")
-        assert other.acquire(blocking=False)
-        other.release()
-    finally:
-        waiter.close()
+    assert_green_wait_withdrawn(ns_url, b"res", holder, lambda: make_coordinator().get_lock(b"res"),
+                                lambda: len(up.call(children)) - 1, how)
