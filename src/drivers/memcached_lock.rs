@@ -165,7 +165,7 @@ impl LockState {
         *self.cas.lock().await = cas;
         {
             let mut guard = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        let held = guard.get();
+            let held = guard.get();
             if !self.acquired.swap(true, Ordering::SeqCst) {
                 held.push(self.clone());
             }
