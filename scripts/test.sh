@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite with the project's virtualenv (.venv, made by scripts/setup.sh):
 # pure-Rust unit tests, the Python suite (including the interoperability tests against upstream
-# tooz in .venv-upstream), its lock, group, watcher and leader tests again under eventlet, then
-# upstream tooz's own shipped test suite against this package on every backend (scripts/compat.py), the released wheel and the sdist (scripts/wheels.sh) and the
-# docs (Sphinx, warnings are errors). Arguments go to pytest and skip the steps after it.
+# tooz in .venv-upstream), its lock, group, watcher and leader tests again under eventlet, the
+# public API compared with upstream's (scripts/api_diff.py), then upstream tooz's own shipped
+# test suite against this package on every backend (scripts/compat.py), the released wheel and
+# the sdist (scripts/wheels.sh) and the docs (Sphinx, warnings are errors). Arguments go to
+# pytest and skip the steps after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="$PWD/.venv/bin/python"
@@ -17,6 +19,8 @@ if [ $# -eq 0 ]; then
     # The capability tests once more in an eventlet-patched process (every backend, green paths).
     "$python" tests/eventlet_pytest.py -q -p no:cacheprovider \
         tests/test_locks.py tests/test_groups.py tests/test_watchers.py tests/test_leader.py
+    # Every public name, signature, base and constant against upstream's (allow-list with reasons).
+    "$python" scripts/api_diff.py
     "$python" scripts/compat.py
     bash scripts/wheels.sh
     docs_out=$(mktemp -d)

@@ -79,6 +79,11 @@ impl Membership {
         self.started.store(true, Ordering::SeqCst);
     }
 
+    /// Between `start()` and `stop()`.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
     pub fn groups(&self) -> Vec<Id> {
         self.joined().keys().cloned().collect()
     }

@@ -22,7 +22,7 @@ LOSS = {
     "redis": ("tooz.drivers.redis", "?membership_timeout=2&lock_timeout=2"),
     "memcached": ("tooz.drivers.memcached", "?membership_timeout=2&lock_timeout=2&timeout=2"),
     "zookeeper": ("tooz.drivers.zookeeper", "?timeout=10"),
-    "etcd3": ("tooz.drivers.etcd3", "?membership_timeout=2&lock_timeout=2&timeout=2"),
+    "etcd3": ("tooz.drivers.etcd3gw", "?membership_timeout=2&lock_timeout=2&timeout=2"),
 }
 # backend -> (launcher in servers.py, URL scheme)
 LAUNCH = {"etcd3": ("etcd", "etcd3+http")}

@@ -218,7 +218,12 @@ class Heart:
 # ------------------------------------------------------------------------------ results
 
 
-class CoordAsyncResult(metaclass=abc.ABCMeta):
+T = typing.TypeVar("T")
+# What a member's capabilities are, for annotations (upstream's alias).
+Capabilities = dict[str, typing.Any]
+
+
+class CoordAsyncResult(typing.Generic[T], metaclass=abc.ABCMeta):
     """The result of an asynchronous coordinator call."""
 
     @abc.abstractmethod
@@ -230,7 +235,7 @@ class CoordAsyncResult(metaclass=abc.ABCMeta):
         """Whether the call has finished."""
 
 
-class CoordinatorResult(CoordAsyncResult):
+class CoordinatorResult(CoordAsyncResult[T]):
     """A ``CoordAsyncResult`` over a ``concurrent.futures.Future``."""
 
     def __init__(self, fut, failure_translator=None):

@@ -34,3 +34,14 @@ class HashRing(_tooz.HashRing):
     ``add_nodes(nodes, weight=1)`` and ``remove_node(node)`` (``UnknownNode`` if absent) change
     the ring; ``nodes`` is the ``{node: weight}`` mapping.
     """
+
+    DEFAULT_PARTITION_NUMBER = DEFAULT_PARTITION_NUMBER
+    DEFAULT_HASH_FUNCTION = DEFAULT_HASH_FUNCTION
+
+    def __new__(cls, *args, **kwargs):
+        # A subclass may take arguments of its own and hand ours on from its __init__: the
+        # ring starts empty here and __init__ makes it.
+        return super().__new__(cls, ())
+
+    def __init__(self, nodes, partitions=DEFAULT_PARTITION_NUMBER, hash_function=DEFAULT_HASH_FUNCTION):
+        self._setup(nodes, partitions, hash_function)

@@ -12,6 +12,8 @@ class UnknownNode(tooz.ToozError):
     def __init__(self, node: Node) -> None: ...
 
 class HashRing:
+    DEFAULT_PARTITION_NUMBER: int
+    DEFAULT_HASH_FUNCTION: str
     nodes: Dict[Node, Weight]
     _ring: Dict[int, Node]
     _partitions: List[int]

@@ -354,6 +354,7 @@ impl Driver for FileDriver {
         self.driver_lock
             .with(|| match fs::remove_file(&path) {
                 Ok(()) => Ok(()),
+                Err(e) if is_missing(&e) && !self.group_exists(group) => Err(Error::GroupNotCreated(group.clone())),
                 Err(e) if is_missing(&e) => {
                     Err(Error::MemberNotJoined { group: group.clone(), member: self.member.clone() })
                 }

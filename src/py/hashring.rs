@@ -97,11 +97,8 @@ fn hex_bytes(hex: &str) -> PyResult<Vec<u8>> {
         .collect()
 }
 
-#[pymethods]
 impl PyHashRing {
-    #[new]
-    #[pyo3(signature = (nodes, partitions=32, hash_function="md5"))]
-    fn new(py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<Self> {
+    fn build(py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<Self> {
         let available = py.import("hashlib")?.getattr("algorithms_available")?;
         if !available.contains(hash_function)? {
             let mut names: Vec<String> = available.try_iter()?.map(|n| n?.extract()).collect::<PyResult<_>>()?;
@@ -123,6 +120,23 @@ impl PyHashRing {
         let unique = PySet::new(py, nodes.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
         ring.add_nodes(py, &unique, 1)?;
         Ok(ring)
+    }
+}
+
+#[pymethods]
+impl PyHashRing {
+    #[new]
+    #[pyo3(signature = (nodes, partitions=32, hash_function="md5"))]
+    fn new(py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<Self> {
+        Self::build(py, nodes, partitions, hash_function)
+    }
+
+    /// Makes this ring anew (what `tooz.hashring.HashRing.__init__` runs, so that a subclass
+    /// with arguments of its own can hand ours on from its `__init__`).
+    #[pyo3(signature = (nodes, partitions=32, hash_function="md5"))]
+    fn _setup(&mut self, py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<()> {
+        *self = Self::build(py, nodes, partitions, hash_function)?;
+        Ok(())
     }
 
     #[pyo3(signature = (node, weight=1))]

@@ -153,6 +153,13 @@ impl PyCoordinator {
         Fut: std::future::Future<Output = crate::error::Result<Reply>> + Send + 'static,
     {
         self.check(op)?;
+        if !self.core.membership().is_started() {
+            // As upstream, whose calls go to an executor that exists only while started.
+            return Err(to_py(crate::error::Error::Tooz(format!(
+                "{} cannot be called on a coordinator that is not started (start() it first)",
+                op.name()
+            ))));
+        }
         Ok(PyAsyncResult { pending: self.core.submit(call) })
     }
 }

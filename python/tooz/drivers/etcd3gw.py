@@ -17,14 +17,21 @@ election (not offered by upstream's driver) follows etcd's ``concurrency.Electio
 candidate with the lowest create revision under ``tooz/elections/<group>/`` leads.
 """
 
+import logging
+
 from tooz import coordination
 from tooz.drivers import _native
+
+# The logger the core's records for this backend go to (tests patch it, as upstream's).
+LOG = logging.getLogger("tooz.drivers.etcd3gw")
 
 
 class Etcd3Lock(_native.NativeLock):
     """The etcd key ``/tooz/locks<name>`` holding 16 random bytes of this lock object, on a
     lease of its own (TTL ``lock_timeout``). ``acquire(blocking=n)`` returns False after ``n``
     seconds (upstream raises ``tenacity.RetryError``); a waiter is woken by a watch."""
+
+    LOCK_PREFIX = b"/tooz/locks"
 
     def heartbeat(self):
         """Refresh the lock's lease; False when this object does not hold it (any more)."""

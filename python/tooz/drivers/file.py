@@ -2,11 +2,15 @@
 
 import functools
 import hashlib
+import logging
 import os
 
 from tooz import coordination
 from tooz import utils
 from tooz.drivers import _native
+
+# The logger the core's records for this backend go to (tests patch it, as upstream's).
+LOG = logging.getLogger("tooz.drivers.file")
 
 FileFutureResult = functools.partial(coordination.CoordinatorResult)
 

@@ -5,9 +5,13 @@ them out, so coordinators of both share one server. The work is done by the Rust
 """
 
 import functools
+import logging
 
 from tooz import coordination
 from tooz.drivers import _native
+
+# The logger the core's records for this backend go to (tests patch it, as upstream's).
+LOG = logging.getLogger("tooz.drivers.memcached")
 
 MemcachedFutureResult = functools.partial(coordination.CoordinatorResult)
 

@@ -11,9 +11,13 @@ first sentinel), repeatable ``sentinel_fallback=host:port``, ``sentinel_username
 """
 
 import functools
+import logging
 
 from tooz import coordination
 from tooz.drivers import _native
+
+# The logger the core's records for this backend go to (tests patch it, as upstream's).
+LOG = logging.getLogger("tooz.drivers.redis")
 
 RedisFutureResult = functools.partial(coordination.CoordinatorResult)
 
@@ -40,6 +44,19 @@ class RedisDriver(_native.NativeDriver,
     SCHEME = "redis"
     LOCK_CLASS = RedisLock
     LIST_OPTIONS = ("sentinel_fallback",)
+    # The URL options upstream hands to its redis-py client, by the type they are read as;
+    # ours reads the same names (the redis-py-only ones are accepted and have no effect).
+    CLIENT_LIST_ARGS = frozenset({"sentinel_fallback"})
+    CLIENT_BOOL_ARGS = frozenset({"retry_on_timeout", "socket_keepalive", "ssl", "sentinel_ssl"})
+    CLIENT_INT_ARGS = frozenset({"db"})
+    CLIENT_FLOAT_ARGS = frozenset({"socket_timeout", "socket_connect_timeout", "health_check_interval"})
+    CLIENT_ARGS = frozenset({"db", "encoding", "retry_on_timeout", "socket_keepalive", "socket_timeout",
+                             "socket_connect_timeout", "health_check_interval", "ssl", "ssl_certfile",
+                             "ssl_keyfile", "ssl_ca_certs", "sentinel", "sentinel_fallback", "sentinel_username",
+                             "sentinel_password", "sentinel_ssl"})
+    CLIENT_DEFAULT_SOCKET_TO = 30
+    # Options that are not passed on as they are (upstream: the repeatable ones).
+    EXCLUDE_OPTIONS = CLIENT_LIST_ARGS
     DEFAULT_ENCODING = "utf8"
     MIN_VERSION = "2.6.0"
     DEFAULT_NAMESPACE = b"_tooz"

@@ -106,7 +106,7 @@ impl Link {
     ) -> Link {
         let n = endpoints.len();
         Link {
-            health: crate::log::Health::new("tooz.drivers.etcd3", format!("{label} on etcd3 at {}", endpoints.join(","))),
+            health: crate::log::Health::new("tooz.drivers.etcd3gw", format!("{label} on etcd3 at {}", endpoints.join(","))),
             endpoints,
             tls,
             user,
@@ -235,7 +235,7 @@ impl Link {
                             self.channels().preferred = index;
                             crate::log::emit(
                                 crate::log::Level::Warning,
-                                "tooz.drivers.etcd3",
+                                "tooz.drivers.etcd3gw",
                                 format!("failed over to the etcd member at {}", self.endpoints[index]),
                             );
                         }

@@ -71,7 +71,7 @@ impl Etcd3Lock {
             waiting_key: [waiters_prefix.as_slice(), token.simple().to_string().as_bytes()].concat(),
             waiters_prefix,
             courtesy: Courtesy::with_grace(HANDOVER_GRACE),
-            fate: Arc::new(Fate::new("tooz.drivers.etcd3", String::from_utf8_lossy(name).into_owned())),
+            fate: Arc::new(Fate::new("tooz.drivers.etcd3gw", String::from_utf8_lossy(name).into_owned())),
         }
     }
 

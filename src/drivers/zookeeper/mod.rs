@@ -581,7 +581,10 @@ impl Driver for ZooKeeperDriver {
         let path = self.member_path(group, self.member_node()?)?;
         match self.link.run("leave group", |c| async move { c.delete(&path).await }).await? {
             Ok(()) => Ok(()),
-            Err(ZkError::Server(code::NO_NODE)) => Err(self.member_missing(group, &self.member).await),
+            // Upstream's answer whether or not the group exists.
+            Err(ZkError::Server(code::NO_NODE)) => {
+                Err(Error::MemberNotJoined { group: group.clone(), member: self.member.clone() })
+            }
             Err(e) => Err(zk_error("leave group", e)),
         }
     }
