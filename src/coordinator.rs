@@ -109,6 +109,14 @@ struct HeartState {
     keeper_stop: AtomicU64,
 }
 
+impl HeartState {
+    /// Whether the heart runs in process image `generation` (a forked child's copy of its
+    /// parent's flag says nothing of the child).
+    fn alive_in(&self, generation: u64) -> bool {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) && self.generation.load(Ordering::SeqCst) == generation
+    }
+}
+
 impl Coordinator {
     pub fn new(driver: Arc<dyn Driver>, membership: Membership) -> Self {
         Coordinator {
@@ -222,10 +230,7 @@ impl Coordinator {
         }
         let (inner, heart) = (self.inner.clone(), self.heart.clone());
         runtime::runtime().spawn(async move {
-            let own_heart = || {
-                *heart.running.lock().unwrap_or_else(|p| p.into_inner()) && heart.generation.load(Ordering::SeqCst) == generation
-            };
-            while heart.keeper_stop.load(Ordering::SeqCst) != generation && !own_heart() {
+            while heart.keeper_stop.load(Ordering::SeqCst) != generation && !heart.alive_in(generation) {
                 let pause = match inner.driver.extend_locks().await {
                     Ok(Some(next)) => Duration::from_secs_f64((next / 2.0).max(0.05)),
                     Ok(None) => return, // no leases on this backend
@@ -239,16 +244,43 @@ impl Coordinator {
         });
     }
 
-    /// Ends this process image's lease keeper (at `stop()`).
-    pub fn stop_keeper(&self) {
+    /// Leaves what is joined (failures ignored, as upstream's stop does), in call order; a
+    /// forked child of the process that started the coordinator forgets the memberships
+    /// instead (they are its parent's, which lives on).
+    pub fn submit_leave_joined(&self) -> Pending<()> {
+        let inherited = self.inherited();
+        let membership = self.inner.membership.clone();
+        self.submit(move |d| async move {
+            leave_joined(&membership, d.as_ref(), inherited).await;
+            Ok(())
+        })
+    }
+
+    /// Stops, in call order: leaves what is joined first when `leave`, then the driver. In a
+    /// forked child of the process that started the coordinator only the child's part stops
+    /// (its lease keeper, and the locks it took: [`Driver::stop_inherited`]). `done` is the
+    /// result once stopped.
+    pub fn submit_stop<T: Clone + Send + 'static>(&self, leave: bool, done: T) -> Pending<T> {
         self.heart.keeper_stop.store(runtime::generation(), Ordering::SeqCst);
+        let inherited = self.inherited();
+        let membership = self.inner.membership.clone();
+        self.submit(move |d| async move {
+            if leave {
+                leave_joined(&membership, d.as_ref(), inherited).await;
+            }
+            if inherited {
+                d.stop_inherited().await?;
+            } else {
+                d.stop().await?;
+            }
+            Ok(done)
+        })
     }
 
     // ------------------------------------------------------------ heartbeat
 
     pub fn heart_alive(&self) -> bool {
-        *self.heart.running.lock().unwrap_or_else(|p| p.into_inner())
-            && self.heart.generation.load(Ordering::SeqCst) == runtime::generation()
+        self.heart.alive_in(runtime::generation())
     }
 
     pub fn heart_beats(&self) -> u64 {
@@ -346,5 +378,15 @@ impl Coordinator {
             Some(t) => self.heart.stopped.wait_timeout_while(guard, t, |r| *r).unwrap_or_else(|p| p.into_inner()).0,
         };
         *guard
+    }
+}
+
+/// Leaves every joined group, or (in a forked child of the process that started the
+/// coordinator: `inherited`) forgets them, the parent's.
+async fn leave_joined(membership: &Membership, driver: &dyn Driver, inherited: bool) {
+    if inherited {
+        membership.forget_all();
+    } else {
+        membership.leave_all(driver).await;
     }
 }

@@ -131,8 +131,6 @@ impl Membership {
         Ok(())
     }
 
-    /// Leaves every joined group, ignoring failures (a stop's clean-up: the group may be gone,
-    /// or the server). No healing after this.
     /// Forgets what is joined without leaving it (a forked child stopping what its parent
     /// joined: the memberships are the parent's).
     pub fn forget_all(&self) {
@@ -140,6 +138,8 @@ impl Membership {
         self.joined().clear();
     }
 
+    /// Leaves every joined group, ignoring failures (a stop's clean-up: the group may be gone,
+    /// or the server). No healing after this.
     pub async fn leave_all(&self, driver: &dyn Driver) {
         self.started.store(false, Ordering::SeqCst);
         let groups: Vec<Id> = self.joined().drain().map(|(g, _)| g).collect();

@@ -8,43 +8,36 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::runtime;
+use crate::runtime::PerImage;
 
 pub struct Idle<T> {
-    /// The process image (`runtime::generation`) the connections belong to, and them.
-    slot: Mutex<(u64, Vec<T>)>,
+    /// This process image's connections (a child forgets, never closes, its parent's).
+    slot: Mutex<PerImage<Vec<T>>>,
 }
 
 impl<T> Default for Idle<T> {
     fn default() -> Self {
-        Idle { slot: Mutex::new((runtime::generation(), Vec::new())) }
+        Idle { slot: Mutex::new(PerImage::new()) }
     }
 }
 
 impl<T> Idle<T> {
     /// This process's connections (an inherited lot is forgotten first).
-    fn mine(&self) -> MutexGuard<'_, (u64, Vec<T>)> {
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = runtime::generation();
-        if slot.0 != generation {
-            slot.0 = generation;
-            for inherited in slot.1.drain(..) {
-                std::mem::forget(inherited);
-            }
-        }
-        slot
+    fn mine(&self) -> MutexGuard<'_, PerImage<Vec<T>>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used idle connection.
     pub fn take(&self) -> Option<T> {
-        self.mine().1.pop()
+        self.mine().get().pop()
     }
 
     /// The most recently used idle connection that is `usable`; unusable ones met on the way
     /// are dropped.
     pub fn take_where(&self, mut usable: impl FnMut(&T) -> bool) -> Option<T> {
-        let mut mine = self.mine();
-        while let Some(conn) = mine.1.pop() {
+        let mut guard = self.mine();
+        let mine = guard.get();
+        while let Some(conn) = mine.pop() {
             if usable(&conn) {
                 return Some(conn);
             }
@@ -54,17 +47,18 @@ impl<T> Idle<T> {
 
     /// Keeps `conn` for later unless `max` are idle already: then it is handed back.
     pub fn put(&self, conn: T, max: usize) -> Option<T> {
-        let mut mine = self.mine();
-        if mine.1.len() >= max {
+        let mut guard = self.mine();
+        let mine = guard.get();
+        if mine.len() >= max {
             return Some(conn);
         }
-        mine.1.push(conn);
+        mine.push(conn);
         None
     }
 
     /// Takes every idle connection out (to close them).
     pub fn drain(&self) -> Vec<T> {
-        std::mem::take(&mut self.mine().1)
+        std::mem::take(self.mine().get())
     }
 }
 

@@ -38,10 +38,7 @@ class HashRing(_tooz.HashRing):
     DEFAULT_PARTITION_NUMBER = DEFAULT_PARTITION_NUMBER
     DEFAULT_HASH_FUNCTION = DEFAULT_HASH_FUNCTION
 
-    def __new__(cls, *args, **kwargs):
-        # A subclass may take arguments of its own and hand ours on from its __init__: the
-        # ring starts empty here and __init__ makes it.
-        return super().__new__(cls, ())
-
+    # The Rust __new__ makes an empty ring whatever the arguments (a subclass may take its
+    # own and hand ours on from its __init__); __init__ builds it.
     def __init__(self, nodes, partitions=DEFAULT_PARTITION_NUMBER, hash_function=DEFAULT_HASH_FUNCTION):
         self._setup(nodes, partitions, hash_function)

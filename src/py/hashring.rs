@@ -3,7 +3,7 @@
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PySet, PyString, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PySet, PyString, PyTuple, PyType};
 
 use crate::hashring::{Algorithm, Output, Ring};
 
@@ -98,6 +98,19 @@ fn hex_bytes(hex: &str) -> PyResult<Vec<u8>> {
 }
 
 impl PyHashRing {
+    /// An empty ring with upstream's defaults.
+    fn empty(py: Python<'_>) -> Self {
+        PyHashRing {
+            ring: Ring::new(),
+            algorithm: Algorithm::from_name("md5"),
+            hash_function: "md5".to_owned(),
+            partitions: 32,
+            nodes: PyDict::new(py).unbind(),
+            index: PyDict::new(py).unbind(),
+            slots: Vec::new(),
+        }
+    }
+
     fn build(py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<Self> {
         let available = py.import("hashlib")?.getattr("algorithms_available")?;
         if !available.contains(hash_function)? {
@@ -109,13 +122,10 @@ impl PyHashRing {
             )));
         }
         let mut ring = PyHashRing {
-            ring: Ring::new(),
             algorithm: Algorithm::from_name(hash_function),
             hash_function: hash_function.to_owned(),
             partitions,
-            nodes: PyDict::new(py).unbind(),
-            index: PyDict::new(py).unbind(),
-            slots: Vec::new(),
+            ..Self::empty(py)
         };
         let unique = PySet::new(py, nodes.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
         ring.add_nodes(py, &unique, 1)?;
@@ -125,14 +135,16 @@ impl PyHashRing {
 
 #[pymethods]
 impl PyHashRing {
+    /// An empty ring whatever the arguments: `tooz.hashring.HashRing.__init__` builds it
+    /// (`_setup`), so that a subclass with arguments of its own can hand ours on from its
+    /// `__init__`, as upstream's pure-Python class allows.
     #[new]
-    #[pyo3(signature = (nodes, partitions=32, hash_function="md5"))]
-    fn new(py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<Self> {
-        Self::build(py, nodes, partitions, hash_function)
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self::empty(py)
     }
 
-    /// Makes this ring anew (what `tooz.hashring.HashRing.__init__` runs, so that a subclass
-    /// with arguments of its own can hand ours on from its `__init__`).
+    /// Makes this ring anew, from upstream's constructor arguments.
     #[pyo3(signature = (nodes, partitions=32, hash_function="md5"))]
     fn _setup(&mut self, py: Python<'_>, nodes: &Bound<'_, PyAny>, partitions: i64, hash_function: &str) -> PyResult<()> {
         *self = Self::build(py, nodes, partitions, hash_function)?;

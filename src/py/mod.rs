@@ -232,19 +232,7 @@ impl PyCoordinator {
     /// Leaves what is joined (failures ignored), then stops the driver; in a forked child of
     /// the process that started it, only what the child took (see `stop`).
     fn stop_async(&self) -> PyAsyncResult {
-        let m = self.core.membership().clone();
-        let inherited = self.core.inherited();
-        self.core.stop_keeper();
-        PyAsyncResult {
-            pending: self.core.submit(move |d| async move {
-                if inherited {
-                    m.forget_all();
-                    return d.stop_inherited().await.map(|_| Reply::Unit);
-                }
-                m.leave_all(d.as_ref()).await;
-                d.stop().await.map(|_| Reply::Unit)
-            }),
-        }
+        PyAsyncResult { pending: self.core.submit_stop(true, Reply::Unit) }
     }
 
     fn heartbeat_async(&self) -> PyAsyncResult {
@@ -336,28 +324,14 @@ impl PyCoordinator {
     /// Leaves every joined group, after every call submitted before; failures are ignored
     /// (stop's clean-up, as upstream's).
     fn leave_joined(&self, py: Python<'_>) {
-        if self.core.inherited() {
-            // A forked worker stopping: the memberships are its parent's, which lives on.
-            self.core.membership().forget_all();
-            return;
-        }
-        let membership = self.core.membership().clone();
-        let pending = self.core.submit(move |d| async move {
-            membership.leave_all(d.as_ref()).await;
-            Ok(())
-        });
-        let _ = settle(py, pending);
+        let _ = settle(py, self.core.submit_leave_joined());
     }
 
     /// Stops the driver once every call submitted before has finished. In a forked child of
     /// the process that started the coordinator (a pre-fork worker), only the child's part:
     /// its locks are released, the parent's session and locks are left alone.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        self.core.stop_keeper();
-        let inherited = self.core.inherited();
-        let pending =
-            self.core.submit(move |d| async move { if inherited { d.stop_inherited().await } else { d.stop().await } });
-        settle(py, pending)?.unwrap_or(Ok(())).map_err(to_py)
+        settle(py, self.core.submit_stop(false, ()))?.unwrap_or(Ok(())).map_err(to_py)
     }
 
     fn heartbeat(&self, py: Python<'_>) -> PyResult<Option<f64>> {

@@ -50,10 +50,8 @@ class RedisDriver(_native.NativeDriver,
     CLIENT_BOOL_ARGS = frozenset({"retry_on_timeout", "socket_keepalive", "ssl", "sentinel_ssl"})
     CLIENT_INT_ARGS = frozenset({"db"})
     CLIENT_FLOAT_ARGS = frozenset({"socket_timeout", "socket_connect_timeout", "health_check_interval"})
-    CLIENT_ARGS = frozenset({"db", "encoding", "retry_on_timeout", "socket_keepalive", "socket_timeout",
-                             "socket_connect_timeout", "health_check_interval", "ssl", "ssl_certfile",
-                             "ssl_keyfile", "ssl_ca_certs", "sentinel", "sentinel_fallback", "sentinel_username",
-                             "sentinel_password", "sentinel_ssl"})
+    CLIENT_ARGS = CLIENT_LIST_ARGS | CLIENT_BOOL_ARGS | CLIENT_INT_ARGS | CLIENT_FLOAT_ARGS | frozenset(
+        {"encoding", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "sentinel", "sentinel_username", "sentinel_password"})
     CLIENT_DEFAULT_SOCKET_TO = 30
     # Options that are not passed on as they are (upstream: the repeatable ones).
     EXCLUDE_OPTIONS = CLIENT_LIST_ARGS

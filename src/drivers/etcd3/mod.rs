@@ -31,8 +31,6 @@ mod lock;
 mod watch;
 
 use std::collections::HashMap;
-
-use crate::runtime::PerImage;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,6 +48,7 @@ use crate::driver::{Driver, DriverLock, MemberInfo, Op};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
+use crate::runtime::PerImage;
 use link::{lapsed, lease_gone, Link};
 use lock::Etcd3Lock;
 
