@@ -5,9 +5,10 @@
 //! microseconds later, while the waiters of other processes sleep between polls, so one
 //! process starves the others. These pieces stop that:
 //!
-//! * [`Courtesy`]: a lock object whose release found other waiters (the backend tells: a
-//!   registry of waiters kept beside the lock; file: once a burst is over, see below) steps
-//!   aside for [`GRACE`] before its next attempt, so a waiter takes the lock first;
+//! * [`Courtesy`]: a coordinator whose release of a lock found other waiters (the backend
+//!   tells: a registry of waiters kept beside the lock; file: once a burst is over, see below)
+//!   steps aside for [`GRACE`] before its next attempt on that lock, so a waiter takes it
+//!   first; [`Courtesies`] keeps the promise by lock name, so it outlives the lock object;
 //! * [`Pace`]: a waiter polls every [`FAST_POLL`] while the lock changes hands (a marker the
 //!   backend returns with a failed attempt, its fencing counter, moved since the last poll),
 //!   and backs off towards a slow poll while one holder keeps the lock;
@@ -17,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -98,6 +99,50 @@ impl Courtesy {
             let step = if at_release.is_some() { FAST_POLL.min(until - now) } else { until - now };
             pause(step).await;
         }
+    }
+}
+
+/// One coordinator's [`Courtesy`]s, by lock key: many programs make a fresh lock object for
+/// each hold (`with coordinator.get_lock(name):` in a loop), and the object that made the
+/// promise is gone by the next acquire; the next object of the same name keeps it.
+pub struct Courtesies {
+    grace: Duration,
+    by_key: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    entries: HashMap<Vec<u8>, Arc<Courtesy>>,
+    /// Entries left after the last sweep: the next one comes when the book has doubled.
+    swept_at: usize,
+}
+
+impl Courtesies {
+    pub fn with_grace(grace: Duration) -> Courtesies {
+        Courtesies { grace, by_key: Mutex::new(Book::default()) }
+    }
+
+    /// The courtesy of lock `key`, shared by every lock object of that name alive (and kept
+    /// while a promise is pending after the last one went).
+    pub fn of(&self, key: &[u8]) -> Arc<Courtesy> {
+        let mut book = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = book.entries.get(key) {
+            return c.clone();
+        }
+        if book.entries.len() >= (2 * book.swept_at).max(64) {
+            // Forget the names no lock object holds and no promise is pending for.
+            book.entries.retain(|_, c| Arc::strong_count(c) > 1 || c.pending());
+            book.swept_at = book.entries.len();
+        }
+        let c = Arc::new(Courtesy::with_grace(self.grace));
+        book.entries.insert(key.to_vec(), c.clone());
+        c
+    }
+}
+
+impl Default for Courtesies {
+    fn default() -> Self {
+        Courtesies::with_grace(GRACE)
     }
 }
 
@@ -261,6 +306,23 @@ mod tests {
         assert!(bursts.over(&1, true), "lock 1's run is over, whichever object releases it");
         assert_eq!(bursts.0.lock().unwrap().as_ref().unwrap().len(), 1, "its entry is gone");
         assert!(bursts.over(&2, true));
+    }
+
+    #[test]
+    fn a_promise_outlives_the_lock_object_and_idle_names_are_forgotten() {
+        let book = Courtesies::with_grace(Duration::from_secs(60));
+        let first = book.of(b"a");
+        first.released(true);
+        drop(first);
+        assert!(book.of(b"a").pending(), "the next object of that name keeps the promise");
+        let kept = book.of(b"b");
+        for i in 0..200u32 {
+            book.of(&i.to_be_bytes());
+        }
+        let left = book.by_key.lock().unwrap().entries.len();
+        assert!(left < 100, "idle names are swept: {left} left");
+        assert!(Arc::ptr_eq(&kept, &book.of(b"b")), "a name a lock object holds stays");
+        assert!(book.of(b"a").pending(), "so does one whose promise is pending");
     }
 
     #[test]

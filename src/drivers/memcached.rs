@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
+use super::handoff::Courtesies;
 
 #[path = "memcached_lock.rs"]
 mod lock;
@@ -153,6 +154,8 @@ struct Shared {
     member: Id,
     /// What identifies the server in the process-wide lock wake-up table.
     scope: String,
+    /// Which locks this coordinator steps aside from, by key (`handoff.rs`).
+    courtesies: Courtesies,
     /// Locks this coordinator holds (refreshed by the heartbeat, released by `stop`).
     held: Mutex<PerImage<Vec<Arc<LockState>>>>,
 }
@@ -227,7 +230,7 @@ impl MemcachedDriver {
             tls,
         });
         Ok(MemcachedDriver {
-            shared: Arc::new(Shared { client, member, scope, held: Mutex::new(PerImage::new()) }),
+            shared: Arc::new(Shared { client, member, scope, courtesies: Courtesies::default(), held: Mutex::new(PerImage::new()) }),
             membership_timeout,
             lock_timeout,
             leader_timeout,

@@ -56,7 +56,7 @@ pub(super) struct LockState {
     /// Set by waiters, for [`WAITING_SECONDS`] after their last try (ours only): tells a
     /// releaser that others wait, so it steps aside (`handoff.rs`).
     waiting_key: Vec<u8>,
-    courtesy: Courtesy,
+    courtesy: Arc<Courtesy>,
     fate: Arc<Fate>,
     /// The CAS unique of the key while it is held through meta commands (`None`: not held,
     /// or held the classic way). Release, extension and ownership checks take it in turn, so
@@ -89,7 +89,7 @@ impl LockState {
         LockState {
             fence_key: [key.as_slice(), b":fence"].concat(),
             waiting_key: [key.as_slice(), b":waiting"].concat(),
-            courtesy: Courtesy::default(),
+            courtesy: shared.courtesies.of(&key),
             fate: Arc::new(Fate::new("tooz.drivers.memcached", what)),
             key,
             ttl: ttl(timeout),

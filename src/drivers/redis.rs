@@ -24,7 +24,7 @@ use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Scr
 
 use super::options::Options;
 use super::redis_link::{redis_err, Link, Target};
-use super::handoff::Courtesy;
+use super::handoff::{Courtesies, Courtesy};
 use super::ttl_lock::{self, Attempt};
 use super::Url;
 use crate::fate::{Fate, OnLost};
@@ -175,6 +175,8 @@ struct Shared {
     next_lock: AtomicU64,
     /// Names this server for the in-process wake-ups of lock waiters.
     scope: String,
+    /// Which locks this coordinator steps aside from, by key (`handoff.rs`).
+    courtesies: Courtesies,
 }
 
 #[derive(Clone, Copy)]
@@ -427,6 +429,7 @@ impl RedisDriver {
             membership_timeout,
             held: Mutex::new(PerImage::new()),
             next_lock: AtomicU64::new(0),
+            courtesies: Courtesies::default(),
             scope: format!("redis:{}:{}:{}", url.host.as_deref().unwrap_or(""), url.port.unwrap_or(0), url.path),
         };
         shared.namespace = shared.encode(&namespace_id)?;
@@ -497,7 +500,7 @@ impl RedisDriver {
             id: self.shared.next_lock.fetch_add(1, Ordering::Relaxed),
             fence_key: [key.as_slice(), b":fence"].concat(),
             waiters_key: waiters_key(&key),
-            courtesy: Courtesy::default(),
+            courtesy: self.shared.courtesies.of(&key),
             fate: Arc::new(Fate::new("tooz.drivers.redis", format!("{} of member {}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&self.member)))),
             key,
             token: uuid::Uuid::now_v1(&node_id()).simple().to_string().into_bytes(),
@@ -704,7 +707,7 @@ pub struct RedisLock {
     fence_key: Vec<u8>,
     /// Where it registers while it waits (`<lock key>:waiters`).
     waiters_key: Vec<u8>,
-    courtesy: Courtesy,
+    courtesy: Arc<Courtesy>,
     fate: Arc<Fate>,
 }
 

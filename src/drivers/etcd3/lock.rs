@@ -45,7 +45,7 @@ pub struct Etcd3Lock {
     /// This object's entry among the lock's waiters, and their common prefix.
     waiting_key: Vec<u8>,
     waiters_prefix: Vec<u8>,
-    courtesy: Courtesy,
+    courtesy: Arc<Courtesy>,
     fate: Arc<Fate>,
 }
 
@@ -61,6 +61,7 @@ impl Etcd3Lock {
     pub(super) fn new(shared: Arc<Shared>, name: &[u8]) -> Etcd3Lock {
         let token = uuid::Uuid::new_v4();
         let waiters_prefix = [WAITERS_PREFIX, hex(name).as_bytes(), b"/"].concat();
+        let courtesy = shared.courtesies.of(name);
         Etcd3Lock {
             id: shared.next_lock.fetch_add(1, Ordering::Relaxed),
             shared,
@@ -70,7 +71,7 @@ impl Etcd3Lock {
             spare: Mutex::new(None),
             waiting_key: [waiters_prefix.as_slice(), token.simple().to_string().as_bytes()].concat(),
             waiters_prefix,
-            courtesy: Courtesy::with_grace(HANDOVER_GRACE),
+            courtesy,
             fate: Arc::new(Fate::new("tooz.drivers.etcd3gw", String::from_utf8_lossy(name).into_owned())),
         }
     }
@@ -175,7 +176,7 @@ enum Waiting {
 
 /// How long a releaser others wait for stays away: the deletion's push to the waiters and
 /// one transaction of theirs, with room for a loaded machine.
-const HANDOVER_GRACE: Duration = Duration::from_millis(5);
+pub(super) const HANDOVER_GRACE: Duration = Duration::from_millis(5);
 
 /// Root of the waiter entries (not under `/tooz/locks`, so no lock name can reach them).
 const WAITERS_PREFIX: &[u8] = b"/tooz/lock-waiters/";

@@ -49,6 +49,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
+use super::handoff::Courtesies;
 use link::{lapsed, lease_gone, Link};
 use lock::Etcd3Lock;
 
@@ -141,6 +142,8 @@ pub(crate) struct Shared {
     heartbeat_every: f64,
     state: Mutex<State>,
     next_lock: AtomicU64,
+    /// Which locks this coordinator steps aside from, by key (`handoff.rs`).
+    courtesies: Courtesies,
 }
 
 impl Shared {
@@ -396,6 +399,7 @@ impl Etcd3Driver {
                 heartbeat_every: lock_timeout.min(membership_timeout).min(leader_timeout),
                 state: Mutex::new(State::default()),
                 next_lock: AtomicU64::new(0),
+                courtesies: Courtesies::with_grace(lock::HANDOVER_GRACE),
             }),
         })
     }
