@@ -57,6 +57,11 @@ class Raw:
     def delete(self, key):
         return self._talk(b"delete " + key + b"\r\n", lambda b: b.endswith(b"\r\n")) == b"DELETED\r\n"
 
+    def stats(self):
+        """The server's general ``stats``, by name (values as text)."""
+        reply = self._talk(b"stats\r\n", lambda b: b.endswith(b"END\r\n"))
+        return {line.split()[1]: line.split()[2] for line in reply.split(b"\r\n") if line.startswith(b"STAT ")}
+
     def cas_unique(self, key):
         """The item's CAS unique (meta get), or None when the key does not exist."""
         reply = self._talk(b"mg " + key + b" c\r\n", lambda b: b.endswith(b"\r\n"))
@@ -640,6 +645,55 @@ def test_heart_survives_an_outage(private_server, make_coordinator):
     private_server.start()
     raw = Raw(private_server.port)
     assert wait_until(lambda: raw.get(b"_TOOZ_MEMBER_" + c._member_id) is not None, 5)
+
+
+# Coordinators made, started and stopped again and again in one process (a CLI, tests, a
+# short-lived job): as upstream's, each start connects and each stop closes.
+LIFECYCLES = r"""
+import sys
+from tooz import coordination
+for _ in range(int(sys.argv[2])):
+    c = coordination.get_coordinator(sys.argv[1], b"cycle")
+    c.start()
+    lock = c.get_lock(b"l")
+    assert lock.acquire() and lock.release()
+    c.stop()
+"""
+
+
+def test_coordinators_made_again_share_one_connection(private_server):
+    """A stopped coordinator leaves its connection to the next coordinator of the same
+    server in the process (``pool::Shelf``): 20 start-stop cycles open one connection, where
+    they opened 20 before (the heartbeat's own, at each start), each left in TIME_WAIT."""
+    raw = Raw(private_server.port)
+    before = int(raw.stats()[b"total_connections"])
+    subprocess.run([sys.executable, "-c", LIFECYCLES, private_server.url, "20"], check=True, timeout=60)
+    opened = int(raw.stats()[b"total_connections"]) - before - 1  # less the stats request's own
+    assert opened == 1
+
+
+def test_beats_in_a_tight_loop_are_stored_and_still_find_a_hung_server(private_server, make_coordinator):
+    """Beats sent faster than one every 50 ms go out quietly (``noreply``) but for one every
+    50 ms that asks for a reply: each is a real set, and a server that stops answering is
+    still reported within the timeout."""
+    raw = Raw(private_server.port)
+    c = make_coordinator(url=private_server.url + "?timeout=1")
+    c.heartbeat()
+    sets = int(raw.stats()[b"cmd_set"])
+    for _ in range(2000):
+        c.heartbeat()
+    assert wait_until(lambda: int(raw.stats()[b"cmd_set"]) - sets >= 2000, 5)
+    os.killpg(private_server.proc.pid, signal.SIGSTOP)
+    try:
+        _wait_stopped(private_server.proc.pid)
+        began = time.monotonic()
+        with pytest.raises(coordination.ToozConnectionError):
+            while time.monotonic() - began < 10:
+                c.heartbeat()
+        assert time.monotonic() - began < 2.5
+    finally:
+        os.killpg(private_server.proc.pid, signal.SIGCONT)
+    c.heartbeat()
 
 
 def test_stop_while_server_down_does_not_raise(private_server, make_coordinator):

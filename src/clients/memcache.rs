@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
-use crate::pool::Idle;
+use crate::pool::{Idle, Shelf};
 use crate::runtime;
 
 #[path = "memcache_later.rs"]
@@ -218,6 +218,15 @@ pub enum Store {
 
 /// Encodes a storage request (`set`/`add`, or `cas` when `cas` is given).
 pub fn storage_request(kind: Store, key: &[u8], flags: u32, exptime: u32, data: &[u8], cas: Option<u64>) -> Vec<u8> {
+    storage_request_with(kind, key, flags, exptime, data, cas, false)
+}
+
+/// [`storage_request`] with `noreply`: the server answers nothing.
+pub fn quiet_storage_request(kind: Store, key: &[u8], flags: u32, exptime: u32, data: &[u8]) -> Vec<u8> {
+    storage_request_with(kind, key, flags, exptime, data, None, true)
+}
+
+fn storage_request_with(kind: Store, key: &[u8], flags: u32, exptime: u32, data: &[u8], cas: Option<u64>, quiet: bool) -> Vec<u8> {
     let verb: &[u8] = match (cas, kind) {
         (Some(_), _) => b"cas",
         (None, Store::Set) => b"set",
@@ -230,6 +239,9 @@ pub fn storage_request(kind: Store, key: &[u8], flags: u32, exptime: u32, data: 
     req.extend_from_slice(format!(" {flags} {exptime} {}", data.len()).as_bytes());
     if let Some(cas) = cas {
         req.extend_from_slice(format!(" {cas}").as_bytes());
+    }
+    if quiet {
+        req.extend_from_slice(b" noreply");
     }
     req.extend_from_slice(b"\r\n");
     req.extend_from_slice(data);
@@ -276,10 +288,12 @@ enum Transport {
     /// Registered with the runtime's I/O driver: TLS, and plain sockets used from runtime
     /// threads.
     Async(Box<dyn Io>),
-    /// A plain socket the runtime never sees, only ever used from a caller's thread
-    /// (`runtime::on_caller_thread`), which writes and reads it itself. A socket registered
-    /// with the runtime's epoll would wake a runtime thread at every reply, even though the
-    /// caller reads it: one needless thread switch per round trip.
+    /// A plain socket the runtime's epoll does not watch: a caller's thread
+    /// (`runtime::on_caller_thread`) writes and reads it itself, blocking. A socket
+    /// registered with the runtime's epoll would wake a runtime thread at every reply, even
+    /// though the caller reads it: one needless thread switch per round trip. A runtime
+    /// worker may use one too (the checked-later line, shared by a caller's `heartbeat()`
+    /// and the heart's task): it registers it only while it waits for bytes.
     Blocking(std::net::TcpStream),
 }
 
@@ -299,12 +313,17 @@ fn conn_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Conn {
-    async fn open(cfg: &Config) -> Result<Conn> {
-        let addr = format!("{}:{}", cfg.host, cfg.port);
+    /// A TCP connection to the server through the runtime, without delay.
+    async fn connect(cfg: &Config) -> Result<TcpStream> {
         let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
             .await
-            .map_err(|e| conn_err(&format!("cannot connect to memcached at {addr}"), e))?;
+            .map_err(|e| conn_err(&format!("cannot connect to memcached at {}:{}", cfg.host, cfg.port), e))?;
         tcp.set_nodelay(true).ok();
+        Ok(tcp)
+    }
+
+    async fn open(cfg: &Config) -> Result<Conn> {
+        let tcp = Conn::connect(cfg).await?;
         let fd = cfg.tls.is_none().then(|| tcp.as_raw_fd());
         let io: Box<dyn Io> = match &cfg.tls {
             None => Box::new(tcp),
@@ -371,6 +390,30 @@ impl Conn {
         }
     }
 
+    /// [`Conn::read_more_blocking`] on a runtime worker, which must not block: the socket is
+    /// registered with the runtime for this wait only.
+    async fn read_more_watched(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Result<()> {
+        struct Borrowed(std::os::fd::RawFd);
+        impl AsRawFd for Borrowed {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.0
+            }
+        }
+        // SAFETY: `fd` is the socket of the connection this wait borrows mutably: it stays
+        // open, and the same, until `watched` is dropped at the end of this function.
+        let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Borrowed(fd), tokio::io::Interest::READABLE) }
+            .map_err(|e| conn_err("memcached read failed", e))?;
+        loop {
+            let mut ready = watched.readable().await.map_err(|e| conn_err("memcached read failed", e))?;
+            match recv_now(fd, buf) {
+                Ok(0) => return Err(closed()),
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(e) => return Err(conn_err("memcached read failed", e)),
+            }
+        }
+    }
+
     /// Whether the server has closed this idle connection (or sent something unasked).
     fn is_stale(&mut self) -> bool {
         self.read_ready().is_err() || !self.buf.is_empty()
@@ -426,11 +469,34 @@ impl Conn {
         }
     }
 
+    /// A connection whose socket the runtime watches only while a worker waits on it
+    /// ([`Transport::Blocking`]): plain TCP, connected blocking from a caller's thread, else
+    /// through the runtime (a worker must not block on a connect); TLS stays async.
+    async fn open_unwatched(cfg: &Config) -> Result<Conn> {
+        if cfg.tls.is_some() {
+            return Conn::open(cfg).await;
+        }
+        if runtime::on_caller_thread() {
+            return Conn::open_blocking(cfg);
+        }
+        let keep = |e| conn_err("cannot keep the memcached connection", e);
+        // Deregistered from the runtime's epoll; blocking again, as a caller's would be.
+        let tcp = Conn::connect(cfg).await?.into_std().map_err(keep)?;
+        let limit = cfg.timeout.map(|t| t.max(Duration::from_millis(1)));
+        tcp.set_nonblocking(false).map_err(keep)?;
+        tcp.set_write_timeout(limit).map_err(keep)?;
+        tcp.set_read_timeout(limit).map_err(keep)?;
+        Ok(Conn { io: Transport::Blocking(tcp), buf: Vec::new(), fd: None, spin_misses: 0 })
+    }
+
     /// Waits for more bytes and appends them to `buf`.
     async fn read_more(&mut self) -> Result<()> {
         let io = match &mut self.io {
             Transport::Async(io) => io,
-            Transport::Blocking(tcp) => return Self::read_more_blocking(tcp.as_raw_fd(), &mut self.buf),
+            Transport::Blocking(tcp) if runtime::on_caller_thread() => {
+                return Self::read_more_blocking(tcp.as_raw_fd(), &mut self.buf);
+            }
+            Transport::Blocking(tcp) => return Self::read_more_watched(tcp.as_raw_fd(), &mut self.buf).await,
         };
         self.buf.reserve(READ_SIZE);
         let n = io.read_buf(&mut self.buf).await.map_err(|e| conn_err("memcached read failed", e))?;
@@ -502,6 +568,10 @@ fn read_ready_blocking(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Result<()> 
     }
 }
 
+/// Plain connections of callers' threads that stopped clients left for the next client of the
+/// same server and request budget (see `Shelf`).
+static SHELF: Shelf<(String, u16, Option<Duration>), Conn> = Shelf::new();
+
 /// A pool of connections to one memcached server.
 pub struct Client {
     cfg: Config,
@@ -551,6 +621,33 @@ impl Client {
         drop(self.idle_blocking.drain());
     }
 
+    /// A client's last request: `delete <key> noreply`, written on a connection already open
+    /// (a new one only if none is), then every connection dropped. Nothing waits for the
+    /// server: what `stop` sends, as upstream does.
+    pub async fn delete_then_close(&self, key: &[u8]) -> Result<()> {
+        check_key(key)?;
+        let request = [b"delete ", key, b" noreply\r\n"].concat();
+        let open = [&self.idle_blocking, &self.idle].into_iter().find_map(|pool| pool.take().and_then(|mut c| (!c.is_stale()).then_some(c)));
+        let sent = match open {
+            // A few bytes into an idle socket's empty send buffer: a blocking one does not
+            // block here either.
+            Some(mut conn) => {
+                let sent = self.with_timeout("delete", conn.send(&request)).await;
+                if sent.is_ok() && matches!(conn.io, Transport::Blocking(_)) {
+                    SHELF.put(self.shelf_key(), conn);
+                }
+                sent
+            }
+            None => self.delete(key).await.map(drop),
+        };
+        self.close();
+        sent
+    }
+
+    fn shelf_key(&self) -> (String, u16, Option<Duration>) {
+        (self.cfg.host.clone(), self.cfg.port, self.cfg.timeout)
+    }
+
     /// The error of a request that used up its budget.
     fn too_late(&self, what: &str, limit: Duration) -> Error {
         Error::Connection(format!(
@@ -587,7 +684,8 @@ impl Client {
             };
             let pool = if blocking { &self.idle_blocking } else { &self.idle };
             let mut conn = loop {
-                match pool.take() {
+                let shelved = || blocking.then(|| SHELF.take(&self.shelf_key(), |c| !c.is_stale())).flatten();
+                match pool.take().or_else(shelved) {
                     Some(mut c) => {
                         if !c.is_stale() {
                             break c;
@@ -867,6 +965,7 @@ mod tests {
     fn requests() {
         assert_eq!(storage_request(Store::Add, b"k", 1, 30, b"me", None), b"add k 1 30 2\r\nme\r\n");
         assert_eq!(storage_request(Store::Set, b"k", 2, 5, b"\xc0", None), b"set k 2 5 1\r\n\xc0\r\n");
+        assert_eq!(quiet_storage_request(Store::Set, b"k", 2, 5, b"\xc0"), b"set k 2 5 1 noreply\r\n\xc0\r\n");
         assert_eq!(storage_request(Store::Set, b"k", 2, 5, b"", Some(42)), b"cas k 2 5 0 42\r\n\r\n");
     }
 

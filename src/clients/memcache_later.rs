@@ -9,6 +9,11 @@
 //! connection closes or resets) is reported by the next send, and a hung one as soon as a
 //! request's timeout has passed, as when every reply was awaited. Any failure drops the
 //! connection and the requests in flight on it; the next send connects afresh.
+//!
+//! A request may come with a quiet form (`noreply`): sent instead while a request that asks
+//! for a reply went out less than [`SETTLE`] ago. A caller sending in a tight loop then asks
+//! for a reply about every [`SETTLE`] (the server and the kernel spared the others), which
+//! still finds a hung server; a dead one fails the write or the next read of what arrived.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +51,9 @@ struct Line {
     /// Runtime generation and close count the connection was opened under.
     opened: (u64, u64),
     in_flight: VecDeque<Sent>,
+    /// When the last request that asks for a reply went out, and the last of any kind.
+    asked: Option<Instant>,
+    sent: Option<Instant>,
 }
 
 impl Later {
@@ -65,6 +73,8 @@ impl Later {
 impl Line {
     fn drop_conn(&mut self) {
         self.in_flight.clear();
+        self.asked = None;
+        self.sent = None;
         if let Some(conn) = self.conn.take() {
             if self.opened.0 != runtime::generation() {
                 // A parent's socket, inherited across fork(): never touched here.
@@ -74,13 +84,15 @@ impl Line {
     }
 
     /// Takes the replies that have arrived and waits for those due (see the module notes).
-    async fn settle(&mut self, timeout: Option<Duration>, all: bool) -> Result<()> {
-        let Some(conn) = self.conn.as_mut() else {
+    async fn settle(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(conn) = self.conn.as_mut().filter(|_| !self.in_flight.is_empty()) else {
+            // Nothing to read: a connection the server closed fails the next write, or is
+            // found by the next read of a reply asked for (see `later_line` for one idle).
             return Ok(());
         };
         conn.read_ready()?;
         while let Some(sent) = self.in_flight.front() {
-            let due = all || self.in_flight.len() >= MAX_IN_FLIGHT || sent.at.elapsed() >= SETTLE;
+            let due = self.in_flight.len() >= MAX_IN_FLIGHT || sent.at.elapsed() >= SETTLE;
             let reply = match conn.take_reply()? {
                 Some(reply) => reply,
                 None if !due => break,
@@ -115,29 +127,31 @@ impl Client {
     /// Sends `request` and returns without its reply, which a later call checks with `check`
     /// (see the module notes); replies of earlier requests that are due are checked first, and
     /// a failure among them is this call's error.
-    pub async fn send_checked_later(&self, what: &'static str, request: &[u8], check: Check) -> Result<()> {
+    ///
+    /// `quiet`, the same request with `noreply`, is sent instead while a request that asks for
+    /// a reply went out less than [`SETTLE`] ago (see the module notes).
+    pub async fn send_checked_later(&self, what: &'static str, request: &[u8], quiet: Option<&[u8]>, check: Check) -> Result<()> {
         let mut line = self.later_line().await;
         let out = async {
-            line.settle(self.cfg.timeout, false).await?;
+            line.settle(self.cfg.timeout).await?;
             if line.conn.is_none() {
                 let opened = (runtime::generation(), self.later.closes.load(Ordering::SeqCst));
-                line.conn = Some(self.with_timeout("connect", Conn::open(&self.cfg)).await?);
+                line.conn = Some(self.with_timeout("connect", Conn::open_unwatched(&self.cfg)).await?);
                 line.opened = opened;
             }
+            let now = Instant::now();
+            let quiet = quiet.filter(|_| line.asked.is_some_and(|at| now - at < SETTLE));
             if let Some(conn) = line.conn.as_mut() {
-                self.with_timeout(what, conn.send(request)).await?;
+                self.with_timeout(what, conn.send(quiet.unwrap_or(request))).await?;
             }
-            line.in_flight.push_back(Sent { what, at: Instant::now(), check });
+            line.sent = Some(now);
+            if quiet.is_none() {
+                line.asked = Some(now);
+                line.in_flight.push_back(Sent { what, at: now, check });
+            }
             Ok(())
         }
         .await;
-        self.after_later(&mut line, out)
-    }
-
-    /// Waits for the reply of every request sent with [`Client::send_checked_later`] so far.
-    pub async fn check_sent(&self) -> Result<()> {
-        let mut line = self.later_line().await;
-        let out = line.settle(self.cfg.timeout, true).await;
         self.after_later(&mut line, out)
     }
 
@@ -149,7 +163,9 @@ impl Client {
         if line.conn.is_some() && line.opened != current {
             line.drop_conn();
         }
-        if line.in_flight.is_empty() && line.conn.as_mut().is_some_and(Conn::is_stale) {
+        // Looked at only after a pause: in a run of sends, a server gone is found by them.
+        let idle = line.in_flight.is_empty() && line.sent.map_or(true, |at| at.elapsed() >= SETTLE);
+        if idle && line.conn.as_mut().is_some_and(Conn::is_stale) {
             self.note_lost();
             line.drop_conn();
         }

@@ -166,6 +166,8 @@ pub struct MemcachedDriver {
     lock_timeout: f64,
     leader_timeout: f64,
     joined: Mutex<HashSet<Id>>,
+    /// The member's key and the beat's request, made once: asking for a reply, and quiet.
+    beat: (Vec<u8>, Vec<u8>, Vec<u8>),
 }
 
 /// The TTL sent for a key that must live `seconds` (see the module notes).
@@ -229,7 +231,14 @@ impl MemcachedDriver {
             max_pool_size,
             tls,
         });
+        let key = Self::beat_key(&member);
+        let beat_ttl = ttl(membership_timeout);
+        let beat = (
+            memcache::storage_request(Store::Set, &key, FLAG_BYTES, beat_ttl, STILL_ALIVE, None),
+            memcache::quiet_storage_request(Store::Set, &key, FLAG_BYTES, beat_ttl, STILL_ALIVE),
+        );
         Ok(MemcachedDriver {
+            beat: (key, beat.0, beat.1),
             shared: Arc::new(Shared { client, member, scope, courtesies: Courtesies::default(), held: Mutex::new(PerImage::new()) }),
             membership_timeout,
             lock_timeout,
@@ -375,10 +384,9 @@ impl MemcachedDriver {
     /// Refreshes this member's beat key. The reply is checked by the next beat (or by `stop`)
     /// rather than awaited: see `memcache_later.rs`.
     async fn beat(&self) -> Result<()> {
-        let key = Self::beat_key(self.member());
-        memcache::check_key(&key)?;
-        let request = memcache::storage_request(Store::Set, &key, FLAG_BYTES, ttl(self.membership_timeout), STILL_ALIVE, None);
-        self.client().send_checked_later("heartbeat", &request, |r| matches!(r, Reply::Stored)).await
+        let (key, request, quiet) = &self.beat;
+        memcache::check_key(key)?;
+        self.client().send_checked_later("heartbeat", request, Some(quiet), |r| matches!(r, Reply::Stored)).await
     }
 
     /// Releases the locks this process image holds.
@@ -421,8 +429,14 @@ impl Driver for MemcachedDriver {
         self.client().close();
         // Connects (and checks the member id makes a usable key) right away, as upstream, and
         // waits for the first beat's reply: a server that does not speak memcached fails here.
-        self.beat().await?;
-        self.client().check_sent().await
+        // On a pooled connection (from a caller's thread, one it reads itself): the beat's own
+        // connection is opened by the first heartbeat, so a coordinator never told to beat
+        // never opens it.
+        if self.client().store(Store::Set, &self.beat.0, FLAG_BYTES, ttl(self.membership_timeout), STILL_ALIVE).await? {
+            Ok(())
+        } else {
+            Err(Error::Tooz("memcached did not store the member's first heartbeat".into()))
+        }
     }
 
     /// Best effort: what cannot be cleaned up now (server gone) expires by itself.
@@ -432,13 +446,9 @@ impl Driver for MemcachedDriver {
             let _ = self.leave_group(&group).await;
         }
         self.release_held().await;
-        // On the beat's own connection, which also checks the last beat.
-        let delete = memcache::delete_request(&Self::beat_key(self.member()));
-        let gone = |r: &Reply| matches!(r, Reply::Deleted | Reply::NotFound);
-        if self.client().send_checked_later("delete", &delete, gone).await.is_ok() {
-            let _ = self.client().check_sent().await;
-        }
-        self.client().close();
+        // Like upstream's, a delete with `noreply` and then the connections closed: nothing
+        // waits for it (the key would lapse by itself anyway).
+        let _ = self.client().delete_then_close(&self.beat.0).await;
         Ok(())
     }
 
