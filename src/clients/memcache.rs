@@ -493,7 +493,8 @@ impl Conn {
     async fn read_more(&mut self) -> Result<()> {
         let io = match &mut self.io {
             Transport::Async(io) => io,
-            Transport::Blocking(tcp) if runtime::on_caller_thread() => {
+            // Off the runtime's context (nothing to register with), a blocking wait too.
+            Transport::Blocking(tcp) if runtime::on_caller_thread() || tokio::runtime::Handle::try_current().is_err() => {
                 return Self::read_more_blocking(tcp.as_raw_fd(), &mut self.buf);
             }
             Transport::Blocking(tcp) => return Self::read_more_watched(tcp.as_raw_fd(), &mut self.buf).await,
