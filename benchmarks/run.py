@@ -1,10 +1,14 @@
 """Ours against upstream tooz, same machine, same servers, same run.
 
-    .venv/bin/python benchmarks/run.py [--rounds 3] [--only NAME[,NAME]] [--backends file,ipc]
+    .venv/bin/python benchmarks/run.py [--rounds 5] [--seconds 1] [--only NAME[,NAME]] [--backends file,ipc]
 
 Each workload of ``workloads.py`` runs in a fresh process under our interpreter (``.venv/bin/python``
 with this package installed) and under ``.venv-upstream/bin/python`` (upstream tooz 9.1.0 from
-PyPI), alternating A, B, A, B for ``--rounds`` rounds to cancel drift. Prints one Markdown
+PyPI), alternating A, B, A, B for ``--rounds`` rounds to cancel drift. A loop of single
+operations runs for ``--seconds`` (time-based rounds, so the faster side does more); a
+workload of several processes does its given number of operations. The ratio column is the
+ratio of the medians, with the lowest and highest ratio of a round (ours ÷ upstream of the
+same round) beside it. Prints one Markdown
 table per backend: ops/s of each side (median of rounds, with min-max), the ratio ours /
 upstream, p50/p99 latency, and, where there is one, the raw-operation floor. Workloads that
 report acquisitions per process (``lock_fairness``) get a second table: the fewest and most
@@ -95,6 +99,7 @@ PLAN = {
         ("lock_contended", 2000, None),
         ("lock_fairness", 3000, None),
         ("coordinator_lifecycle", 300, None),
+        ("heartbeat", 2000, None),
     ],
     "none": [
         ("hashring_build_100", 20, None),
@@ -136,8 +141,13 @@ def url_for(backend, scratch):
     return "none://"
 
 
+# Seconds of each timed loop (``--seconds``).
+SECONDS = [1.0]
+
+
 def run_one(python, workload, url, ops):
-    out = subprocess.run([python, os.path.join(HERE, "workloads.py"), workload, url, "--ops", str(ops)],
+    out = subprocess.run([python, os.path.join(HERE, "workloads.py"), workload, url, "--ops", str(ops),
+                          "--seconds", str(SECONDS[0])],
                          capture_output=True, text=True, timeout=900, cwd=HERE)
     if out.returncode != 0:
         raise SystemExit("%s %s failed under %s:\n%s" % (workload, url, python, out.stderr))
@@ -170,16 +180,19 @@ def human(x):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--only", default="")
     parser.add_argument("--backends", default=",".join(PLAN))
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
+    SECONDS[0] = args.seconds
     if not os.path.exists(UPSTREAM):
         raise SystemExit("upstream virtualenv missing at %s: run scripts/setup.sh" % UPSTREAM)
     ours = sys.executable
     print("Machine: %s, %s CPUs, Python %s" % (platform.platform(), os.cpu_count(), platform.python_version()))
-    print("Rounds: %d, interleaved ours/upstream; ops/s shown as median (min–max)\n" % args.rounds)
+    print("Rounds: %d of %g s, interleaved ours/upstream; ops/s shown as median (min–max)\n"
+          % (args.rounds, args.seconds))
     scratch = tempfile.mkdtemp(prefix="tooz-bench-")
     try:
         run_backends(args, only, ours, scratch)
@@ -198,26 +211,34 @@ def run_backends(args, only, ours, scratch):
             floors = (floor,) if isinstance(floor, str) else (floor or ())
             a, b, f = [], [], {fl: [] for fl in floors}
             for _ in range(args.rounds):
+                # The floor right after ours: their ratio is read per round.
                 a.append(run_one(ours, workload, url, ops))
-                b.append(run_one(UPSTREAM, workload, url, ops))
                 for fl in floors:
                     f[fl].append(run_one(UPSTREAM if FLOOR_PYTHON.get(fl) == "upstream" else ours, fl, url, ops))
+                b.append(run_one(UPSTREAM, workload, url, ops))
             sa, sb = summarise(a), summarise(b)
-            rows.append((workload, sa, sb, [summarise(f[fl]) for fl in floors], a, b))
+            rows.append((workload, sa, sb, [(summarise(f[fl]), round_ratios(a, f[fl])) for fl in floors], a, b))
         if not rows:
             continue
         print("### %s\n" % ("hash ring (no backend)" if backend == "none" else backend))
         print("| operation | upstream ops/s | ours ops/s | ours/upstream | p50 µs up / ours | p99 µs up / ours "
               "| floor ops/s | ours/floor |")
         print("|---|---|---|---|---|---|---|---|")
-        for workload, sa, sb, sf, _, _ in rows:
-            floor_cols = ("%s | %s" % (" / ".join(human(x["median"]) for x in sf),
-                                       " / ".join("%.2f" % (sa["median"] / x["median"]) for x in sf))) if sf else "– | –"
-            print("| %s | %s | %s | **%.2f×** | %.2f / %.2f | %.2f / %.2f | %s |" % (
-                workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], sb["p50"], sa["p50"],
-                sb["p99"], sa["p99"], floor_cols))
+        for workload, sa, sb, sf, a, b in rows:
+            floor_cols = ("%s | %s" % (" / ".join(human(x["median"]) for x, _ in sf),
+                                       " / ".join("%.2f (%s)" % (sa["median"] / x["median"], r) for x, r in sf))
+                          ) if sf else "– | –"
+            print("| %s | %s | %s | **%.2f×** (%s) | %.2f / %.2f | %.2f / %.2f | %s |" % (
+                workload, fmt_rate(sb), fmt_rate(sa), sa["median"] / sb["median"], round_ratios(a, b), sb["p50"],
+                sa["p50"], sb["p99"], sa["p99"], floor_cols))
         print()
         print_fairness(rows)
+
+
+def round_ratios(ours, upstream):
+    """The lowest and highest ours ÷ upstream of one round (each pair ran back to back)."""
+    ratios = [(x["ops"] / x["seconds"]) / (y["ops"] / y["seconds"]) for x, y in zip(ours, upstream)]
+    return "%.2f–%.2f" % (min(ratios), max(ratios))
 
 
 def spread(results):
