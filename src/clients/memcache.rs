@@ -347,10 +347,7 @@ impl Conn {
             match tried {
                 Ok(tcp) => {
                     tcp.set_nodelay(true).ok();
-                    let limit = cfg.timeout.map(|t| t.max(Duration::from_millis(1)));
-                    tcp.set_write_timeout(limit).map_err(cannot)?;
-                    tcp.set_read_timeout(limit).map_err(cannot)?;
-                    return Ok(Conn { io: Transport::Blocking(tcp), buf: Vec::new(), fd: None, spin_misses: 0 });
+                    return Conn::blocking(tcp, cfg).map_err(cannot);
                 }
                 Err(e) => last = Some(e),
             }
@@ -479,13 +476,19 @@ impl Conn {
         if runtime::on_caller_thread() {
             return Conn::open_blocking(cfg);
         }
-        let keep = |e| conn_err("cannot keep the memcached connection", e);
         // Deregistered from the runtime's epoll; blocking again, as a caller's would be.
+        let keep = |e| conn_err("cannot keep the memcached connection", e);
         let tcp = Conn::connect(cfg).await?.into_std().map_err(keep)?;
-        let limit = cfg.timeout.map(|t| t.max(Duration::from_millis(1)));
         tcp.set_nonblocking(false).map_err(keep)?;
-        tcp.set_write_timeout(limit).map_err(keep)?;
-        tcp.set_read_timeout(limit).map_err(keep)?;
+        Conn::blocking(tcp, cfg).map_err(keep)
+    }
+
+    /// A [`Transport::Blocking`] connection over `tcp`: each write and each wait for reply
+    /// bytes bounded by the request budget.
+    fn blocking(tcp: std::net::TcpStream, cfg: &Config) -> std::io::Result<Conn> {
+        let limit = cfg.timeout.map(|t| t.max(Duration::from_millis(1)));
+        tcp.set_write_timeout(limit)?;
+        tcp.set_read_timeout(limit)?;
         Ok(Conn { io: Transport::Blocking(tcp), buf: Vec::new(), fd: None, spin_misses: 0 })
     }
 
