@@ -166,8 +166,15 @@ pub struct MemcachedDriver {
     lock_timeout: f64,
     leader_timeout: f64,
     joined: Mutex<HashSet<Id>>,
-    /// The member's key and the beat's request, made once: asking for a reply, and quiet.
-    beat: (Vec<u8>, Vec<u8>, Vec<u8>),
+    beat: Beat,
+}
+
+/// The member's key and the beat's request, made once.
+struct Beat {
+    key: Vec<u8>,
+    /// Asking for a reply, and the same with `noreply` (see `memcache_later.rs`).
+    request: Vec<u8>,
+    quiet: Vec<u8>,
 }
 
 /// The TTL sent for a key that must live `seconds` (see the module notes).
@@ -233,12 +240,13 @@ impl MemcachedDriver {
         });
         let key = Self::beat_key(&member);
         let beat_ttl = ttl(membership_timeout);
-        let beat = (
-            memcache::storage_request(Store::Set, &key, FLAG_BYTES, beat_ttl, STILL_ALIVE, None),
-            memcache::quiet_storage_request(Store::Set, &key, FLAG_BYTES, beat_ttl, STILL_ALIVE),
-        );
+        let beat = Beat {
+            request: memcache::storage_request(Store::Set, &key, FLAG_BYTES, beat_ttl, STILL_ALIVE, None),
+            quiet: memcache::quiet_storage_request(Store::Set, &key, FLAG_BYTES, beat_ttl, STILL_ALIVE),
+            key,
+        };
         Ok(MemcachedDriver {
-            beat: (key, beat.0, beat.1),
+            beat,
             shared: Arc::new(Shared { client, member, scope, courtesies: Courtesies::default(), held: Mutex::new(PerImage::new()) }),
             membership_timeout,
             lock_timeout,
@@ -381,10 +389,11 @@ impl MemcachedDriver {
         Err(Error::Tooz(format!("group {group} kept changing under us; gave up")))
     }
 
-    /// Refreshes this member's beat key. The reply is checked by the next beat (or by `stop`)
-    /// rather than awaited: see `memcache_later.rs`.
+    /// Refreshes this member's beat key. The reply is checked by a later beat rather than
+    /// awaited, and a beat soon after one that asked for a reply asks for none: see
+    /// `memcache_later.rs`.
     async fn beat(&self) -> Result<()> {
-        let (key, request, quiet) = &self.beat;
+        let Beat { key, request, quiet } = &self.beat;
         memcache::check_key(key)?;
         self.client().send_checked_later("heartbeat", request, Some(quiet), |r| matches!(r, Reply::Stored)).await
     }
@@ -432,7 +441,7 @@ impl Driver for MemcachedDriver {
         // On a pooled connection (from a caller's thread, one it reads itself): the beat's own
         // connection is opened by the first heartbeat, so a coordinator never told to beat
         // never opens it.
-        if self.client().store(Store::Set, &self.beat.0, FLAG_BYTES, ttl(self.membership_timeout), STILL_ALIVE).await? {
+        if self.client().store(Store::Set, &self.beat.key, FLAG_BYTES, ttl(self.membership_timeout), STILL_ALIVE).await? {
             Ok(())
         } else {
             Err(Error::Tooz("memcached did not store the member's first heartbeat".into()))
@@ -448,7 +457,7 @@ impl Driver for MemcachedDriver {
         self.release_held().await;
         // Like upstream's, a delete with `noreply` and then the connections closed: nothing
         // waits for it (the key would lapse by itself anyway).
-        let _ = self.client().delete_then_close(&self.beat.0).await;
+        let _ = self.client().delete_then_close(&self.beat.key).await;
         Ok(())
     }
 
