@@ -64,6 +64,15 @@ pub fn runtime() -> &'static Runtime {
 
 thread_local! {
     static CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Until when this thread polls a future in [`poll_briefly`].
+    static BRIEF: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// What is left of the moment [`poll_briefly`] polls for, when this thread is in one: a client
+/// may wait that long for a reply here (e.g. in `poll(2)`) before handing its wait to the
+/// runtime's reactor.
+pub fn brief_budget() -> Option<std::time::Duration> {
+    BRIEF.with(|b| b.get()).map(|until| until.saturating_duration_since(std::time::Instant::now())).filter(|d| !d.is_zero())
 }
 
 /// Runs a future to completion from a thread that is not a runtime worker.
@@ -234,7 +243,14 @@ pub fn poll_briefly<F: Future + Unpin>(fut: &mut F, budget: std::time::Duration)
             self.0.unpark();
         }
     }
+    struct Brief(Option<std::time::Instant>);
+    impl Drop for Brief {
+        fn drop(&mut self) {
+            BRIEF.with(|b| b.set(self.0));
+        }
+    }
     let until = std::time::Instant::now() + budget;
+    let _restore = Brief(BRIEF.with(|b| b.replace(Some(until))));
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let _context = runtime().enter();

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -271,6 +272,53 @@ def test_password_never_leaks(make_coordinator):
         with pytest.raises(coordination.ToozConnectionError) as e:
             c.get_groups().get()
         assert secret not in str(e.value)
+    finally:
+        server.close()
+
+
+# Under eventlet, a call polled on the greenthread's own thread goes on a connection of the
+# core's own (clients::resp), which authenticates and selects the database itself and sends
+# a script with EVAL when the server has dropped it from its cache.
+GREEN_OWN = r"""
+import eventlet
+eventlet.monkey_patch()
+import sys
+from tooz import coordination
+c = coordination.get_coordinator(sys.argv[1], b"green-own")
+c.start()
+lock = c.get_lock(b"own-lock")
+for _ in range(50):
+    assert lock.acquire() and lock.release()
+assert lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()  # the server's script cache is flushed meanwhile
+print(c.get_lock(b"own-lock").acquire(blocking=False), lock.release(), lock.acquire(blocking=False), flush=True)
+c.stop()
+"""
+
+
+def test_green_calls_on_the_cores_own_connections_authenticate_select_and_reload_scripts():
+    pytest.importorskip("eventlet")
+    secret = "s3cr3t-" + new_id().decode()
+    server = redis(extra=("--requirepass", secret)).start()
+    try:
+        url = "redis://:%s@127.0.0.1:%d?db=3" % (secret, server.port)
+        proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", GREEN_OWN, url], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "held", proc.stderr.read()
+            assert int(redis_cli(server.port, "-n", "3", "DBSIZE", password=secret)) > 0
+            assert int(redis_cli(server.port, "-n", "0", "DBSIZE", password=secret)) == 0
+            assert redis_cli(server.port, "SCRIPT", "FLUSH", password=secret) == "OK"
+            out, err = proc.communicate("go\n", timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert out.split() == ["False", "True", "True"], (out, err)
+        # The script went again as EVAL, which only a connection of our own sends (the
+        # multiplexed one loads it with SCRIPT LOAD and sends EVALSHA again).
+        assert "cmdstat_eval:" in redis_cli(server.port, "INFO", "commandstats", password=secret)
     finally:
         server.close()
 

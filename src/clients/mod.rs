@@ -6,5 +6,6 @@
 pub mod etcd;
 pub mod memcache;
 pub mod pg_tls;
+pub mod resp;
 pub mod tls;
 pub mod zookeeper;

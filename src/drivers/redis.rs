@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::options::Options;
-use super::redis_link::{redis_err, Link, Target};
+use super::redis_link::{redis_err, Link, Request, Target};
 use super::handoff::{Courtesies, Courtesy};
 use super::ttl_lock::{self, Attempt};
 use super::Url;
@@ -127,29 +127,42 @@ if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[
 return 0"#;
 
 struct Scripts {
-    create_group: Script,
-    delete_group: Script,
-    join_group: Script,
-    leave_group: Script,
-    update_capabilities: Script,
-    get_members: Script,
-    release_lock: Script,
-    extend_lock: Script,
-    acquire_lock: Script,
+    create_group: Lua,
+    delete_group: Lua,
+    join_group: Lua,
+    leave_group: Lua,
+    update_capabilities: Lua,
+    get_members: Lua,
+    release_lock: Lua,
+    extend_lock: Lua,
+    acquire_lock: Lua,
+}
+
+/// A Lua script, and its source for `EVAL` when the server has not cached it (a call on a
+/// connection of our own, see `redis_link.rs`).
+struct Lua {
+    script: Script,
+    source: &'static str,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Lua {
+        Lua { script: Script::new(source), source }
+    }
 }
 
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            create_group: Script::new(CREATE_GROUP),
-            delete_group: Script::new(DELETE_GROUP),
-            join_group: Script::new(JOIN_GROUP),
-            leave_group: Script::new(LEAVE_GROUP),
-            update_capabilities: Script::new(UPDATE_CAPABILITIES),
-            get_members: Script::new(GET_MEMBERS),
-            release_lock: Script::new(RELEASE_LOCK),
-            extend_lock: Script::new(EXTEND_LOCK),
-            acquire_lock: Script::new(ACQUIRE_LOCK),
+            create_group: Lua::new(CREATE_GROUP),
+            delete_group: Lua::new(DELETE_GROUP),
+            join_group: Lua::new(JOIN_GROUP),
+            leave_group: Lua::new(LEAVE_GROUP),
+            update_capabilities: Lua::new(UPDATE_CAPABILITIES),
+            get_members: Lua::new(GET_MEMBERS),
+            release_lock: Lua::new(RELEASE_LOCK),
+            extend_lock: Lua::new(EXTEND_LOCK),
+            acquire_lock: Lua::new(ACQUIRE_LOCK),
         }
     }
 }
@@ -224,9 +237,9 @@ impl Shared {
     }
 
     /// Runs one of the scripts with `keys` and `args`.
-    async fn eval<T: redis::FromRedisValue>(&self, what: &str, script: &Script, keys: &[&[u8]], args: &[&[u8]]) -> Result<T> {
+    async fn eval<T: redis::FromRedisValue>(&self, what: &str, lua: &Lua, keys: &[&[u8]], args: &[&[u8]]) -> Result<T> {
         let prepare = || {
-            let mut call = script.prepare_invoke();
+            let mut call = lua.script.prepare_invoke();
             for k in keys {
                 call.key(*k);
             }
@@ -235,14 +248,16 @@ impl Shared {
             }
             call
         };
+        let own = Request::Script { hash: lua.script.get_hash(), source: lua.source, keys, args };
         self.link
-            .call(what, |c| prepare().invoke(c), |mut c| async move { prepare().invoke_async(&mut c).await })
+            .call(what, |c| prepare().invoke(c), |mut c| async move { prepare().invoke_async(&mut c).await }, Some(own))
             .await
     }
 
     /// Runs one command.
     async fn query<T: redis::FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
-        self.link.call(what, |c| cmd.query(c), |mut c| async move { cmd.query_async(&mut c).await }).await
+        let own = Request::Cmd(cmd);
+        self.link.call(what, |c| cmd.query(c), |mut c| async move { cmd.query_async(&mut c).await }, Some(own)).await
     }
 
     fn px(seconds: f64) -> u64 {
@@ -664,7 +679,7 @@ impl Driver for RedisDriver {
         let (exists, caps): (bool, Option<Vec<u8>>) = self
             .shared
             .link
-            .call("get member capabilities", |c| pipe.query(c), |mut c| async move { pipe.query_async(&mut c).await })
+            .call("get member capabilities", |c| pipe.query(c), |mut c| async move { pipe.query_async(&mut c).await }, None)
             .await?;
         if !exists {
             return Err(Error::GroupNotCreated(group.clone()));

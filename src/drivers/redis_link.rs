@@ -10,6 +10,11 @@
 //!   (two thread switches a call). A pool keeps one per concurrently calling thread; a
 //!   connection is only ever used by one call at a time. Not used with Sentinel (the master
 //!   is found through the async client).
+//! * Connections of our own (`clients::resp`) for a call polled briefly on the caller's thread
+//!   (an eventlet greenthread's, `runtime::brief_budget`): the caller writes the request and
+//!   waits for the reply in `ppoll(2)` for that moment, then the call goes on on the runtime
+//!   on the same connection. Plain TCP with RESP2 only (otherwise, the multiplexed
+//!   connection); pipelines go through the others.
 //!
 //! [`Link::epoch`] moves whenever a connection of either kind is lost: the server's memory
 //! may have gone with it, and the coordinator re-joins its groups.
@@ -21,6 +26,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
+use crate::clients::resp;
 use crate::error::{Error, Result};
 use crate::pool::Idle;
 use crate::runtime::{self, PerImage};
@@ -61,6 +67,9 @@ pub(super) struct Link {
     current: Mutex<PerImage<Option<MultiplexedConnection>>>,
     /// Idle blocking connections.
     idle: Idle<redis::Connection>,
+    /// Where and how connections of our own connect (plain TCP, RESP2), and the idle ones.
+    own: Option<OwnTarget>,
+    idle_own: Idle<resp::Conn>,
     /// Connections lost so far.
     losses: AtomicU64,
     health: crate::log::Health,
@@ -68,8 +77,63 @@ pub(super) struct Link {
     master: Mutex<Option<String>>,
 }
 
+/// What a connection of our own needs to connect.
+struct OwnTarget {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+impl OwnTarget {
+    fn of(target: &Target) -> Option<OwnTarget> {
+        let Target::Direct(client) = target else { return None };
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else { return None };
+        let settings = info.redis_settings();
+        if settings.protocol() != redis::ProtocolVersion::RESP2 {
+            return None;
+        }
+        Some(OwnTarget {
+            host: host.clone(),
+            port: *port,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+        })
+    }
+}
+
+/// A call as a connection of our own sends it.
+pub(super) enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    /// `EVALSHA`, and `EVAL` of the source when the server has not cached the script.
+    Script { hash: &'a str, source: &'a str, keys: &'a [&'a [u8]], args: &'a [&'a [u8]] },
+}
+
+impl Request<'_> {
+    async fn run(&self, conn: &mut resp::Conn) -> redis::RedisResult<redis::Value> {
+        match self {
+            Request::Cmd(cmd) => conn.exchange(&cmd.get_packed_command()).await,
+            Request::Script { hash, source, keys, args } => {
+                let packed = |verb: &str, body: &str| {
+                    let mut cmd = redis::cmd(verb);
+                    cmd.arg(body).arg(keys.len()).arg(*keys).arg(*args);
+                    cmd.get_packed_command()
+                };
+                match conn.exchange(&packed("EVALSHA", hash)).await {
+                    Err(e) if e.code() == Some("NOSCRIPT") => conn.exchange(&packed("EVAL", source)).await,
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
 impl Link {
     pub(super) fn new(target: Target, call_timeout: Duration, connect_timeout: Duration, health: crate::log::Health) -> Link {
+        let own = OwnTarget::of(&target);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(call_timeout));
@@ -80,6 +144,8 @@ impl Link {
             connect_timeout,
             current: Mutex::new(PerImage::new()),
             idle: Idle::default(),
+            own,
+            idle_own: Idle::default(),
             losses: AtomicU64::new(0),
             health,
             master: Mutex::new(None),
@@ -132,6 +198,7 @@ impl Link {
     pub(super) fn forget(&self) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()).get() = None;
         drop(self.idle.drain());
+        drop(self.idle_own.drain());
     }
 
     /// A connection failed: the next call uses a new one, and the epoch moves.
@@ -146,17 +213,24 @@ impl Link {
     }
 
     /// Runs a command on a connection and returns its reply: `sync` on a blocking connection
-    /// from a caller's thread, `op` on the multiplexed one otherwise. After a connection
-    /// error, once more on a fresh connection.
-    pub(super) async fn call<T, S, F, Fut>(&self, what: &str, sync: S, op: F) -> Result<T>
+    /// from a caller's thread, `own` on a connection of our own when polled briefly on one,
+    /// `op` on the multiplexed one otherwise. After a connection error, once more on a fresh
+    /// connection.
+    pub(super) async fn call<T, S, F, Fut>(&self, what: &str, sync: S, op: F, own: Option<Request<'_>>) -> Result<T>
     where
+        T: redis::FromRedisValue,
         S: Fn(&mut redis::Connection) -> redis::RedisResult<T>,
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let own = own.filter(|_| self.own.is_some() && runtime::brief_budget().is_some());
         let mut last = None;
         for _attempt in 0..2 {
-            let outcome = if self.blocking() { self.call_blocking(what, &sync) } else { self.call_async(what, &op).await };
+            let outcome = match &own {
+                _ if self.blocking() => self.call_blocking(what, &sync),
+                Some(request) => self.call_own(what, request).await,
+                None => self.call_async(what, &op).await,
+            };
             match outcome {
                 Ok(v) => {
                     self.health.up();
@@ -188,6 +262,41 @@ impl Link {
             }
             Err(_) => {
                 self.lost();
+                Err(Error::Connection(format!("{what}: timed out after {:?}", self.call_timeout)))
+            }
+        }
+    }
+
+    /// [`Link::call`] on a connection of our own: one from the idle ones, or a new one.
+    async fn call_own<T: redis::FromRedisValue>(&self, what: &str, request: &Request<'_>) -> Result<T> {
+        let Some(own) = &self.own else {
+            return Err(Error::Connection(format!("{what}: no connection of our own to this server")));
+        };
+        let exchange = async {
+            let mut conn = match self.idle_own.take() {
+                Some(c) => c,
+                None => {
+                    let open = resp::Conn::open(&own.host, own.port, own.username.as_deref(), own.password.as_deref(), own.db);
+                    tokio::time::timeout(self.connect_timeout, open)
+                        .await
+                        .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
+                        .map_err(|e| redis_err("cannot connect to Redis", e))?
+                }
+            };
+            let value = request.run(&mut conn).await;
+            if conn.usable() {
+                drop(self.idle_own.put(conn, IDLE_BLOCKING));
+            }
+            value.and_then(|v| T::from_redis_value(v).map_err(redis::RedisError::from)).map_err(|e| redis_err(what, e))
+        };
+        match tokio::time::timeout(self.call_timeout, exchange).await {
+            Ok(Err(e @ Error::Connection(_))) => {
+                self.losses.fetch_add(1, Ordering::SeqCst);
+                Err(e)
+            }
+            Ok(out) => out,
+            Err(_) => {
+                self.losses.fetch_add(1, Ordering::SeqCst);
                 Err(Error::Connection(format!("{what}: timed out after {:?}", self.call_timeout)))
             }
         }

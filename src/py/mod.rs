@@ -529,10 +529,10 @@ impl PyLock {
         self.core.keep_leases();
         let lock = self.lock.clone();
         if green::active(py) {
-            // On the runtime (no reply read on this thread); withdrawn when interrupted, and a
-            // lock won as the interruption came is let go.
-            let acquire = Acquire::start(lock.clone(), wait, shared);
-            return green::wait(py, async move { acquire.finish().await }, green::Left::Abort, move |won| {
+            // Polled here for a moment, then on the runtime (see `green::wait_for`); dropped,
+            // so withdrawn, when interrupted, and a lock won as the interruption came is let go.
+            let attempt = lock.clone();
+            return green::wait(py, async move { attempt.acquire(wait, shared).await }, green::Left::Abort, move |won| {
                 if let Ok(true) = won {
                     aio::let_go(lock);
                 }
