@@ -94,6 +94,25 @@ pub fn on_caller_thread() -> bool {
     CALLER.with(|c| c.get())
 }
 
+/// Waits, through the runtime's reactor, until the socket `fd` is ready for `interest`. It is
+/// registered for this wait only: a socket the reactor does not otherwise watch (one a
+/// caller's thread reads itself) wakes no runtime thread at other times.
+///
+/// # Safety
+/// `fd` must stay open, and the same descriptor, until the future is done or dropped.
+pub async unsafe fn fd_ready(fd: std::os::fd::RawFd, interest: tokio::io::Interest) -> std::io::Result<()> {
+    struct Borrowed(std::os::fd::RawFd);
+    impl std::os::fd::AsRawFd for Borrowed {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0
+        }
+    }
+    // SAFETY: the caller keeps `fd` open and the same until `watched` is dropped below.
+    let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Borrowed(fd), interest) }
+        .map_err(|e| e.into_parts().1)?;
+    watched.ready(interest).await.map(drop)
+}
+
 /// A task to run to completion on the runtime.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 

@@ -390,22 +390,13 @@ impl Conn {
     /// [`Conn::read_more_blocking`] on a runtime worker, which must not block: the socket is
     /// registered with the runtime for this wait only.
     async fn read_more_watched(fd: std::os::fd::RawFd, buf: &mut Vec<u8>) -> Result<()> {
-        struct Borrowed(std::os::fd::RawFd);
-        impl AsRawFd for Borrowed {
-            fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                self.0
-            }
-        }
-        // SAFETY: `fd` is the socket of the connection this wait borrows mutably: it stays
-        // open, and the same, until `watched` is dropped at the end of this function.
-        let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Borrowed(fd), tokio::io::Interest::READABLE) }
-            .map_err(|e| conn_err("memcached read failed", e))?;
         loop {
-            let mut ready = watched.readable().await.map_err(|e| conn_err("memcached read failed", e))?;
+            // SAFETY: `fd` is the socket of the connection this wait borrows mutably.
+            unsafe { runtime::fd_ready(fd, tokio::io::Interest::READABLE) }.await.map_err(|e| conn_err("memcached read failed", e))?;
             match recv_now(fd, buf) {
                 Ok(0) => return Err(closed()),
                 Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(conn_err("memcached read failed", e)),
             }
         }

@@ -139,19 +139,9 @@ async fn wait(fd: RawFd, interest: tokio::io::Interest, events: libc::c_short) -
             return Ok(());
         }
     }
-    struct Borrowed(RawFd);
-    impl AsRawFd for Borrowed {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0
-        }
-    }
-    // SAFETY: `fd` is the socket of the connection this wait borrows mutably: open, and the
-    // same, until `watched` is dropped at the end of this function.
-    let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Borrowed(fd), interest) }
-        .map_err(|e| io_err(e.into_parts().1))?;
-    let ready = watched.ready(interest).await.map_err(io_err)?;
-    drop(ready);
-    Ok(())
+    // SAFETY: `fd` is the socket of the connection whose request waits here (borrowed
+    // mutably by it for the whole wait).
+    unsafe { runtime::fd_ready(fd, interest) }.await.map_err(io_err)
 }
 
 /// Whether `fd` became ready for `events` within `left` (`ppoll(2)`, microsecond timeout).

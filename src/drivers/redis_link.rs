@@ -223,12 +223,12 @@ impl Link {
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let own = own.filter(|_| self.own.is_some() && runtime::brief_budget().is_some());
+        let own = own.zip(self.own.as_ref()).filter(|_| runtime::brief_budget().is_some());
         let mut last = None;
         for _attempt in 0..2 {
             let outcome = match &own {
                 _ if self.blocking() => self.call_blocking(what, &sync),
-                Some(request) => self.call_own(what, request).await,
+                Some((request, target)) => self.call_own(what, target, request).await,
                 None => self.call_async(what, &op).await,
             };
             match outcome {
@@ -268,10 +268,7 @@ impl Link {
     }
 
     /// [`Link::call`] on a connection of our own: one from the idle ones, or a new one.
-    async fn call_own<T: redis::FromRedisValue>(&self, what: &str, request: &Request<'_>) -> Result<T> {
-        let Some(own) = &self.own else {
-            return Err(Error::Connection(format!("{what}: no connection of our own to this server")));
-        };
+    async fn call_own<T: redis::FromRedisValue>(&self, what: &str, own: &OwnTarget, request: &Request<'_>) -> Result<T> {
         let exchange = async {
             let mut conn = match self.idle_own.take() {
                 Some(c) => c,
