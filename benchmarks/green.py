@@ -10,7 +10,10 @@ run, alternating ours, upstream for ``--rounds`` rounds. Prints a Markdown table
 release pairs per second: the median of the rounds with min-max, and the ratio ours / upstream
 as min-max over the rounds (each round's ours over the same round's upstream). For one
 greenthread on redis and memcached it also shows the floor: two bare request/reply round
-trips over a green socket (an acquire and a release are one request each), which bounds both.
+trips over a green socket (an acquire and a release are one request each), which bounds a
+client that waits for its replies in the hub, as upstream's does. Ours, alone in the hub, looks
+for the reply on the calling thread without sleeping first (``runtime::SPIN``), which spares
+the CPU's wake-up and so can pass that floor.
 """
 
 import argparse
@@ -53,9 +56,9 @@ print(json.dumps({"rate": count[0] / seconds}))
 '''
 
 
-# The floor of one greenthread's pair on redis and memcached: two round trips to the server
-# (a lock's acquire and release are one request each, on either side), over a green socket
-# read in the hub, with no client library at all.
+# The floor of one greenthread's pair on redis and memcached for a client over green sockets:
+# two round trips to the server (a lock's acquire and release are one request each, on either
+# side), over a green socket read in the hub, with no client library at all.
 FLOOR = r'''
 import eventlet
 eventlet.monkey_patch()

@@ -99,7 +99,10 @@ def zookeeper(port=None, tls=None):
 
     tickTime 500 ms lets sessions be as short as 1 s (ZooKeeper's floor is two ticks), so
     session-expiry tests run quickly; the admin HTTP server is off; any number of sessions
-    from one address (the benchmarks' groups of 1,000 members are 1,000 sessions). ``tls`` =
+    from one address (the benchmarks' groups of 1,000 members are 1,000 sessions); no fsync of
+    its transaction log (``forceSync=no``), as the other servers here (PostgreSQL's fsync=off,
+    etcd on tmpfs): a test server is there to exercise, and a benchmark to time, the client,
+    not this machine's disk. ``tls`` =
     ``{"key_pem": <key+cert PEM>, "ca_pem": <CA PEM>, "client_auth": "none"|"need"}`` adds a
     TLS port (``server.secure_port``) served by Netty."""
     java = shutil.which("java") or "/usr/bin/java"
@@ -122,7 +125,7 @@ def zookeeper(port=None, tls=None):
         with open(conf, "w") as f:
             f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
                     "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
-                    "4lw.commands.whitelist=*\nmaxClientCnxns=0\n%s" % (data, port, extra_config))
+                    "4lw.commands.whitelist=*\nmaxClientCnxns=0\nforceSync=no\n%s" % (data, port, extra_config))
         return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
                 "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
 

@@ -1,9 +1,11 @@
 //! One Redis request at a time over a plain TCP socket that the caller's thread writes and
 //! reads itself, for a call polled briefly on that thread ([`runtime::brief_budget`]: an
 //! eventlet-patched process's greenthread, which may hold its OS thread about as long as a
-//! green socket call would). The reply is awaited there for what is left of that moment
-//! (`ppoll(2)`); past it, the wait goes on through the runtime's reactor, registered for that
-//! wait only, so the call can move to a runtime thread without blocking anyone.
+//! green socket call would). The reply is awaited there for what is left of that moment,
+//! first without sleeping ([`runtime::SPIN`]: a near server's reply comes sooner than a
+//! sleeping CPU wakes), then in `ppoll(2)`; past it, the wait goes on through the runtime's
+//! reactor, registered for that wait only, so the call can move to a runtime thread without
+//! blocking anyone.
 //!
 //! Requests are packed and replies parsed by the `redis` crate; this only moves the bytes and
 //! finds where a RESP2 reply ends ([`reply_len`], a pure function, unit-tested). The
@@ -131,12 +133,18 @@ impl Conn {
     }
 }
 
-/// Waits until `fd` is ready for `interest`: on the caller's thread with `ppoll(2)` for what is
-/// left of its brief moment, then (or on a runtime thread) through the runtime's reactor.
+/// Waits until `fd` is ready for `interest`: on the caller's thread for what is left of its
+/// brief moment (looking without sleeping for up to [`runtime::SPIN`], then in `ppoll(2)`),
+/// then (or on a runtime thread) through the runtime's reactor.
 async fn wait(fd: RawFd, interest: tokio::io::Interest, events: libc::c_short) -> RedisResult<()> {
     if let Some(left) = runtime::brief_budget() {
-        if poll_for(fd, events, left) {
+        if runtime::spin_until(left.min(runtime::SPIN), || poll_for(fd, events, Duration::ZERO)) {
             return Ok(());
+        }
+        if let Some(left) = runtime::brief_budget() {
+            if poll_for(fd, events, left) {
+                return Ok(());
+            }
         }
     }
     // SAFETY: `fd` is the socket of the connection whose request waits here (borrowed

@@ -13,7 +13,9 @@
 //! socket call may hold the thread) when no other call of ours waits in the hub: a call that
 //! ends within a round trip to the server then costs no hop to a runtime thread and back and
 //! no wake-up through the hub, which is what one greenthread alone would otherwise pay. One
-//! that takes longer goes on where it stands, moved to the runtime.
+//! that takes longer goes on where it stands, moved to the runtime. The thread does not sleep
+//! for the first [`runtime::SPIN`] of each wait in that moment: a near server answers sooner
+//! than a sleeping CPU wakes up.
 //!
 //! Nor does Python run on a thread of ours there (its locks are green and belong to the hub's
 //! thread): log records and callbacks are handed to a greenthread of the hub (the

@@ -124,6 +124,8 @@ struct Watcher {
 /// which the watch is gone). A watch outlives dropped connections: it is set again on the
 /// next connection of the session (`SetWatches`), as ZooKeeper's own clients do.
 pub type Watch = oneshot::Receiver<()>;
+/// Where the reply to a request sent ahead lands.
+pub type Answer = oneshot::Receiver<ZkResult<Vec<u8>>>;
 
 /// The watches a session has set, by server path: on nodes that existed when the watch was
 /// set ("data" watches: fire on change or deletion) and on nodes that did not ("exist"
@@ -275,7 +277,7 @@ impl Client {
     }
 
     /// Sends a request now (so several can be in flight) and returns where its reply lands.
-    fn send(&self, op: i32, payload: Vec<u8>, watch: Option<Watcher>) -> ZkResult<oneshot::Receiver<ZkResult<Vec<u8>>>> {
+    fn send(&self, op: i32, payload: Vec<u8>, watch: Option<Watcher>) -> ZkResult<Answer> {
         let epoch = match self.state() {
             State::Connected(e) => e,
             State::Connecting => return Err(ZkError::ConnectionLoss),
@@ -289,7 +291,7 @@ impl Client {
         Ok(receiver)
     }
 
-    async fn reply(receiver: oneshot::Receiver<ZkResult<Vec<u8>>>) -> ZkResult<Vec<u8>> {
+    async fn reply(receiver: Answer) -> ZkResult<Vec<u8>> {
         receiver.await.unwrap_or(Err(ZkError::ConnectionLoss))
     }
 
@@ -299,7 +301,17 @@ impl Client {
 
     /// Creates a node; returns its path (with the sequence number, for sequential nodes).
     pub async fn create(&self, path: &str, data: &[u8], acls: &[Acl], flags: i32) -> ZkResult<String> {
-        let body = self.call(op::CREATE, proto::create(&self.server_path(path), data, acls, flags)).await?;
+        self.finish_create(self.start_create(path, data, acls, flags)?).await
+    }
+
+    /// Starts a create (see [`Client::finish_create`]). The server answers a session's
+    /// requests in the order they came, so a read started right after it sees the new node.
+    pub fn start_create(&self, path: &str, data: &[u8], acls: &[Acl], flags: i32) -> ZkResult<Answer> {
+        self.send(op::CREATE, proto::create(&self.server_path(path), data, acls, flags), None)
+    }
+
+    pub async fn finish_create(&self, answer: Answer) -> ZkResult<String> {
+        let body = Self::reply(answer).await?;
         let created = Reader::new(&body).string().map_err(|e| ZkError::Protocol(e.0.into()))?;
         Ok(match created.strip_prefix(self.inner.chroot.as_str()) {
             Some(rest) if !self.inner.chroot.is_empty() => if rest.is_empty() { "/".to_owned() } else { rest.to_owned() },
@@ -313,12 +325,12 @@ impl Client {
 
     /// Starts a read of a node's data (see [`Client::finish_get_data`]); requests started
     /// one after the other travel together.
-    pub fn start_get_data(&self, path: &str) -> ZkResult<oneshot::Receiver<ZkResult<Vec<u8>>>> {
+    pub fn start_get_data(&self, path: &str) -> ZkResult<Answer> {
         self.send(op::GET_DATA, proto::path_and_watch(&self.server_path(path), false), None)
     }
 
-    pub async fn finish_get_data(pending: oneshot::Receiver<ZkResult<Vec<u8>>>) -> ZkResult<(Vec<u8>, Stat)> {
-        let body = Self::reply(pending).await?;
+    pub async fn finish_get_data(answer: Answer) -> ZkResult<(Vec<u8>, Stat)> {
+        let body = Self::reply(answer).await?;
         let mut r = Reader::new(&body);
         let data = r.buffer().map_err(|e| ZkError::Protocol(e.0.into()))?;
         let stat = r.stat().map_err(|e| ZkError::Protocol(e.0.into()))?;
@@ -335,7 +347,16 @@ impl Client {
     }
 
     pub async fn get_children(&self, path: &str) -> ZkResult<Vec<String>> {
-        let body = self.call(op::GET_CHILDREN, proto::path_and_watch(&self.server_path(path), false)).await?;
+        Self::finish_get_children(self.start_get_children(path)?).await
+    }
+
+    /// Starts a listing of a node's children (see [`Client::finish_get_children`]).
+    pub fn start_get_children(&self, path: &str) -> ZkResult<Answer> {
+        self.send(op::GET_CHILDREN, proto::path_and_watch(&self.server_path(path), false), None)
+    }
+
+    pub async fn finish_get_children(answer: Answer) -> ZkResult<Vec<String>> {
+        let body = Self::reply(answer).await?;
         Reader::new(&body).strings().map_err(|e| ZkError::Protocol(e.0.into()))
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::clients::zookeeper::proto::{code, mode};
-use crate::clients::zookeeper::{Client, ZkError};
+use crate::clients::zookeeper::{Answer, Client, ZkError};
 use super::{zk_error, Link};
 use crate::driver::{DriverLock, Wait};
 use crate::fate::{Fate, OnLost};
@@ -230,18 +230,18 @@ impl ZkLock {
         }
     }
 
-    /// Adds this object's contender node; creates the lock directory when missing.
-    async fn enter(&self, client: &Client, deadline: Instant) -> Result<String> {
+    /// Adds this object's contender node; creates the lock directory when missing. Returns
+    /// its path and the listing of the directory asked for right behind the create (so it
+    /// includes the node) in the same round trip.
+    async fn enter(&self, client: &Client, deadline: Instant) -> Result<(String, Option<Answer>)> {
         let create_path = join(&self.dir, &self.prefix);
         let mut made_dir = false;
         loop {
-            let attempt = timeout_at(
-                deadline,
-                client.create(&create_path, &self.data, self.link.acls(), mode::EPHEMERAL_SEQUENTIAL),
-            )
-            .await;
+            let created = client.start_create(&create_path, &self.data, self.link.acls(), mode::EPHEMERAL_SEQUENTIAL);
+            let listed = if created.is_ok() { client.start_get_children(&self.dir).ok() } else { None };
+            let attempt = timeout_at(deadline, async { client.finish_create(created?).await }).await;
             match attempt {
-                Ok(Ok(path)) => return Ok(path),
+                Ok(Ok(path)) => return Ok((path, listed)),
                 Ok(Err(ZkError::Server(code::NO_NODE))) if !made_dir => {
                     made_dir = true;
                     self.link.make_dirs(client, &self.dir, deadline).await?;
@@ -271,7 +271,7 @@ impl ZkLock {
 
     async fn contend(&self, wait: Wait, deadline: Option<Instant>) -> Result<bool> {
         let client = self.link.client(Instant::now() + self.link.budget()).await?;
-        let path = self.enter(&client, Instant::now() + self.link.budget()).await?;
+        let (path, mut listed) = self.enter(&client, Instant::now() + self.link.budget()).await?;
         let node = path.rsplit('/').next().unwrap_or_default().to_owned();
         let contender = Contender { link: self.link.clone(), path: path.clone(), session: client.session_id(), armed: true };
         loop {
@@ -280,7 +280,13 @@ impl ZkLock {
             if client.wait_connected(step_deadline).await.is_err() {
                 return Err(self.link.late("acquire lock", &client));
             }
-            let children = match timeout_at(step_deadline, client.get_children(&self.dir)).await {
+            let look = async {
+                match listed.take() {
+                    Some(answer) => Client::finish_get_children(answer).await,
+                    None => client.get_children(&self.dir).await,
+                }
+            };
+            let children = match timeout_at(step_deadline, look).await {
                 Err(_) => return Err(self.link.late("acquire lock", &client)),
                 Ok(Err(ZkError::ConnectionLoss)) => continue,
                 Ok(Err(e)) => return Err(zk_error("acquire lock", e)),
