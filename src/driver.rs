@@ -235,7 +235,7 @@ pub trait DriverLock: Send + Sync + 'static {
     fn try_acquire_here(&self, _shared: bool) -> Option<Result<bool>> {
         None
     }
-    /// Whether a waiting acquire would step aside first for others that waited (`handoff.rs`):
+    /// Whether a waiting acquire would step aside first for others that waited (`lock/handoff.rs`):
     /// then a waiting caller must not make a one-shot attempt before it.
     fn stepping_aside(&self) -> bool {
         false
@@ -260,9 +260,9 @@ pub trait DriverLock: Send + Sync + 'static {
         None
     }
     /// Registers a callback for when a holding turns out lost without `release()` (see
-    /// `fate.rs`). Kernel-held locks (file, ipc) cannot be lost behind their holder's back:
+    /// `lock/fate.rs`). Kernel-held locks (file, ipc) cannot be lost behind their holder's back:
     /// the callback is kept and never called.
-    fn on_lost(&self, _callback: crate::fate::OnLost) {}
+    fn on_lost(&self, _callback: crate::lock::fate::OnLost) {}
     /// Who holds the lock now, as the backend says (`None`: nobody).
     async fn get_owner(&self) -> Result<Option<Id>> {
         unsupported("get_owner")

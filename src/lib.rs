@@ -1,15 +1,14 @@
 //! The Rust core of tooz: drivers behind one async trait, the shared runtime, and (with the
 //! `python` feature) the PyO3 binding that the `tooz` Python package wraps.
 
-pub mod acquire;
 pub mod clients;
 pub mod coordinator;
 pub mod driver;
 pub mod drivers;
 pub mod error;
-pub mod fate;
 pub mod hashring;
 pub mod id;
+pub mod lock;
 pub mod log;
 pub mod membership;
 pub mod msgpack;

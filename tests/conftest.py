@@ -99,7 +99,7 @@ BACKENDS = {
 # What each backend offers beyond locks and groups (the tests of a feature skip the others).
 # "beat_liveness": a membership lapses when its coordinator stops calling heartbeat().
 # "locks_only": no groups at all (group calls raise NotImplemented); see has_groups().
-# "fair_locks": a process that releases a lock others wait for steps aside (handoff.rs), or
+# "fair_locks": a process that releases a lock others wait for steps aside (src/lock/handoff.rs), or
 # (ipc) hands it to a waiter once it has won it back over them for a moment.
 FEATURES = {
     "file": {"members", "member_info", "update_capabilities", "shared_locks", "heartbeat", "is_still_owner",

@@ -1,20 +1,14 @@
-//! One module per backend, and the table that picks one by URL scheme.
+//! One module per backend (a folder when it has more than one file; `sql/` holds PostgreSQL's
+//! and MySQL's drivers over the session lock they share), the URL options they read, and the
+//! table that picks one by URL scheme.
 
 pub mod etcd3;
 pub mod file;
-pub mod fsfence;
-pub mod fslock;
-pub mod handoff;
 pub mod ipc;
 pub mod memcached;
-pub mod mysql;
 pub mod options;
-pub mod pgsql;
 pub mod redis;
-mod redis_link;
-pub mod session_lock;
-pub mod sysv;
-pub mod ttl_lock;
+pub mod sql;
 pub mod zookeeper;
 
 use std::sync::Arc;
@@ -42,8 +36,8 @@ pub fn build(url: &Url, member: Id, options: &Options) -> Result<Arc<dyn Driver>
         "redis" => Ok(Arc::new(redis::RedisDriver::new(member, url, options)?)),
         "memcached" => Ok(Arc::new(memcached::MemcachedDriver::new(member, url, options)?)),
         "etcd3+http" | "etcd3+https" => Ok(Arc::new(etcd3::Etcd3Driver::new(member, url, options)?)),
-        "postgresql" => Ok(Arc::new(pgsql::PostgresDriver::new(url, options)?)),
-        "mysql" => Ok(Arc::new(mysql::MySqlDriver::new(url, options)?)),
+        "postgresql" => Ok(Arc::new(sql::pgsql::PostgresDriver::new(url, options)?)),
+        "mysql" => Ok(Arc::new(sql::mysql::MySqlDriver::new(url, options)?)),
         "zookeeper" | "kazoo" => Ok(Arc::new(zookeeper::ZooKeeperDriver::new(member, url, options)?)),
         s => Err(Error::InvalidArgument(format!("no built-in driver for scheme {s:?}"))),
     }

@@ -20,7 +20,7 @@ use std::task::Context;
 use pyo3::prelude::*;
 
 use super::errors::to_py;
-use super::Reply;
+use super::result::Reply;
 use crate::driver::DriverLock;
 use crate::error::Error;
 use crate::runtime;

@@ -8,7 +8,7 @@
 //! etcd pushes the key's deletion (release, break, or the holder's lease lapsing), then tries
 //! again: no polling, and a release elsewhere reaches waiters in one round trip.
 //!
-//! Fair hand-over (`handoff.rs`; ours only, upstream never reads these keys): a waiting lock
+//! Fair hand-over (`lock/handoff.rs`; ours only, upstream never reads these keys): a waiting lock
 //! object registers under `/tooz/lock-waiters/<hex name>/<hex token>`, on its lease, in the
 //! same transaction as its failed attempt, and deletes the entry in the transaction that wins
 //! (or when it gives up). A release counts the entries in its own transaction: when others
@@ -25,11 +25,11 @@ use tokio::time::Instant;
 use crate::clients::etcd::messages::{Compare, CompareResult as Cmp, Event, FilterType, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
 
 use super::link::lapsed;
-use crate::drivers::handoff::Courtesy;
+use crate::lock::handoff::Courtesy;
 use super::watch::wait_for_event;
 use super::{first_kvs, Shared, LOCK_PREFIX};
 use crate::driver::{DriverLock, Wait};
-use crate::fate::{Fate, OnLost};
+use crate::lock::fate::{Fate, OnLost};
 use crate::error::{Error, Result};
 use crate::id::Id;
 

@@ -25,6 +25,10 @@
 //! The calls go through our own etcd client (`crate::clients::etcd`: tonic, hand-written
 //! prost messages), not the `etcd-client` crate, whose build script compiles etcd's .proto
 //! files and so needs a system `protoc`; building us needs only cargo and a C compiler.
+//!
+//! One file of about 775 lines (and its tests): groups, members, leaders and the lease they
+//! all hang on share one `Shared` state and key layout; the lock is `lock.rs`, the channel
+//! and failover `link.rs`, watch streams `watch.rs`.
 
 mod link;
 mod lock;
@@ -49,7 +53,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
-use super::handoff::Courtesies;
+use crate::lock::handoff::Courtesies;
 use link::{lapsed, lease_gone, Link};
 use lock::Etcd3Lock;
 
@@ -112,7 +116,7 @@ struct State {
     /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
     held: PerImage<HashMap<u64, (Vec<u8>, i64)>>,
     /// The fates of the held locks (told when a heartbeat finds a lock's lease lapsed).
-    fates: PerImage<HashMap<u64, Arc<crate::fate::Fate>>>,
+    fates: PerImage<HashMap<u64, Arc<crate::lock::fate::Fate>>>,
 }
 
 impl State {
@@ -142,7 +146,7 @@ pub(crate) struct Shared {
     heartbeat_every: f64,
     state: Mutex<State>,
     next_lock: AtomicU64,
-    /// Which locks this coordinator steps aside from, by key (`handoff.rs`).
+    /// Which locks this coordinator steps aside from, by key (`lock/handoff.rs`).
     courtesies: Courtesies,
 }
 

@@ -21,7 +21,7 @@ use crate::clients::zookeeper::proto::{code, mode};
 use crate::clients::zookeeper::{Answer, Client, ZkError};
 use super::{zk_error, Link};
 use crate::driver::{DriverLock, Wait};
-use crate::fate::{Fate, OnLost};
+use crate::lock::fate::{Fate, OnLost};
 use crate::error::{Error, Result};
 use crate::id::Id;
 

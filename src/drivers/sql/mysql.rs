@@ -23,9 +23,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{ClientIdentity, Conn, OptsBuilder, SslOpts};
 use tokio::time::Instant;
 
-use super::options::Options;
+use crate::drivers::Options;
 use super::session_lock::{Backend, SessionDriver};
-use super::Url;
+use crate::drivers::Url;
 use crate::error::{Error, Result};
 
 const DEFAULT_PORT: u16 = 3306;

@@ -8,11 +8,15 @@
 //!   extended and released by scripts that first check the token. Beside it (ours only):
 //!   `<key>:fence`, the fencing counter, and `<key>:waiters`, a sorted set of the tokens of
 //!   waiting lock objects scored by when their entry expires, so a release can tell whether
-//!   others wait (see `handoff.rs`);
+//!   others wait (see `lock/handoff.rs`);
 //! * leader of `g` = the lock `leader_of_<g>`.
 //!
-//! Connections: see `redis_link.rs` (a failed call is retried once on a fresh connection, so
+//! Connections: see `link.rs` (a failed call is retried once on a fresh connection, so
 //! a restarted server is used again without restarting the process).
+
+mod link;
+mod lock;
+mod scripts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,152 +24,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::options::Options;
-use super::redis_link::{redis_err, Link, Request, Target};
-use super::handoff::{Courtesies, Courtesy};
-use super::ttl_lock::{self, Attempt};
 use super::Url;
-use crate::fate::{Fate, OnLost};
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::lock::fate::Fate;
+use crate::lock::handoff::Courtesies;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
+use link::{redis_err, Link, Request, Target};
+pub use lock::RedisLock;
+use scripts::{Lua, Scripts};
 
 const GROUP_EXISTS: &[u8] = b"__created__";
 const STILL_ALIVE: &[u8] = b"Not dead!";
 const DEFAULT_PORT: u16 = 6379;
-
-const CREATE_GROUP: &str = r#"
-if redis.call("exists", KEYS[1]) == 1 then return 0 end
-redis.call("sadd", KEYS[2], ARGV[1])
-redis.call("hset", KEYS[1], ARGV[2], ARGV[3])
-return 1"#;
-
-const DELETE_GROUP: &str = r#"
-if redis.call("exists", KEYS[1]) == 0 then return -1 end
-if redis.call("sismember", KEYS[2], ARGV[1]) == 0 then return -2 end
-if redis.call("hlen", KEYS[1]) > 1 then return -3 end
-if redis.call("srem", KEYS[2], ARGV[1]) == 0 then return -4 end
-redis.call("del", KEYS[1])
-return 1"#;
-
-/// Join without overwriting an existing member's capabilities (upstream overwrites them
-/// before reporting MemberAlreadyExist).
-const JOIN_GROUP: &str = r#"
-if redis.call("exists", KEYS[1]) == 0 then return -1 end
-if redis.call("hsetnx", KEYS[1], ARGV[1], ARGV[2]) == 0 then return -2 end
-return 1"#;
-
-const LEAVE_GROUP: &str = r#"
-if redis.call("exists", KEYS[1]) == 0 then return -1 end
-if redis.call("hdel", KEYS[1], ARGV[1]) == 0 then return -2 end
-return 1"#;
-
-const UPDATE_CAPABILITIES: &str = r#"
-if redis.call("exists", KEYS[1]) == 0 then return -1 end
-if redis.call("hexists", KEYS[1], ARGV[1]) == 0 then return -2 end
-redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
-return 1"#;
-
-/// Live members (and their capabilities when ARGV[4] == "1"); members whose beat key has
-/// expired are removed, except the caller. nil when the group does not exist.
-const GET_MEMBERS: &str = r#"
-if redis.call("exists", KEYS[1]) == 0 then return false end
-local all = redis.call("hgetall", KEYS[1])
-local out = {}
-for i = 1, #all, 2 do
-  local m = all[i]
-  if m ~= ARGV[3] then
-    if m == ARGV[2] or redis.call("exists", ARGV[1] .. m) == 1 then
-      table.insert(out, m)
-      if ARGV[4] == "1" then table.insert(out, all[i + 1]) end
-    else
-      redis.call("hdel", KEYS[1], m)
-    end
-  end
-end
-return out"#;
-
-/// Deletes the lock key if it holds ARGV[1]: 0 if it did not, 1 if it did, 2 if it did and
-/// live waiters are registered in KEYS[2]. (`replicate_commands`: servers before 5.0 refuse a
-/// write after `TIME` without it; later ones always replicate effects.)
-const RELEASE_LOCK: &str = r#"
-if redis.call("get", KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call("del", KEYS[1])
-if redis.call("exists", KEYS[2]) == 0 then return 1 end
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call("time")
-redis.call("zremrangebyscore", KEYS[2], "-inf", t[1] * 1000 + math.floor(t[2] / 1000))
-if redis.call("zcard", KEYS[2]) > 0 then return 2 end
-return 1"#;
-
-/// SET NX PX (upstream's acquire, same key and value) and, when it took, the next fencing
-/// token from the lock's counter key, in one round trip. When it did not: minus the counter
-/// (which tells a waiter whether the lock changed hands since its last try), after
-/// registering the token as a waiter for ARGV[3] ms in KEYS[3] (unless ARGV[3] is 0).
-const ACQUIRE_LOCK: &str = r#"
-if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-  if ARGV[3] ~= "0" then redis.call("zrem", KEYS[3], ARGV[1]) end
-  return redis.call("incr", KEYS[2])
-end
-if ARGV[3] ~= "0" then
-  if redis.replicate_commands then redis.replicate_commands() end
-  local t = redis.call("time")
-  redis.call("zadd", KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
-  redis.call("pexpire", KEYS[3], ARGV[3])
-end
-return -tonumber(redis.call("get", KEYS[2]) or "0")"#;
-
-/// How long a waiter's entry in `<key>:waiters` lives: beyond its slowest poll.
-const WAITER_MS: &[u8] = b"250";
-
-const EXTEND_LOCK: &str = r#"
-if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end
-return 0"#;
-
-struct Scripts {
-    create_group: Lua,
-    delete_group: Lua,
-    join_group: Lua,
-    leave_group: Lua,
-    update_capabilities: Lua,
-    get_members: Lua,
-    release_lock: Lua,
-    extend_lock: Lua,
-    acquire_lock: Lua,
-}
-
-/// A Lua script, and its source for `EVAL` when the server has not cached it (a call on a
-/// connection of our own, see `redis_link.rs`).
-struct Lua {
-    script: Script,
-    source: &'static str,
-}
-
-impl Lua {
-    fn new(source: &'static str) -> Lua {
-        Lua { script: Script::new(source), source }
-    }
-}
-
-impl Scripts {
-    fn new() -> Scripts {
-        Scripts {
-            create_group: Lua::new(CREATE_GROUP),
-            delete_group: Lua::new(DELETE_GROUP),
-            join_group: Lua::new(JOIN_GROUP),
-            leave_group: Lua::new(LEAVE_GROUP),
-            update_capabilities: Lua::new(UPDATE_CAPABILITIES),
-            get_members: Lua::new(GET_MEMBERS),
-            release_lock: Lua::new(RELEASE_LOCK),
-            extend_lock: Lua::new(EXTEND_LOCK),
-            acquire_lock: Lua::new(ACQUIRE_LOCK),
-        }
-    }
-}
 
 /// A lock held through a coordinator: its key, the token stored under it, and its fate.
 #[derive(Clone)]
@@ -188,7 +64,7 @@ struct Shared {
     next_lock: AtomicU64,
     /// Names this server for the in-process wake-ups of lock waiters.
     scope: String,
-    /// Which locks this coordinator steps aside from, by key (`handoff.rs`).
+    /// Which locks this coordinator steps aside from, by key (`lock/handoff.rs`).
     courtesies: Courtesies,
 }
 
@@ -710,108 +586,5 @@ impl Driver for RedisDriver {
             return Err(Error::InvalidArgument("Locks must be provided a name".into()));
         }
         Ok(Arc::new(self.new_lock(name)))
-    }
-}
-
-pub struct RedisLock {
-    shared: Arc<Shared>,
-    id: u64,
-    key: Vec<u8>,
-    token: Vec<u8>,
-    /// The counter of fencing tokens (`<lock key>:fence`; upstream never touches it).
-    fence_key: Vec<u8>,
-    /// Where it registers while it waits (`<lock key>:waiters`).
-    waiters_key: Vec<u8>,
-    courtesy: Arc<Courtesy>,
-    fate: Arc<Fate>,
-}
-
-impl RedisLock {
-    fn held_here(&self) -> bool {
-        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().contains_key(&self.id)
-    }
-
-    /// One SET NX; a failed one registers this lock object as a waiter when `wait`s.
-    async fn try_once(&self, wait: Wait) -> Result<Attempt> {
-        let ms = Shared::px(self.shared.lock_timeout).to_string();
-        let register: &[u8] = if wait == Wait::No { b"0" } else { WAITER_MS };
-        let keys: [&[u8]; 3] = [&self.key, &self.fence_key, &self.waiters_key];
-        let fence: i64 =
-            self.shared.eval("acquire lock", &self.shared.scripts.acquire_lock, &keys, &[&self.token, ms.as_bytes(), register]).await?;
-        if fence <= 0 {
-            return Ok(Attempt::Busy(Some(fence.unsigned_abs())));
-        }
-        self.fate.acquired(Some(fence as u64));
-        Ok(Attempt::Got)
-    }
-}
-
-#[async_trait]
-impl DriverLock for RedisLock {
-    fn name(&self) -> Id {
-        Id::Bytes(self.key.clone())
-    }
-
-    fn acquired(&self) -> bool {
-        self.held_here()
-    }
-
-    async fn acquire(&self, wait: Wait, shared: bool) -> Result<bool> {
-        if shared {
-            return Err(Error::NotImplemented("shared redis locks are not supported".into()));
-        }
-        let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || self.try_once(wait)).await?;
-        if got {
-            let held = Held { key: self.key.clone(), token: self.token.clone(), fate: self.fate.clone() };
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().insert(self.id, held);
-        }
-        Ok(got)
-    }
-
-    async fn release(&self) -> Result<bool> {
-        let was_held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().remove(&self.id).is_some();
-        if !was_held {
-            return Ok(false);
-        }
-        self.fate.released();
-        let released = self.shared.release(&self.key, &self.token).await;
-        ttl_lock::wake(&self.shared.scope, &self.key);
-        let (released, others_waiting) = released?;
-        self.courtesy.released(others_waiting);
-        Ok(released)
-    }
-
-    async fn break_(&self) -> Result<bool> {
-        let n: i64 = self.shared.query("break lock", redis::cmd("DEL").arg(&self.key)).await?;
-        ttl_lock::wake(&self.shared.scope, &self.key);
-        Ok(n > 0)
-    }
-
-    async fn is_still_owner(&self) -> Result<bool> {
-        let owner: Option<Vec<u8>> = self.shared.query("check lock owner", redis::cmd("GET").arg(&self.key)).await?;
-        let owned = owner.as_deref() == Some(self.token.as_slice());
-        if !owned && self.held_here() {
-            self.shared.lost(self.id, "its key expired or was taken by another holder");
-        }
-        Ok(owned)
-    }
-
-    async fn heartbeat(&self) -> Result<bool> {
-        if !self.held_here() {
-            return Ok(false);
-        }
-        let extended = self.shared.extend(&self.key, &self.token).await?;
-        if !extended {
-            self.shared.lost(self.id, "its key expired or was taken by another holder before it was extended");
-        }
-        Ok(extended)
-    }
-
-    fn fencing_token(&self) -> Option<u64> {
-        self.fate.token()
-    }
-
-    fn on_lost(&self, callback: OnLost) {
-        self.fate.on_lost(callback);
     }
 }

@@ -11,14 +11,16 @@
 //!   that stops while no other process is attached removes the segment (upstream removes it
 //!   whenever any coordinator stops, wiping the list under every other process too).
 
+pub mod sysv;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::handoff::Bursts;
-use super::sysv::{self, SemWait, Shm};
+use crate::lock::handoff::Bursts;
+use self::sysv::{SemWait, Shm};
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -346,7 +348,7 @@ impl DriverLock for IpcLock {
                 // where its next release would wake this waiter (and every other) once more.
                 Attempt::Busy if removed => {
                     removed = false;
-                    super::handoff::pause(REQUEUE_PAUSE).await;
+                    crate::lock::handoff::pause(REQUEUE_PAUSE).await;
                 }
                 // Busy for this slice: look again. Yielding lets a caller's thread see signals
                 // (and a wait given up end) between slices.

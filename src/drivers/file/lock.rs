@@ -7,12 +7,12 @@
 //! itself can tell apart; between processes the lock is always exclusive). Upstream tooz's
 //! file driver behaves the same way, so ours and theirs exclude each other on a directory.
 //!
-//! Fairness between processes (see `handoff.rs`): a process with a waiter holds a shared
+//! Fairness between processes (see `lock/handoff.rs`): a process with a waiter holds a shared
 //! `flock` on the lock file through a descriptor of its own. `flock` locks are independent of
 //! record locks on local filesystems, so this does not touch the lock itself, and a releaser
 //! finds out whether anyone waits by trying an exclusive `flock` (on filesystems that may
 //! emulate `flock` with record locks, NFS and the like, no one registers). Waiting processes
-//! are also counted in the lock's side file (`fsfence.rs`), so a releaser asks the kernel only
+//! are also counted in the lock's side file (`fence.rs`), so a releaser asks the kernel only
 //! when that count says someone may wait. A waiter reads the fencing counter from the side
 //! file to tell whether the lock changed hands since its last try.
 
@@ -28,8 +28,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::fsfence::Fence;
-use super::handoff::{self, Bursts, Courtesy, Pace};
+use super::fence::Fence;
+use crate::lock::handoff::{self, Bursts, Courtesy, Pace};
 use crate::driver::Wait;
 use crate::error::{Error, Result};
 use crate::runtime;
@@ -365,7 +365,7 @@ impl Barrier {
             .map_err(|e| Error::io(&format!("cannot write {}", self.path.display()), e))
     }
 
-    /// The next fencing token, from the lock's side file (see `fsfence.rs`); only the
+    /// The next fencing token, from the lock's side file (see `fence.rs`); only the
     /// exclusive holder may ask.
     pub fn next_token(&self) -> Result<u64> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -382,7 +382,7 @@ impl Barrier {
 
     /// Gives one hold back; the record lock goes when the last holder leaves. Whether
     /// others (in this process or another) were waiting for it then, and if so the fencing
-    /// counter at that moment (the marker a courteous releaser watches, see `handoff.rs`).
+    /// counter at that moment (the marker a courteous releaser watches, see `lock/handoff.rs`).
     pub fn release(&self) -> Released {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.holders = inner.holders.saturating_sub(1);
@@ -432,7 +432,7 @@ impl PathLock {
         PathLock { barrier: barrier(path), held: Mutex::new(0), courtesy: Courtesy::default() }
     }
 
-    /// A lock with fencing tokens, kept in the side file at `fence` (`fsfence.rs`).
+    /// A lock with fencing tokens, kept in the side file at `fence` (`fence.rs`).
     pub fn fenced(path: &Path, fence: &Path) -> PathLock {
         let lock = PathLock::new(path);
         lock.barrier.inner.lock().unwrap_or_else(|p| p.into_inner()).fence_path.get_or_insert_with(|| fence.to_owned());
@@ -462,7 +462,7 @@ impl PathLock {
         Ok(got)
     }
 
-    /// Whether a waiting acquire of this object would first step aside (`handoff.rs`).
+    /// Whether a waiting acquire of this object would first step aside (`lock/handoff.rs`).
     pub fn stepping_aside(&self) -> bool {
         self.courtesy.pending()
     }

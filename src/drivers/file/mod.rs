@@ -11,9 +11,12 @@
 //! Beyond upstream (whose file driver has no election): the leader of a group holds the lock
 //! file `<dir>/.leaders/<sha1(group)>`, whose contents name it (msgpack
 //! `{member_id, encoded}`). Upstream processes never look there, nor in
-//! `<dir>/.fences/<sha1(lock name)>`, where a lock's fencing counter is kept (`fsfence.rs`).
+//! `<dir>/.fences/<sha1(lock name)>`, where a lock's fencing counter is kept (`fence.rs`).
 
-use crate::fate::Fate;
+pub mod fence;
+pub mod lock;
+
+use crate::lock::fate::Fate;
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
@@ -25,7 +28,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use sha1::{Digest, Sha1};
 
-use super::fslock::PathLock;
+use lock::PathLock;
 use super::options::Options;
 use crate::driver::{Driver, DriverLock, MemberInfo, Op, Wait};
 use crate::error::{Error, Result};
@@ -455,8 +458,8 @@ impl Driver for FileDriver {
 
     async fn get_leader(&self, group: &Id) -> Result<Option<Id>> {
         let path = self.leader_path(group);
-        let held = super::fslock::barrier(&path).held_in_process()
-            || super::fslock::held_elsewhere(&path).map_err(|e| io_err("cannot inspect", &path, e))?;
+        let held = lock::barrier(&path).held_in_process()
+            || lock::held_elsewhere(&path).map_err(|e| io_err("cannot inspect", &path, e))?;
         if !held {
             return Ok(None);
         }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
-use crate::fate::{Fate, OnLost};
+use crate::lock::fate::{Fate, OnLost};
 use crate::id::Id;
 use crate::pool::Idle;
 use crate::runtime;

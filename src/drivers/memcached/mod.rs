@@ -14,6 +14,9 @@
 //! members are dropped from a group's map by whoever lists it, and a coordinator never drops
 //! itself. Memcached counts expiry in whole seconds of its own clock, so every TTL sent is
 //! rounded up and given one more second: a key refreshed every half TTL never lapses.
+//!
+//! One file of about 640 lines (and its tests): groups, members and the heartbeat share the
+//! compare-and-swap helpers and key layout above; the lock is `lock.rs`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,9 +33,8 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
-use super::handoff::Courtesies;
+use crate::lock::handoff::Courtesies;
 
-#[path = "memcached_lock.rs"]
 mod lock;
 use lock::{LockState, MemcachedLock};
 
@@ -154,7 +156,7 @@ struct Shared {
     member: Id,
     /// What identifies the server in the process-wide lock wake-up table.
     scope: String,
-    /// Which locks this coordinator steps aside from, by key (`handoff.rs`).
+    /// Which locks this coordinator steps aside from, by key (`lock/handoff.rs`).
     courtesies: Courtesies,
     /// Locks this coordinator holds (refreshed by the heartbeat, released by `stop`).
     held: Mutex<PerImage<Vec<Arc<LockState>>>>,
@@ -172,7 +174,7 @@ pub struct MemcachedDriver {
 /// The member's key and the beat's request, made once.
 struct Beat {
     key: Vec<u8>,
-    /// Asking for a reply, and the same with `noreply` (see `memcache_later.rs`).
+    /// Asking for a reply, and the same with `noreply` (see `clients/memcache/later.rs`).
     request: Vec<u8>,
     quiet: Vec<u8>,
 }
@@ -391,7 +393,7 @@ impl MemcachedDriver {
 
     /// Refreshes this member's beat key. The reply is checked by a later beat rather than
     /// awaited, and a beat soon after one that asked for a reply asks for none: see
-    /// `memcache_later.rs`.
+    /// `clients/memcache/later.rs`.
     async fn beat(&self) -> Result<()> {
         let Beat { key, request, quiet } = &self.beat;
         memcache::check_key(key)?;

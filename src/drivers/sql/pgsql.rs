@@ -23,9 +23,9 @@ use md5::{Digest, Md5};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{CancelToken, Client, Config, SimpleQueryMessage, Socket};
 
-use super::options::Options;
+use crate::drivers::Options;
 use super::session_lock::{Backend, SessionDriver};
-use super::Url;
+use crate::drivers::Url;
 use crate::clients::pg_tls::{MakeRustls, RustlsStream};
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use crate::error::{Error, Result};

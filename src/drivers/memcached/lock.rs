@@ -11,7 +11,7 @@
 //!   higher — and the proof of ownership later requests compare against. The look's CAS is the
 //!   waiter's hand-over marker (`handoff::Pace`): it changes when the lock changes hands.
 //! * release: `md <key> C<cas>` (deletes the key only while it is still this holding, in one
-//!   atomic step) and `mg <key>:waiting` (whether others wait: fair hand-over, `handoff.rs`).
+//!   atomic step) and `mg <key>:waiting` (whether others wait: fair hand-over, `lock/handoff.rs`).
 //! * extension (the heartbeat): `ms <key> ... C<cas>` rewrites the same value with a fresh TTL
 //!   only while the key is still this holding, and the new CAS unique is kept.
 //!
@@ -30,10 +30,10 @@ use super::{decode, encode, id_value, ttl, value_id, Shared, MAX_CAS_ATTEMPTS};
 use crate::clients::memcache::meta::{self, Code, Status};
 use crate::clients::memcache::{self, Client, Reply, Store};
 use crate::driver::{unsupported, DriverLock, Wait};
-use crate::drivers::handoff::Courtesy;
-use crate::drivers::ttl_lock::{self, Attempt};
+use crate::lock::handoff::Courtesy;
+use crate::lock::ttl::{self as ttl_lock, Attempt};
 use crate::error::{Error, Result};
-use crate::fate::{Fate, OnLost};
+use crate::lock::fate::{Fate, OnLost};
 use crate::id::Id;
 
 /// How long a waiter's mark lasts (memcached counts whole seconds, and a key with TTL 1 can
@@ -54,7 +54,7 @@ pub(super) struct LockState {
     /// then start over.
     fence_key: Vec<u8>,
     /// Set by waiters, for [`WAITING_SECONDS`] after their last try (ours only): tells a
-    /// releaser that others wait, so it steps aside (`handoff.rs`).
+    /// releaser that others wait, so it steps aside (`lock/handoff.rs`).
     waiting_key: Vec<u8>,
     courtesy: Arc<Courtesy>,
     fate: Arc<Fate>,

@@ -1,0 +1,134 @@
+//! The Lua scripts of the redis driver: each group or lock step that must read and write
+//! atomically is one script, run by `EVALSHA` (the multiplexed connection) or `EVAL` with its
+//! source (a connection of our own whose server has not cached it, see `link.rs`).
+
+use redis::Script;
+
+const CREATE_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 1 then return 0 end
+redis.call("sadd", KEYS[2], ARGV[1])
+redis.call("hset", KEYS[1], ARGV[2], ARGV[3])
+return 1"#;
+
+const DELETE_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("sismember", KEYS[2], ARGV[1]) == 0 then return -2 end
+if redis.call("hlen", KEYS[1]) > 1 then return -3 end
+if redis.call("srem", KEYS[2], ARGV[1]) == 0 then return -4 end
+redis.call("del", KEYS[1])
+return 1"#;
+
+/// Join without overwriting an existing member's capabilities (upstream overwrites them
+/// before reporting MemberAlreadyExist).
+const JOIN_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("hsetnx", KEYS[1], ARGV[1], ARGV[2]) == 0 then return -2 end
+return 1"#;
+
+const LEAVE_GROUP: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("hdel", KEYS[1], ARGV[1]) == 0 then return -2 end
+return 1"#;
+
+const UPDATE_CAPABILITIES: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return -1 end
+if redis.call("hexists", KEYS[1], ARGV[1]) == 0 then return -2 end
+redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+return 1"#;
+
+/// Live members (and their capabilities when ARGV[4] == "1"); members whose beat key has
+/// expired are removed, except the caller. nil when the group does not exist.
+const GET_MEMBERS: &str = r#"
+if redis.call("exists", KEYS[1]) == 0 then return false end
+local all = redis.call("hgetall", KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local m = all[i]
+  if m ~= ARGV[3] then
+    if m == ARGV[2] or redis.call("exists", ARGV[1] .. m) == 1 then
+      table.insert(out, m)
+      if ARGV[4] == "1" then table.insert(out, all[i + 1]) end
+    else
+      redis.call("hdel", KEYS[1], m)
+    end
+  end
+end
+return out"#;
+
+/// Deletes the lock key if it holds ARGV[1]: 0 if it did not, 1 if it did, 2 if it did and
+/// live waiters are registered in KEYS[2]. (`replicate_commands`: servers before 5.0 refuse a
+/// write after `TIME` without it; later ones always replicate effects.)
+const RELEASE_LOCK: &str = r#"
+if redis.call("get", KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call("del", KEYS[1])
+if redis.call("exists", KEYS[2]) == 0 then return 1 end
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call("time")
+redis.call("zremrangebyscore", KEYS[2], "-inf", t[1] * 1000 + math.floor(t[2] / 1000))
+if redis.call("zcard", KEYS[2]) > 0 then return 2 end
+return 1"#;
+
+/// SET NX PX (upstream's acquire, same key and value) and, when it took, the next fencing
+/// token from the lock's counter key, in one round trip. When it did not: minus the counter
+/// (which tells a waiter whether the lock changed hands since its last try), after
+/// registering the token as a waiter for ARGV[3] ms in KEYS[3] (unless ARGV[3] is 0).
+const ACQUIRE_LOCK: &str = r#"
+if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+  if ARGV[3] ~= "0" then redis.call("zrem", KEYS[3], ARGV[1]) end
+  return redis.call("incr", KEYS[2])
+end
+if ARGV[3] ~= "0" then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call("time")
+  redis.call("zadd", KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
+  redis.call("pexpire", KEYS[3], ARGV[3])
+end
+return -tonumber(redis.call("get", KEYS[2]) or "0")"#;
+
+/// How long a waiter's entry in `<key>:waiters` lives: beyond its slowest poll.
+pub(super) const WAITER_MS: &[u8] = b"250";
+
+const EXTEND_LOCK: &str = r#"
+if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end
+return 0"#;
+
+pub(super) struct Scripts {
+    pub(super) create_group: Lua,
+    pub(super) delete_group: Lua,
+    pub(super) join_group: Lua,
+    pub(super) leave_group: Lua,
+    pub(super) update_capabilities: Lua,
+    pub(super) get_members: Lua,
+    pub(super) release_lock: Lua,
+    pub(super) extend_lock: Lua,
+    pub(super) acquire_lock: Lua,
+}
+
+/// A Lua script, and its source for `EVAL` when the server has not cached it (a call on a
+/// connection of our own, see `link.rs`).
+pub(super) struct Lua {
+    pub(super) script: Script,
+    pub(super) source: &'static str,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Lua {
+        Lua { script: Script::new(source), source }
+    }
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            create_group: Lua::new(CREATE_GROUP),
+            delete_group: Lua::new(DELETE_GROUP),
+            join_group: Lua::new(JOIN_GROUP),
+            leave_group: Lua::new(LEAVE_GROUP),
+            update_capabilities: Lua::new(UPDATE_CAPABILITIES),
+            get_members: Lua::new(GET_MEMBERS),
+            release_lock: Lua::new(RELEASE_LOCK),
+            extend_lock: Lua::new(EXTEND_LOCK),
+            acquire_lock: Lua::new(ACQUIRE_LOCK),
+        }
+    }
+}
