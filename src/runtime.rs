@@ -285,8 +285,10 @@ pub fn poll_briefly<F: Future + Unpin>(fut: &mut F, budget: std::time::Duration)
             self.wake_by_ref();
         }
         fn wake_by_ref(self: &Arc<Self>) {
-            self.woken.store(true, Ordering::Release);
+            // The token first: a spin that sees the flag then takes the token (below), so
+            // none is left to cut the next wait's sleep short.
             self.thread.unpark();
+            self.woken.store(true, Ordering::Release);
         }
     }
     struct Brief(Option<std::time::Instant>);
@@ -311,6 +313,7 @@ pub fn poll_briefly<F: Future + Unpin>(fut: &mut F, budget: std::time::Duration)
             return None;
         }
         if spin_until(left.min(SPIN), || unpark.woken.load(Ordering::Acquire)) {
+            std::thread::park_timeout(std::time::Duration::ZERO);
             continue;
         }
         // A wake-up that came meanwhile left its token: this returns at once then.

@@ -152,7 +152,7 @@ async fn wait(fd: RawFd, interest: tokio::io::Interest, events: libc::c_short) -
     unsafe { runtime::fd_ready(fd, interest) }.await.map_err(io_err)
 }
 
-/// Whether `fd` became ready for `events` within `left` (`ppoll(2)`, microsecond timeout).
+/// Whether `fd` became ready for `events` within `left` (`ppoll(2)`).
 fn poll_for(fd: RawFd, events: libc::c_short, left: Duration) -> bool {
     let mut pfd = libc::pollfd { fd, events, revents: 0 };
     let ts = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };

@@ -55,7 +55,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// for its reply before going to sleep on the runtime. A local or same-rack server answers
 /// within this; waking a parked thread through the runtime's I/O driver costs more than the
 /// wait itself. (A caller's thread blocks in `poll(2)` instead: `Conn::block_for_replies`.)
-const SPIN: Duration = Duration::from_micros(50);
+/// (The same as a green call's brief look without sleeping: [`runtime::SPIN`].)
+const SPIN: Duration = runtime::SPIN;
 
 /// Room made in a connection's buffer before each read. Reads go straight into the buffer's
 /// spare capacity: no bounce buffer on the stack, where it would also sit in every request's

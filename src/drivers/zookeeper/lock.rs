@@ -130,22 +130,24 @@ pub(super) enum Target {
 }
 
 /// Owns a contender node until told otherwise; dropped while still armed (an error, a
-/// cancelled wait), it has the node deleted in the background.
+/// cancelled wait), it has the node deleted in the background. While its create's answer is
+/// still out, the node is known by its unique prefix only ([`Target::Prefix`]).
 struct Contender {
     link: Arc<Link>,
-    path: String,
+    target: Target,
     session: i64,
     armed: bool,
 }
 
 impl Contender {
-    /// Deletes the node now (or later if the connection is down).
+    /// Deletes the named node now (or later if the connection is down).
     async fn withdraw(mut self, client: &Client) {
         self.armed = false;
+        let Target::Node(path) = &self.target else { return };
         let deadline = Instant::now() + self.link.budget();
-        match timeout_at(deadline, client.delete(&self.path)).await {
+        match timeout_at(deadline, client.delete(path)).await {
             Ok(Ok(())) | Ok(Err(ZkError::Server(code::NO_NODE))) | Ok(Err(ZkError::SessionEnded(_))) => {}
-            _ => clean_up_later(self.link.clone(), Target::Node(self.path.clone()), self.session),
+            _ => clean_up_later(self.link.clone(), Target::Node(path.clone()), self.session),
         }
     }
 }
@@ -153,7 +155,8 @@ impl Contender {
 impl Drop for Contender {
     fn drop(&mut self) {
         if self.armed {
-            clean_up_later(self.link.clone(), Target::Node(std::mem::take(&mut self.path)), self.session);
+            let target = std::mem::replace(&mut self.target, Target::Node(String::new()));
+            clean_up_later(self.link.clone(), target, self.session);
         }
     }
 }
@@ -239,32 +242,32 @@ impl ZkLock {
         loop {
             let created = client.start_create(&create_path, &self.data, self.link.acls(), mode::EPHEMERAL_SEQUENTIAL);
             let listed = if created.is_ok() { client.start_get_children(&self.dir).ok() } else { None };
+            // Until the create's answer is in, a node may exist whose name nobody knows: should
+            // this wait end early (an error, the deadline, the acquire dropped), it is looked
+            // for by its unique prefix and deleted.
+            let mut unnamed = Contender {
+                link: self.link.clone(),
+                target: Target::Prefix { dir: self.dir.clone(), prefix: self.prefix.clone() },
+                session: client.session_id(),
+                armed: created.is_ok(),
+            };
             let attempt = timeout_at(deadline, async { client.finish_create(created?).await }).await;
             match attempt {
-                Ok(Ok(path)) => return Ok((path, listed)),
+                Ok(Ok(path)) => {
+                    unnamed.armed = false;
+                    return Ok((path, listed));
+                }
                 Ok(Err(ZkError::Server(code::NO_NODE))) if !made_dir => {
+                    unnamed.armed = false;
                     made_dir = true;
                     self.link.make_dirs(client, &self.dir, deadline).await?;
                 }
                 Ok(Err(e)) => {
-                    if e == ZkError::ConnectionLoss {
-                        // It may have been created: find it by its unique prefix later.
-                        clean_up_later(
-                            self.link.clone(),
-                            Target::Prefix { dir: self.dir.clone(), prefix: self.prefix.clone() },
-                            client.session_id(),
-                        );
-                    }
+                    // Only a lost connection leaves it unknown whether the node was made.
+                    unnamed.armed &= e == ZkError::ConnectionLoss;
                     return Err(zk_error("acquire lock", e));
                 }
-                Err(_) => {
-                    clean_up_later(
-                        self.link.clone(),
-                        Target::Prefix { dir: self.dir.clone(), prefix: self.prefix.clone() },
-                        client.session_id(),
-                    );
-                    return Err(self.link.late("acquire lock", client));
-                }
+                Err(_) => return Err(self.link.late("acquire lock", client)),
             }
         }
     }
@@ -273,7 +276,7 @@ impl ZkLock {
         let client = self.link.client(Instant::now() + self.link.budget()).await?;
         let (path, mut listed) = self.enter(&client, Instant::now() + self.link.budget()).await?;
         let node = path.rsplit('/').next().unwrap_or_default().to_owned();
-        let contender = Contender { link: self.link.clone(), path: path.clone(), session: client.session_id(), armed: true };
+        let contender = Contender { link: self.link.clone(), target: Target::Node(path.clone()), session: client.session_id(), armed: true };
         loop {
             // Each step may first wait for a dropped connection to come back (same session).
             let step_deadline = Instant::now() + self.link.budget();
