@@ -660,6 +660,59 @@ def test_interrupted_wait_withdraws_its_node(ns_url, ns, upstream, make_coordina
         waiter.wait(10)
 
 
+FROZEN_SERVER_WAITER = r"""
+import sys
+from tooz import coordination
+c = coordination.get_coordinator(sys.argv[1], b"waiter")
+c.start()
+lock = c.get_lock(b"res")
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    lock.acquire(blocking=True)
+    print("acquired", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+sys.stdin.readline()
+c.stop()
+"""
+
+
+@pytest.mark.interop
+def test_an_acquire_interrupted_before_its_node_is_named_removes_it(own_server, upstream, make_coordinator):
+    """Ctrl-C while the contender node's create has been sent but not answered (the server is
+    stalled): once the server goes on and makes the node, it is found by its unique prefix
+    and deleted, while the waiter's session lives on."""
+    ns = new_id("ns").decode()
+    url = "zookeeper://127.0.0.1:%d?namespace=%s&timeout=10" % (own_server.port, ns)
+    first = make_coordinator(url=url).get_lock(b"res")
+    assert first.acquire() and first.release()  # the lock's directory exists
+    up = upstream(url)
+    children = "c._coord.get_children('/%s/locks/res')" % ns
+    assert up.call(children) == []
+    waiter = subprocess.Popen([sys.executable, "-c", FROZEN_SERVER_WAITER, url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline().strip() == "ready"
+        os.kill(own_server.proc.pid, signal.SIGSTOP)
+        try:
+            waiter.stdin.write("\n")
+            waiter.stdin.flush()
+            time.sleep(0.5)  # the create is on its way to a server that does not answer
+            waiter.send_signal(signal.SIGINT)
+            assert waiter.stdout.readline().strip() == "interrupted"
+        finally:
+            os.kill(own_server.proc.pid, signal.SIGCONT)
+        assert wait_for(lambda: up.call(children) == [], timeout=10), up.call(children)
+        time.sleep(1)
+        assert up.call(children) == [], "the node, made after the interrupt, stays deleted"
+        assert waiter.poll() is None, "the waiter's session lives on"
+    finally:
+        waiter.stdin.write("\n")
+        waiter.stdin.flush()
+        waiter.wait(10)
+
+
 @pytest.mark.interop
 @pytest.mark.parametrize("how", ["kill", "timeout"])
 def test_a_withdrawn_green_wait_removes_its_node(ns_url, ns, upstream, make_coordinator, how):
