@@ -617,12 +617,16 @@ def test_garbage_from_the_server_is_a_connection_error():
         srv.close()
 
 
+# Acquires the lock "res" (blocking) once told to on stdin; says whether it got it or was
+# interrupted (SIGINT), then keeps its session until told to stop.
 INTERRUPTED_WAITER = r"""
 import sys
 from tooz import coordination
 c = coordination.get_coordinator(sys.argv[1], b"waiter")
 c.start()
 lock = c.get_lock(b"res")
+print("ready", flush=True)
+sys.stdin.readline()
 print("waiting", flush=True)
 try:
     lock.acquire(blocking=True)
@@ -645,6 +649,9 @@ def test_interrupted_wait_withdraws_its_node(ns_url, ns, upstream, make_coordina
     waiter = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WAITER, ns_url], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
+        assert waiter.stdout.readline().strip() == "ready"
+        waiter.stdin.write("\n")
+        waiter.stdin.flush()
         assert waiter.stdout.readline().strip() == "waiting"
         assert wait_for(lambda: len(up.call(children)) == 2, timeout=10)
         waiter.send_signal(signal.SIGINT)
@@ -660,24 +667,6 @@ def test_interrupted_wait_withdraws_its_node(ns_url, ns, upstream, make_coordina
         waiter.wait(10)
 
 
-FROZEN_SERVER_WAITER = r"""
-import sys
-from tooz import coordination
-c = coordination.get_coordinator(sys.argv[1], b"waiter")
-c.start()
-lock = c.get_lock(b"res")
-print("ready", flush=True)
-sys.stdin.readline()
-try:
-    lock.acquire(blocking=True)
-    print("acquired", flush=True)
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-sys.stdin.readline()
-c.stop()
-"""
-
-
 @pytest.mark.interop
 def test_an_acquire_interrupted_before_its_node_is_named_removes_it(own_server, upstream, make_coordinator):
     """Ctrl-C while the contender node's create has been sent but not answered (the server is
@@ -690,7 +679,7 @@ def test_an_acquire_interrupted_before_its_node_is_named_removes_it(own_server, 
     up = upstream(url)
     children = "c._coord.get_children('/%s/locks/res')" % ns
     assert up.call(children) == []
-    waiter = subprocess.Popen([sys.executable, "-c", FROZEN_SERVER_WAITER, url], stdin=subprocess.PIPE,
+    waiter = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WAITER, url], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert waiter.stdout.readline().strip() == "ready"
@@ -698,6 +687,7 @@ def test_an_acquire_interrupted_before_its_node_is_named_removes_it(own_server, 
         try:
             waiter.stdin.write("\n")
             waiter.stdin.flush()
+            assert waiter.stdout.readline().strip() == "waiting"
             time.sleep(0.5)  # the create is on its way to a server that does not answer
             waiter.send_signal(signal.SIGINT)
             assert waiter.stdout.readline().strip() == "interrupted"

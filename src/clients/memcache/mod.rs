@@ -51,13 +51,6 @@ pub struct Config {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// How long a request on a plain connection, sent from a runtime worker, watches the socket
-/// for its reply before going to sleep on the runtime. A local or same-rack server answers
-/// within this; waking a parked thread through the runtime's I/O driver costs more than the
-/// wait itself. (A caller's thread blocks in `poll(2)` instead: `Conn::block_for_replies`.)
-/// (The same as a green call's brief look without sleeping: [`runtime::SPIN`].)
-const SPIN: Duration = runtime::SPIN;
-
 /// Room made in a connection's buffer before each read. Reads go straight into the buffer's
 /// spare capacity: no bounce buffer on the stack, where it would also sit in every request's
 /// future (zeroed, and copied whenever the future moves).
@@ -135,20 +128,18 @@ impl Conn {
         Err(cannot(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address"))))
     }
 
-    /// On a runtime worker: watches the socket for up to [`SPIN`] until `wanted` whole
-    /// replies are in. Bytes go to `self.buf` as the async path would put them; anything
-    /// unusual (EOF, an error) is left for that path to find and report.
+    /// On a runtime worker: watches the socket for up to [`runtime::SPIN`] until `wanted`
+    /// whole replies are in, before the request goes to sleep on the runtime: a local or
+    /// same-rack server answers within that, and waking a parked thread through the runtime's
+    /// I/O driver costs more than the wait itself. (A caller's thread blocks in `poll(2)`
+    /// instead: `Conn::block_for_replies`.) Bytes go to `self.buf` as the async path would put
+    /// them; anything unusual (EOF, an error) is left for that path to find and report.
     fn spin_for_replies(&mut self, fd: std::os::fd::RawFd, wanted: usize) {
-        let began = std::time::Instant::now();
-        loop {
-            match recv_now(fd, &mut self.buf) {
-                Ok(0) => return,
-                Ok(_) if replies_in(&self.buf, wanted) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && began.elapsed() < SPIN => std::hint::spin_loop(),
-                Err(_) => return,
-            }
-        }
+        runtime::spin_until(runtime::SPIN, || match recv_now(fd, &mut self.buf) {
+            Ok(0) => true,
+            Ok(_) => replies_in(&self.buf, wanted),
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        });
     }
 
     /// Waits for more bytes on a blocking socket (its receive timeout bounds the wait) and
