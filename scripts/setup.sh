@@ -4,6 +4,7 @@
 #  - backend servers from Debian: redis-server, memcached, zookeeper, etcd-server (+ etcdctl
 #    from etcd-client for the auth test) (tests start their own instances on loopback; the
 #    packaged system services are not used); openssl makes the certificates of the TLS tests;
+#  - cargo-audit (pinned, from crates.io) for the test command's advisory check;
 #  - no protoc: the build needs only cargo and a C compiler (the etcd client's messages are
 #    written by hand, src/clients/etcd/);
 #  - postgresql-15 and mariadb-server (started by the tests in temporary directories; the
@@ -40,13 +41,22 @@ done
 
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
 
+# cargo-audit, pinned, from crates.io (with its own lock file): the test command checks Cargo.lock
+# against a RustSec advisory snapshot with it. Built once; kept while the pinned version is there.
+cargo_audit_version=0.22.2
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if [ "$("$cargo_bin/cargo-audit" --version 2>/dev/null)" != "cargo-audit $cargo_audit_version" ]; then
+    cargo install -q --locked cargo-audit --version "$cargo_audit_version"
+fi
+
 # The project's virtualenv; one that is not a working virtualenv (or none) is made anew.
 if ! .venv/bin/python -c "import sys; sys.exit(sys.prefix == sys.base_prefix)" 2>/dev/null; then
     rm -rf .venv
     python3 -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-"${pip[@]}" "maturin>=1.5,<2" "ziglang>=0.13" "auditwheel>=6"
+# pip 25.1 or later reads the package's License-Expression (`pip show tooz`).
+"${pip[@]}" "pip>=25.1" "maturin>=1.9,<2" "ziglang>=0.13" "auditwheel>=6"
 # maturin finds zig as `python3 -m ziglang` on the PATH: the venv's.
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT

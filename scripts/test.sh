@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite with the project's virtualenv (.venv, made by scripts/setup.sh):
+# the dependency audit (cargo audit against a RustSec snapshot, where one is at hand),
 # pure-Rust unit tests, the Python suite (including the interoperability tests against upstream
 # tooz in .venv-upstream), its lock, group, watcher and leader tests again under eventlet, the
 # public API compared with upstream's (scripts/api_diff.py), then upstream tooz's own shipped
@@ -13,6 +14,18 @@ python="$PWD/.venv/bin/python"
 # Whatever a test spawns as `python3` (or `tooz`) is the project's virtualenv too, and no
 # user site-packages leak in.
 export PATH="$PWD/.venv/bin:$PATH" PYTHONNOUSERSITE=1
+# Known advisories in the locked dependencies: a RustSec advisory-db snapshot (no network) at
+# $TOOZ_ADVISORY_DB, or ../shared/advisory-db beside the work tree.
+advisory_db="${TOOZ_ADVISORY_DB:-$PWD/../shared/advisory-db}"
+if [ -d "$advisory_db" ]; then
+    cargo_audit="${CARGO_HOME:-$HOME/.cargo}/bin/cargo-audit"
+    [ -x "$cargo_audit" ] || cargo_audit=$(command -v cargo-audit) \
+        || { echo "cargo-audit is missing: run 'bash scripts/setup.sh'" >&2; exit 1; }
+    "$cargo_audit" audit --db "$advisory_db" --no-fetch --stale --deny warnings
+    echo "cargo audit: no advisories against Cargo.lock ($advisory_db)"
+else
+    echo "cargo audit SKIPPED: no advisory database at $advisory_db (set TOOZ_ADVISORY_DB to a RustSec advisory-db checkout)"
+fi
 cargo test --quiet
 "$python" -m pytest -q -p no:cacheprovider "$@" tests
 if [ $# -eq 0 ]; then

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The release artefacts, checked as a user meets them:
 #  - the wheel, built with the documented command (`maturin build --release --zig`, from .venv):
-#    one cp39-abi3 manylinux2014 wheel; `auditwheel show` must agree that it needs no glibc newer
+#    one cp311-abi3 manylinux2014 wheel; `auditwheel show` must agree that it needs no glibc newer
 #    than 2.17; it is installed into fresh virtualenvs of the oldest and newest CPython this
-#    machine has (3.9 and 3.13, from pyenv, where present) for a smoke run of the suite: locks,
+#    machine has (3.11 and 3.13, from pyenv, where present) for a smoke run of the suite: locks,
 #    groups, heartbeat and fork on file and redis;
 #  - the sdist, installed by pip into a fresh virtualenv with PROTOC pointing at nothing (the
 #    build must need only cargo and a C compiler), then imported and used for a file lock.
@@ -19,18 +19,46 @@ wheel=$(ls "$out"/*.whl)
 sdist=$(ls "$out"/*.tar.gz)
 echo "built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) and $(basename "$sdist")"
 case "$(basename "$wheel")" in
-    *-cp39-abi3-manylinux2014_x86_64.*) ;;
-    *) echo "the wheel is not tagged cp39-abi3 manylinux2014: $(basename "$wheel")" >&2; exit 1 ;;
+    *-cp311-abi3-manylinux2014_x86_64.*) ;;
+    *) echo "the wheel is not tagged cp311-abi3 manylinux2014: $(basename "$wheel")" >&2; exit 1 ;;
 esac
+# What pip show and PyPI read: the wheel's METADATA says what the project is.
+"$venv_bin/python" - "$wheel" <<'PY'
+import sys, zipfile
+from email.parser import Parser
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    meta = Parser().parsestr(z.read(name).decode())
+    licenses = [n for n in z.namelist() if ".dist-info/licenses/" in n]
+classifiers = meta.get_all("Classifier") or []
+wanted = {
+    "Requires-Python": meta.get("Requires-Python") == ">=3.11",
+    "License-Expression": meta.get("License-Expression") == "Apache-2.0",
+    "license file": any(n.endswith("/LICENSE") for n in licenses),
+    "Summary": bool(meta.get("Summary")),
+    "Keywords": "coordination" in (meta.get("Keywords") or ""),
+    "Project-URL": bool(meta.get_all("Project-URL")),
+    "Typing :: Typed": "Typing :: Typed" in classifiers,
+    "a classifier per Python version": all(
+        "Programming Language :: Python :: 3.%d" % v in classifiers for v in (11, 12, 13)),
+    "README as the description": "tooz" in (meta.get_payload() or ""),
+}
+missing = [k for k, ok in wanted.items() if not ok]
+if missing:
+    sys.exit("the wheel's METADATA lacks: " + ", ".join(missing))
+print("METADATA: %s, Requires-Python %s, License-Expression %s, %d classifiers"
+      % (meta["Name"], meta["Requires-Python"], meta["License-Expression"], len(classifiers)))
+PY
 audit=$("$venv_bin/auditwheel" show "$wheel")
-if ! grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"' <<<"$audit"; then
+# (auditwheel wraps its sentences at the terminal's width: read them as one line)
+if ! tr -s ' \n' '  ' <<<"$audit" | grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"'; then
     echo "$audit" >&2
     echo "auditwheel does not find the wheel manylinux_2_17 (manylinux2014)" >&2
     exit 1
 fi
 echo "auditwheel: consistent with manylinux_2_17_x86_64 (glibc 2.17)"
 
-for version in 3.9 3.13; do
+for version in 3.11 3.13; do
     python=$(ls -d /root/.pyenv/versions/"$version".*/bin/python3 2>/dev/null | sort -V | tail -1 || true)
     if [ -z "$python" ]; then
         python=$(command -v "python$version" || true)

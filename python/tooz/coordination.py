@@ -542,11 +542,7 @@ class NoMatches(_NoMatchesBase):
 
 @functools.lru_cache(maxsize=None)
 def _backend_entry_points():
-    eps = importlib.metadata.entry_points()
-    if hasattr(eps, "select"):
-        found = eps.select(group=TOOZ_BACKENDS_NAMESPACE)
-    else:  # Python 3.9
-        found = eps.get(TOOZ_BACKENDS_NAMESPACE, ())
+    found = importlib.metadata.entry_points(group=TOOZ_BACKENDS_NAMESPACE)
     table = {}
     for ep in found:
         table.setdefault(ep.name, ep)

@@ -116,6 +116,11 @@ pub fn client_config(o: &TlsOptions<'_>) -> Result<Arc<ClientConfig>> {
             password.option
         )));
     }
+    // rustls 0.23.48 marks the ring provider deprecated because ring has no post-quantum key
+    // exchange (ML-KEM); the provider that has it, aws-lc-rs, is a large C build that the sdist
+    // (cargo and a C compiler only) and the zig-linked manylinux2014 wheels would carry. The key
+    // exchange is the classical X25519/P-256 set, as with rustls before 0.23.48.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(setup_failed)?;

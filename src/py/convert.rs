@@ -23,10 +23,10 @@ pub fn id_to_py<'py>(py: Python<'py>, id: &Id) -> Bound<'py, PyAny> {
 
 /// A group/member/lock id: `bytes` or `str`, kept as given.
 pub fn id_from_py(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Id> {
-    if let Ok(b) = obj.downcast::<PyBytes>() {
+    if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(Id::Bytes(b.as_bytes().to_vec()));
     }
-    if let Ok(s) = obj.downcast::<PyString>() {
+    if let Ok(s) = obj.cast::<PyString>() {
         return match s.to_cow() {
             Ok(s) => Ok(Id::Text(s.into_owned())),
             Err(_) => Err(to_py(Error::InvalidArgument(format!("{what} is not valid unicode")))),
@@ -57,7 +57,7 @@ fn from_py(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     if obj.is_none() {
         return Ok(Value::Nil);
     }
-    if let Ok(b) = obj.downcast::<PyBool>() {
+    if let Ok(b) = obj.cast::<PyBool>() {
         return Ok(Value::Bool(b.is_true()));
     }
     if obj.is_instance_of::<PyInt>() {
@@ -69,26 +69,26 @@ fn from_py(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
             .map(Value::UInt)
             .map_err(|_| serialization("Failed to serialize object: integer out of range".into()));
     }
-    if let Ok(f) = obj.downcast::<PyFloat>() {
+    if let Ok(f) = obj.cast::<PyFloat>() {
         return Ok(Value::Float(f.value()));
     }
-    if let Ok(s) = obj.downcast::<PyString>() {
+    if let Ok(s) = obj.cast::<PyString>() {
         let s = s.to_cow().map_err(|e| serialization(format!("Failed to serialize object: {e}")))?;
         return Ok(Value::Str(s.into_owned()));
     }
-    if let Ok(b) = obj.downcast::<PyBytes>() {
+    if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(Value::Bin(b.as_bytes().to_vec()));
     }
-    if let Ok(b) = obj.downcast::<PyByteArray>() {
+    if let Ok(b) = obj.cast::<PyByteArray>() {
         return Ok(Value::Bin(b.to_vec()));
     }
-    if let Ok(l) = obj.downcast::<PyList>() {
+    if let Ok(l) = obj.cast::<PyList>() {
         return l.iter().map(|i| from_py(&i, depth + 1)).collect::<PyResult<_>>().map(Value::Array);
     }
-    if let Ok(t) = obj.downcast::<PyTuple>() {
+    if let Ok(t) = obj.cast::<PyTuple>() {
         return t.iter().map(|i| from_py(&i, depth + 1)).collect::<PyResult<_>>().map(Value::Array);
     }
-    if let Ok(d) = obj.downcast::<PyDict>() {
+    if let Ok(d) = obj.cast::<PyDict>() {
         let mut items = Vec::with_capacity(d.len());
         for (k, v) in d.iter() {
             items.push((from_py(&k, depth + 1)?, from_py(&v, depth + 1)?));

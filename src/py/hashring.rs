@@ -22,10 +22,10 @@ pub struct PyHashRing {
 
 /// `utils.to_binary(node, 'utf-8')`, failing as it fails for other types.
 fn node_key(node: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-    if let Ok(b) = node.downcast::<PyBytes>() {
+    if let Ok(b) = node.cast::<PyBytes>() {
         return Ok(b.as_bytes().to_vec());
     }
-    if let Ok(s) = node.downcast::<PyString>() {
+    if let Ok(s) = node.cast::<PyString>() {
         return Ok(s.to_cow()?.as_bytes().to_vec());
     }
     Err(PyAttributeError::new_err(format!(
@@ -36,10 +36,10 @@ fn node_key(node: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
 
 /// Runs `f` on the bytes of `data` (bytes without a copy, or a bytearray).
 fn with_data_bytes<T>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<T>) -> PyResult<T> {
-    if let Ok(b) = data.downcast::<PyBytes>() {
+    if let Ok(b) = data.cast::<PyBytes>() {
         return f(b.as_bytes());
     }
-    if let Ok(b) = data.downcast::<PyByteArray>() {
+    if let Ok(b) = data.cast::<PyByteArray>() {
         return f(&b.to_vec());
     }
     if data.is_instance_of::<PyString>() {

@@ -20,7 +20,7 @@ use super::wait::{wait_call, SIGNAL_CHECK};
 /// `utils.convert_blocking`: a real bool is (blocking, timeout); anything else is a timeout.
 /// No `blocking` at all is `True`.
 fn wait_from(blocking: Option<&Bound<'_, PyAny>>, timeout: Option<f64>) -> PyResult<Wait> {
-    let (blocking, timeout) = match blocking.map(|b| (b, b.downcast::<pyo3::types::PyBool>())) {
+    let (blocking, timeout) = match blocking.map(|b| (b, b.cast::<pyo3::types::PyBool>())) {
         None => (true, timeout),
         Some((_, Ok(b))) => (b.is_true(), timeout),
         Some((b, Err(_))) => (true, Some(b.extract::<f64>()?)),
