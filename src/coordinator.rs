@@ -102,6 +102,8 @@ struct HeartState {
     stop_requested: AtomicBool,
     wake: Notify,
     beats: AtomicU64,
+    /// Counts the heart's starts: a renewal loop serves one run of the heart.
+    runs: AtomicU64,
     generation: AtomicU64,
     /// The process image whose lease keeper runs ([`Coordinator::keep_leases`]), and the one
     /// whose keeper was told to stop; `u64::MAX`: none.
@@ -132,6 +134,7 @@ impl Coordinator {
                 stop_requested: AtomicBool::new(false),
                 wake: Notify::new(),
                 beats: AtomicU64::new(0),
+                runs: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
                 keeper: AtomicU64::new(u64::MAX),
                 keeper_stop: AtomicU64::new(u64::MAX),
@@ -229,19 +232,9 @@ impl Coordinator {
             return;
         }
         let (inner, heart) = (self.inner.clone(), self.heart.clone());
-        runtime::runtime().spawn(async move {
-            while heart.keeper_stop.load(Ordering::SeqCst) != generation && !heart.alive_in(generation) {
-                let pause = match inner.driver.extend_locks().await {
-                    Ok(Some(next)) => Duration::from_secs_f64((next / 2.0).max(0.05)),
-                    Ok(None) => return, // no leases on this backend
-                    Err(e) => {
-                        log::emit(Level::Warning, LOGGER, format!("extending the locks of a forked worker failed, retrying: {e}"));
-                        Duration::from_secs(1)
-                    }
-                };
-                tokio::time::sleep(pause).await;
-            }
-        });
+        runtime::runtime().spawn(renew_leases(inner.driver.clone(), " of a forked worker", move || {
+            heart.keeper_stop.load(Ordering::SeqCst) == generation || heart.alive_in(generation)
+        }));
     }
 
     /// Leaves what is joined (failures ignored, as upstream's stop does), in call order; a
@@ -301,12 +294,21 @@ impl Coordinator {
         heart.stop_requested.store(false, Ordering::SeqCst);
         heart.beats.store(0, Ordering::SeqCst);
         let inner = self.inner.clone();
+        if inner.driver.renews_leases() {
+            // The locks' leases on a loop of their own, so an unanswered membership beat never
+            // delays a renewal (nor the other way round).
+            let heart = heart.clone();
+            let run = heart.runs.fetch_add(1, Ordering::SeqCst) + 1;
+            runtime::runtime().spawn(renew_leases(inner.driver.clone(), "", move || {
+                heart.stop_requested.load(Ordering::SeqCst) || heart.runs.load(Ordering::SeqCst) != run
+            }));
+        }
         runtime::runtime().spawn(async move {
             let driver = inner.driver.clone();
             let mut failures = 0u64;
             while !heart.stop_requested.load(Ordering::SeqCst) {
                 let began = Instant::now();
-                let pause = match driver.heartbeat().await {
+                let pause = match driver.beat().await {
                     Ok(next) => {
                         heart.beats.fetch_add(1, Ordering::SeqCst);
                         if failures > 0 {
@@ -378,6 +380,32 @@ impl Coordinator {
             Some(t) => self.heart.stopped.wait_timeout_while(guard, t, |r| *r).unwrap_or_else(|p| p.into_inner()).0,
         };
         *guard
+    }
+}
+
+/// Renews the leases of the locks `driver` holds until `done` says so: each renewal as it
+/// falls due (the driver's `extend_locks` says when), a failed one again a tenth of a second
+/// later (each renewal gives up by itself when the leases it renews run out on the holder's
+/// clock, which tells their holders; what is left to renew then is what was taken since).
+async fn renew_leases(driver: Arc<dyn Driver>, whose: &'static str, done: impl Fn() -> bool + Send + 'static) {
+    let mut failures = 0u64;
+    while !done() {
+        let began = Instant::now();
+        let pause = match driver.extend_locks().await {
+            Ok(Some(next)) => {
+                failures = 0;
+                Duration::from_secs_f64(next.max(0.01)).saturating_sub(began.elapsed())
+            }
+            Ok(None) => return, // no leases on this backend
+            Err(e) => {
+                if failures.is_multiple_of(50) {
+                    log::emit(Level::Warning, LOGGER, format!("renewing the leases of the locks{whose} failed, retrying: {e}"));
+                }
+                failures += 1;
+                Duration::from_millis(100)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

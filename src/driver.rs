@@ -125,10 +125,23 @@ pub trait Driver: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The membership part of a heartbeat alone, for a backend whose locks' leases are
+    /// renewed on a loop of their own ([`Driver::renews_leases`]): the heart runs both, and
+    /// neither waits behind the other's unanswered request. The whole heartbeat otherwise.
+    async fn beat(&self) -> Result<Option<f64>> {
+        self.heartbeat().await
+    }
+
+    /// Whether this backend's locks (and leaderships) live on leases that
+    /// [`Driver::extend_locks`] renews: the heart then renews them on a loop of its own.
+    fn renews_leases(&self) -> bool {
+        false
+    }
+
     /// Extends the leases of the locks this process image took, and nothing else (no
-    /// membership beat): what keeps a forked worker's locks alive when the heart that beats
-    /// them stayed in the parent. The seconds until the next extension is due; `None` where
-    /// locks have no lease.
+    /// membership beat): what the heart's renewal loop runs, and what keeps a forked worker's
+    /// locks alive when the heart that beats them stayed in the parent. The seconds until the
+    /// next extension is due; `None` where locks have no lease.
     async fn extend_locks(&self) -> Result<Option<f64>> {
         Ok(None)
     }

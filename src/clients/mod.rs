@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod memcache;
+pub mod pg_guard;
 pub mod pg_tls;
 pub mod resp;
 pub mod tls;

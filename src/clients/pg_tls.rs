@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_rustls::TlsConnector;
 
+use super::pg_guard::{poll_read_framed, Frames};
+
 /// Makes a TLS connector per server host name.
 #[derive(Clone)]
 pub struct MakeRustls {
@@ -58,16 +60,18 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let tls = TlsConnector::from(self.config).connect(self.name, stream).await?;
-            Ok(RustlsStream(tls))
+            Ok(RustlsStream(tls, Frames::messages()))
         })
     }
 }
 
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+/// The TLS session, and the message boundaries of the plaintext it carries (`pg_guard.rs`).
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>, Frames);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let me = &mut *self;
+        poll_read_framed(&mut me.0, &mut me.1, cx, buf)
     }
 }
 

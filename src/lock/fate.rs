@@ -6,41 +6,126 @@
 //! when they learn of a loss (a failed extension at a heartbeat, an ownership check that
 //! fails, a new session); the first loss of a holding is logged and reported, later ones are
 //! not.
+//!
+//! A holding on a lease (a key with a TTL) also runs on the holder's own clock
+//! ([`Fate::acquired_on_lease`], [`Fate::renewed`]; the deadlines come from `lease.rs`): past
+//! its deadline the holding is not held, whatever the server was last heard to say, and a
+//! watchdog task reports the loss at that moment — it waits on nothing but the clock, so a
+//! renewal stuck on an unanswered request cannot delay it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::log::{self, Level};
 
 /// Called (once per lost holding) when the lock is found lost.
 pub type OnLost = Arc<dyn Fn() + Send + Sync>;
 
+/// What a lease backend does when a holding's clock ran out: forget the holding (no more
+/// renewals), report it with [`Fate::lost`], and delete the key if it is still this holder's
+/// once the server answers again. Given the reason to report.
+pub type OnExpiry = Box<dyn FnOnce(&'static str) + Send>;
+
+/// The reason logged and reported when a holding's own clock ran out.
+pub const LEASE_RAN_OUT: &str = "its lease ran out on the holder's clock: no renewal was answered in time \
+                                 (server unreachable or too slow), so another process may take it now";
+
 pub struct Fate {
     logger: &'static str,
+    /// What is held ("lock", "leadership"), and which one, for log records.
+    kind: &'static str,
     what: String,
     token: Mutex<Option<u64>>,
     holding: AtomicBool,
     callbacks: Mutex<Vec<OnLost>>,
+    /// The holder's deadline of a holding on a lease (`None`: not on a lease), and which
+    /// holding it belongs to.
+    clock: Mutex<Clock>,
+    /// Counts holdings: a watchdog serves one, and ends when another begins.
+    term: AtomicU64,
+    /// Wakes the watchdog when the holding ends on purpose.
+    ended: Notify,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Clock {
+    deadline: Option<Instant>,
 }
 
 impl Fate {
     /// `what` names the lock (and backend) in log records.
     pub fn new(logger: &'static str, what: String) -> Fate {
-        Fate { logger, what, token: Mutex::new(None), holding: AtomicBool::new(false), callbacks: Mutex::new(Vec::new()) }
+        Fate::of("lock", logger, what)
     }
 
+    /// The fate of something else held on a lease (a `kind` such as "leadership").
+    pub fn of(kind: &'static str, logger: &'static str, what: String) -> Fate {
+        Fate {
+            logger,
+            kind,
+            what,
+            token: Mutex::new(None),
+            holding: AtomicBool::new(false),
+            callbacks: Mutex::new(Vec::new()),
+            clock: Mutex::new(Clock::default()),
+            term: AtomicU64::new(0),
+            ended: Notify::new(),
+        }
+    }
+
+    fn clock(&self) -> std::sync::MutexGuard<'_, Clock> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A holding that lasts until it is released or found lost (a kernel lock, a session's).
     pub fn acquired(&self, token: Option<u64>) {
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+        self.term.fetch_add(1, Ordering::SeqCst);
+        self.clock().deadline = None;
         self.holding.store(true, Ordering::SeqCst);
+        self.ended.notify_waiters();
+    }
+
+    /// A holding on a lease, held on this side until `deadline` unless [`Fate::renewed`]:
+    /// then `on_expiry` runs, from a watchdog on the runtime.
+    pub fn acquired_on_lease(self: &Arc<Self>, token: Option<u64>, deadline: Instant, on_expiry: OnExpiry) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+        let term = self.term.fetch_add(1, Ordering::SeqCst) + 1;
+        self.clock().deadline = Some(deadline);
+        self.holding.store(true, Ordering::SeqCst);
+        self.ended.notify_waiters();
+        crate::runtime::runtime().spawn(watch(self.clone(), term, on_expiry));
+    }
+
+    /// The lease was extended by a request sent when `deadline` was computed: the holder's
+    /// clock moves on to it (never back: answers may come out of order).
+    pub fn renewed(&self, deadline: Instant) {
+        let mut clock = self.clock();
+        if let Some(d) = clock.deadline.as_mut() {
+            *d = (*d).max(deadline);
+        }
+    }
+
+    /// The holder's deadline of the current holding on a lease.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.clock().deadline.filter(|_| self.holding.load(Ordering::SeqCst))
     }
 
     /// Released on purpose: no loss to report.
     pub fn released(&self) {
         self.holding.store(false, Ordering::SeqCst);
+        self.ended.notify_waiters();
     }
 
+    /// Whether the holding lasts: not released, not found lost, and its lease (if any) not
+    /// past the holder's deadline.
     pub fn holding(&self) -> bool {
-        self.holding.load(Ordering::SeqCst)
+        self.holding.load(Ordering::SeqCst) && self.clock().deadline.is_none_or(|d| Instant::now() < d)
     }
 
     /// The fencing token of the last successful acquisition.
@@ -57,13 +142,38 @@ impl Fate {
         if !self.holding.swap(false, Ordering::SeqCst) {
             return false;
         }
-        log::emit(Level::Warning, self.logger, format!("lock {} was lost: {why}", self.what));
+        log::emit(Level::Warning, self.logger, format!("{} {} was lost: {why}", self.kind, self.what));
         let callbacks = self.callbacks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for callback in callbacks {
             callback();
         }
         true
     }
+}
+
+/// The watchdog of holding `term`: sleeps until its deadline (again, if it was renewed
+/// meanwhile) and, if the holding still lasts then, runs `on_expiry`. Ends as soon as the
+/// holding ends otherwise.
+fn watch(fate: Arc<Fate>, term: u64, on_expiry: OnExpiry) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        loop {
+            let ended = fate.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if fate.term.load(Ordering::SeqCst) != term || !fate.holding.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(deadline) = fate.clock().deadline else { return };
+            if Instant::now() >= deadline {
+                on_expiry(LEASE_RAN_OUT);
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = &mut ended => {}
+            }
+        }
+    })
 }
 
 #[cfg(test)]

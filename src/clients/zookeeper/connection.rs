@@ -4,6 +4,7 @@
 //! connection drops.
 
 use super::*;
+use crate::lock::lease::Lease;
 
 fn io_error(e: std::io::Error) -> String {
     e.to_string()
@@ -82,6 +83,7 @@ async fn attempt(config: &Config, host: &Host, session: &mut Session, deadline: 
         session_id: session.id,
         password: &session.password,
     };
+    let sent = Instant::now();
     let handshake = async {
         write_frame(&mut stream, &request.encode()).await.map_err(io_error)?;
         read_frame(&mut stream, 4096).await
@@ -97,6 +99,7 @@ async fn attempt(config: &Config, host: &Host, session: &mut Session, deadline: 
     }
     session.id = response.session_id;
     session.password = response.password;
+    session.heard_sent = sent;
     session.timeout = Duration::from_millis(response.timeout_ms as u64);
     // Authenticate before anything else is sent; the server answers each packet in order
     // (and closes the connection after a refusal).
@@ -165,6 +168,8 @@ struct Pending {
     op: i32,
     reply: Reply,
     watch: Option<Watcher>,
+    /// When the request was written (its answer proves the server had it by then).
+    sent: Instant,
 }
 
 /// The session task.
@@ -185,7 +190,10 @@ pub(super) async fn run(
             Some(s) => s,
             None => {
                 let _ = state.send(State::Connecting);
-                let give_up = last_heard + session.timeout;
+                // The server keeps the session its timeout after our last request it answered
+                // arrived: the client's clock starts when that request was sent, and stops
+                // short of the timeout by the margin of every lease (`lock/lease.rs`).
+                let give_up = Lease::exact(session.timeout).deadline(session.heard_sent);
                 let reconnect = establish(&config, &mut session, give_up);
                 tokio::pin!(reconnect);
                 let got = loop {
@@ -263,6 +271,8 @@ async fn serve(
     let read_timeout = (session.timeout * 2 / 3).max(Duration::from_millis(100));
     let ping_every = read_timeout / 2;
     let mut pending: HashMap<i32, Pending> = HashMap::new();
+    // When the pings still unanswered on this connection were sent, oldest first.
+    let mut pings: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     let mut next_xid: i32 = 1;
     // Set the session's watches again before anything else is sent on this connection.
     if let Some(payload) = watches.rearm(session.last_zxid) {
@@ -289,7 +299,12 @@ async fn serve(
                 session.last_zxid = header.zxid;
             }
             match header.xid {
-                xid::PING => {}
+                xid::PING => {
+                    // Answered in order: the oldest ping still out.
+                    if let Some(sent) = pings.pop_front() {
+                        session.heard_sent = session.heard_sent.max(sent);
+                    }
+                }
                 xid::AUTH => {
                     if header.err != 0 {
                         break 'conn Outcome::Ended(Ended::AuthFailed);
@@ -310,6 +325,7 @@ async fn serve(
                 xid::SET_WATCHES => {}
                 n => {
                     let Some(p) = pending.remove(&n) else { continue };
+                    session.heard_sent = session.heard_sent.max(p.sent);
                     if p.op == op::CLOSE_SESSION {
                         break 'conn Outcome::Ended(Ended::Closed);
                     }
@@ -367,15 +383,17 @@ async fn serve(
                 if op_code == op::CLOSE_SESSION {
                     closing = Some(Instant::now() + session.timeout.min(Duration::from_secs(3)));
                     let (reply, _) = oneshot::channel();
-                    pending.insert(x, Pending { op: op_code, reply, watch: None });
+                    pending.insert(x, Pending { op: op_code, reply, watch: None, sent: last_sent });
                 } else if let Some(reply) = reply {
-                    pending.insert(x, Pending { op: op_code, reply, watch });
+                    pending.insert(x, Pending { op: op_code, reply, watch, sent: last_sent });
                 }
             },
             _ = sleep_until(ping_at) => {
+                let sent = Instant::now();
                 if write_frame(&mut stream, &proto::request(xid::PING, op::PING, &[])).await.is_err() {
                     break 'conn Outcome::Lost;
                 }
+                pings.push_back(sent);
                 last_sent = Instant::now();
             },
             _ = sleep_until(silent_at) => break 'conn Outcome::Lost,

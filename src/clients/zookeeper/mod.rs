@@ -105,6 +105,10 @@ struct Session {
     password: Vec<u8>,
     timeout: Duration,
     last_zxid: i64,
+    /// When the latest request the server is known to have received (it answered) was
+    /// sent: the server keeps the session for its timeout after that request arrived, which
+    /// is no sooner, so the client's own clock of the session starts here (`lock/lease.rs`).
+    heard_sent: tokio::time::Instant,
 }
 
 type Reply = oneshot::Sender<ZkResult<Vec<u8>>>;
@@ -228,6 +232,7 @@ impl Client {
             password: vec![0; 16],
             timeout: config.session_timeout,
             last_zxid: 0,
+            heard_sent: tokio::time::Instant::now(),
         };
         let stream = establish(&config, &mut session, deadline).await?;
         let (commands, receiver) = mpsc::unbounded_channel();

@@ -76,8 +76,9 @@ impl Etcd3Lock {
         }
     }
 
+    /// Held through this coordinator, and not past the holder's deadline of its lease.
     fn held_here(&self) -> bool {
-        self.shared.state().held.get().contains_key(&self.id)
+        self.shared.state().held.get().contains_key(&self.id) && self.fate.holding()
     }
 
     /// The spare lease, if it is young enough to be worth refreshing rather than replacing.
@@ -215,7 +216,11 @@ impl DriverLock for Etcd3Lock {
             };
             match attempt {
                 Attempt::Won(revision) => {
-                    self.fate.acquired((revision > 0).then_some(revision as u64));
+                    // The lease was granted or refreshed by a request sent after `refreshed`.
+                    let (shared, id) = (self.shared.clone(), self.id);
+                    let on_expiry = Box::new(move |why| shared.expired(id, lease, why));
+                    let token = (revision > 0).then_some(revision as u64);
+                    self.fate.acquired_on_lease(token, self.shared.lock_lease().deadline(refreshed), on_expiry);
                     let mut state = self.shared.state();
                     state.held.get().insert(self.id, (self.key.clone(), lease));
                     state.fates.get().insert(self.id, self.fate.clone());
@@ -252,6 +257,12 @@ impl DriverLock for Etcd3Lock {
                 None => return Ok(false),
             }
         };
+        if !self.fate.holding() {
+            // Past the holder's deadline, before its watchdog told: lost, and its lease revoked.
+            self.fate.lost(crate::lock::fate::LEASE_RAN_OUT);
+            self.shared.revoke_until_answered(lease);
+            return Ok(false);
+        }
         self.fate.released();
         let waiters = RangeRequest::key(self.waiters_prefix.clone()).prefix().count_only();
         let txn = TxnRequest::when([Compare::value(self.key.clone(), Cmp::Equal, self.token.clone())])
@@ -278,6 +289,10 @@ impl DriverLock for Etcd3Lock {
     }
 
     async fn is_still_owner(&self) -> Result<bool> {
+        if !self.held_here() {
+            // Never held, released, or lost (maybe on the holder's clock, etcd out of reach).
+            return Ok(false);
+        }
         let r = self.shared.get("check lock owner", RangeRequest::key(self.key.clone())).await?;
         let owner = r.kvs.first().is_some_and(|kv| kv.value == self.token);
         if !owner {
@@ -292,7 +307,7 @@ impl DriverLock for Etcd3Lock {
             Some((_, lease)) => *lease,
             None => return Ok(false),
         };
-        let alive = self.shared.keep_alive(lease).await?;
+        let alive = self.shared.keep_alive_lock(lease, &self.fate).await?;
         if !alive {
             self.shared.state().lost(self.id, "its lease lapsed before it was refreshed");
         }

@@ -53,7 +53,9 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
+use crate::lock::fate::Fate;
 use crate::lock::handoff::Courtesies;
+use crate::lock::lease::{renew_by, Lease};
 use link::{lapsed, lease_gone, Link};
 use lock::Etcd3Lock;
 
@@ -113,6 +115,9 @@ struct State {
     /// Groups whose election this coordinator entered, and whether it was leading at the
     /// last look.
     candidate: HashMap<Vec<u8>, bool>,
+    /// When the request that last set the election lease (a grant or a refresh) was sent, and
+    /// by which process image (a forked worker leaves its parent's lease to the parent).
+    election_sent: Option<(tokio::time::Instant, u64)>,
     /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
     held: PerImage<HashMap<u64, (Vec<u8>, i64)>>,
     /// The fates of the held locks (told when a heartbeat finds a lock's lease lapsed).
@@ -145,6 +150,9 @@ pub(crate) struct Shared {
     leader_ttl: i64,
     heartbeat_every: f64,
     state: Mutex<State>,
+    /// The leaderships this coordinator holds, on the election lease: lost on the holder's
+    /// clock like a lock (`lock/fate.rs`), when every group it leads stands it down.
+    leadership: Arc<Fate>,
     next_lock: AtomicU64,
     /// Which locks this coordinator steps aside from, by key (`lock/handoff.rs`).
     courtesies: Courtesies,
@@ -177,6 +185,112 @@ impl Shared {
             })
             .await?;
         Ok(outcome)
+    }
+
+    /// The lease of a lock, as its holder reckons it (`lock/lease.rs`): etcd ends a lease no
+    /// sooner than its TTL after the request that set it arrived.
+    fn lock_lease(&self) -> Lease {
+        Lease::exact(Duration::from_secs(self.lock_ttl.max(1) as u64))
+    }
+
+    /// Refreshes a held lock's lease; the holder's clock moves on with it.
+    async fn keep_alive_lock(&self, lease: i64, fate: &Fate) -> Result<bool> {
+        let sent = tokio::time::Instant::now();
+        let alive = self.keep_alive(lease).await?;
+        if alive {
+            fate.renewed(self.lock_lease().deadline(sent));
+        }
+        Ok(alive)
+    }
+
+    /// The election lease, as its holder reckons it.
+    fn election_lease(&self) -> Lease {
+        Lease::exact(Duration::from_secs(self.leader_ttl.max(1) as u64))
+    }
+
+    /// Every leadership of this coordinator ends (its election lease is gone, or may be):
+    /// the groups it led, for the record.
+    fn stand_down_all(&self) -> String {
+        let mut st = self.state();
+        let mut led = Vec::new();
+        for (g, leading) in st.candidate.iter_mut() {
+            if std::mem::replace(leading, false) {
+                led.push(String::from_utf8_lossy(g).into_owned());
+            }
+        }
+        led.join(", ")
+    }
+
+    /// This coordinator leads where its candidacy is oldest (`leading`), or no longer leads
+    /// in `group`: the leadership held on the election lease begins, goes on or ends.
+    fn note_leading(self: &Arc<Self>, group: Vec<u8>, leading: Option<bool>) -> bool {
+        let mut st = self.state();
+        let was = match leading {
+            Some(l) => st.candidate.insert(group, l),
+            None => st.candidate.remove(&group),
+        }
+        .unwrap_or(false);
+        let leads_any = st.candidate.values().any(|l| *l);
+        let sent = st.election_sent.map(|(sent, _)| sent);
+        drop(st);
+        match (leads_any, self.leadership.holding(), sent) {
+            (true, false, Some(sent)) => {
+                let me = self.clone();
+                let on_expiry = Box::new(move |why| {
+                    let led = me.stand_down_all();
+                    me.leadership.lost(&format!("{why}; it no longer leads {led}"));
+                });
+                self.leadership.acquired_on_lease(None, self.election_lease().deadline(sent), on_expiry);
+            }
+            (false, true, _) => self.leadership.released(),
+            _ => {}
+        }
+        leading == Some(true) && !was
+    }
+
+    /// Refreshes the election lease, if there is one; a lapsed one is replaced (and the
+    /// leaderships on it are lost). The holder's clock of the leaderships moves on with it.
+    async fn keep_election(&self) -> Result<()> {
+        let generation = crate::runtime::generation();
+        let election = match *self.state() {
+            State { election_lease, election_sent: Some((_, by)), .. } if election_lease != 0 && by == generation => election_lease,
+            _ => return Ok(()),
+        };
+        let sent = tokio::time::Instant::now();
+        if self.keep_alive(election).await? {
+            self.state().election_sent = Some((sent, generation));
+            self.leadership.renewed(self.election_lease().deadline(sent));
+        } else {
+            let led = self.stand_down_all();
+            self.leadership.lost(&format!("the election lease lapsed before it was refreshed; it no longer leads {led}"));
+            self.renew(LeaseKind::Election, election).await?;
+        }
+        Ok(())
+    }
+
+    /// A held lock's lease ran out on the holder's clock: lost (and told), and its lease
+    /// revoked once etcd answers again (a refresh whose answer was lost may have kept it, and
+    /// the key with it), so others need not wait out its TTL.
+    fn expired(self: &Arc<Self>, id: u64, lease: i64, why: &'static str) {
+        self.state().lost(id, why);
+        self.revoke_until_answered(lease);
+    }
+
+    /// Revokes a lease in the background, trying again until etcd answers or the lease has
+    /// surely lapsed by itself (a lease and a half from now).
+    fn revoke_until_answered(self: &Arc<Self>, lease: i64) {
+        let me = self.clone();
+        crate::runtime::runtime().spawn(async move {
+            let give_up = tokio::time::Instant::now() + me.lock_lease().length * 3 / 2;
+            while tokio::time::Instant::now() < give_up {
+                let budget = me.lock_lease().renew_every();
+                if let Ok(Ok(())) = tokio::time::timeout(budget, me.revoke(lease)).await {
+                    return;
+                }
+                me.link.reset();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
 
     /// Revokes a lease in the background (its keys go at once); failures are harmless, the
@@ -239,6 +353,7 @@ impl Shared {
     /// back what hung on it: memberships (of groups that still exist) or election
     /// candidacies (at the back of each queue). Upstream leaves its members lost.
     async fn renew(&self, kind: LeaseKind, expired: i64) -> Result<i64> {
+        let sent = tokio::time::Instant::now();
         let lease = self.grant(self.ttl_of(kind)).await?;
         let swapped = {
             let mut st = self.state();
@@ -247,6 +362,9 @@ impl Shared {
                 Err(*slot) // renewed meanwhile by another call: use that one
             } else {
                 *slot = lease;
+                if let LeaseKind::Election = kind {
+                    st.election_sent = Some((sent, crate::runtime::generation()));
+                }
                 Ok(())
             }
         };
@@ -342,6 +460,41 @@ fn tls_config(https: bool, options: &Options) -> Result<Option<Arc<rustls::Clien
 
 impl Etcd3Driver {
     /// Releases the locks this process image holds: revoking a lock's lease deletes its key.
+    /// Refreshes every held lock's lease, each renewal with a third of the time left before
+    /// the earliest holder's deadline among them, then again on fresh channels (`lock/lease.rs`).
+    async fn extend_held(&self) -> Result<()> {
+        let held: Vec<(u64, i64, Arc<Fate>)> = {
+            let mut st = self.shared.state();
+            let leases: Vec<(u64, i64)> = st.held.get().iter().map(|(id, (_, l))| (*id, *l)).collect();
+            let fates = st.fates.get();
+            leases.into_iter().filter_map(|(id, l)| Some((id, l, fates.get(&id)?.clone()))).collect()
+        };
+        let election = self.shared.state().election_lease != 0;
+        let deadline = held.iter().filter_map(|(_, _, f)| f.deadline()).chain(self.shared.leadership.deadline()).min();
+        let deadline = match deadline {
+            Some(d) => d,
+            // Nothing held on this side: a candidacy's lease is refreshed all the same.
+            None if election => tokio::time::Instant::now() + self.shared.election_lease().length,
+            None => return Ok(()),
+        };
+        let lapsed = renew_by(deadline, || self.shared.link.reset(), || async {
+            self.shared.keep_election().await?;
+            let mut lapsed = Vec::new();
+            for (id, lease, fate) in &held {
+                if fate.holding() && !self.shared.keep_alive_lock(*lease, fate).await? {
+                    lapsed.push(*id);
+                }
+            }
+            Ok(lapsed)
+        })
+        .await?;
+        for id in lapsed {
+            // The lock lapsed: whoever holds it now, it is not us.
+            self.shared.state().lost(id, "its lease lapsed before the heartbeat refreshed it");
+        }
+        Ok(())
+    }
+
     async fn release_held(&self) {
         let held = {
             let mut st = self.shared.state();
@@ -402,6 +555,11 @@ impl Etcd3Driver {
                 leader_ttl: ttl_seconds(leader_timeout),
                 heartbeat_every: lock_timeout.min(membership_timeout).min(leader_timeout),
                 state: Mutex::new(State::default()),
+                leadership: Arc::new(Fate::of(
+                    "leadership",
+                    "tooz.drivers.etcd3gw",
+                    format!("of member {member}"),
+                )),
                 next_lock: AtomicU64::new(0),
                 courtesies: Courtesies::with_grace(lock::HANDOVER_GRACE),
             }),
@@ -466,6 +624,8 @@ impl Driver for Etcd3Driver {
         st.election_lease = 0;
         st.joined.clear();
         st.candidate.clear();
+        drop(st);
+        self.shared.leadership.released();
         Ok(())
     }
 
@@ -476,6 +636,7 @@ impl Driver for Etcd3Driver {
             st.candidate.clear();
             (std::mem::take(&mut st.lease), std::mem::take(&mut st.election_lease))
         };
+        self.shared.leadership.released();
         // Revoking a lease deletes what hangs on it: members, candidacies, held locks.
         self.release_held().await;
         for l in [lease, election] {
@@ -494,26 +655,27 @@ impl Driver for Etcd3Driver {
     }
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
+        let (beat, locks) = tokio::join!(self.beat(), self.extend_held());
+        beat.and(locks)?;
+        Ok(Some(self.shared.heartbeat_every))
+    }
+
+    fn renews_leases(&self) -> bool {
+        true
+    }
+
+    async fn beat(&self) -> Result<Option<f64>> {
         let lease = self.shared.lease()?;
         if !self.shared.keep_alive(lease).await? {
             self.shared.renew(LeaseKind::Membership, lease).await?;
         }
-        let election = self.shared.state().election_lease;
-        if election != 0 && !self.shared.keep_alive(election).await? {
-            self.shared.renew(LeaseKind::Election, election).await?;
-        }
-        self.extend_locks().await
+        Ok(Some(self.shared.heartbeat_every))
     }
 
     async fn extend_locks(&self) -> Result<Option<f64>> {
-        let held: Vec<(u64, i64)> = self.shared.state().held.get().iter().map(|(id, (_, l))| (*id, *l)).collect();
-        for (id, lock_lease) in held {
-            if !self.shared.keep_alive(lock_lease).await? {
-                // The lock lapsed: whoever holds it now, it is not us.
-                self.shared.state().lost(id, "its lease lapsed before the heartbeat refreshed it");
-            }
-        }
-        Ok(Some(self.shared.heartbeat_every))
+        self.extend_held().await?;
+        let every = self.shared.lock_lease().renew_every().min(self.shared.election_lease().renew_every());
+        Ok(Some(every.as_secs_f64()))
     }
 
     async fn create_group(&self, group: &Id) -> Result<()> {
@@ -723,7 +885,7 @@ impl Driver for Etcd3Driver {
         }
         let txn = TxnRequest::when([Compare::create_revision(key.clone(), Cmp::NotEqual, 0)]).and_then([RequestOp::delete(key)]);
         let ok = self.shared.txn("stand down", txn).await?.succeeded;
-        self.shared.state().candidate.remove(&g);
+        self.shared.note_leading(g, None);
         Ok(ok)
     }
 
@@ -745,9 +907,7 @@ impl Driver for Etcd3Driver {
             .await?;
         let index = if resp.succeeded { 1 } else { 0 };
         let leading = first_kvs(&resp, index).first().is_some_and(|kv| kv.key == key);
-        let mut st = self.shared.state();
-        let was = st.candidate.insert(g, leading).unwrap_or(false);
-        Ok(leading && !was)
+        Ok(self.shared.note_leading(g, Some(leading)))
     }
 
     /// Pushed: a watch on the election prefix from the revision at which someone else was

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::time::Instant as TokioInstant;
 
 use super::{decode, encode, id_value, ttl, value_id, Shared, MAX_CAS_ATTEMPTS};
 use crate::clients::memcache::meta::{self, Code, Status};
@@ -34,6 +35,7 @@ use crate::lock::handoff::Courtesy;
 use crate::lock::ttl::{self as ttl_lock, Attempt};
 use crate::error::{Error, Result};
 use crate::lock::fate::{Fate, OnLost};
+use crate::lock::lease::Lease;
 use crate::id::Id;
 
 /// How long a waiter's mark lasts (memcached counts whole seconds, and a key with TTL 1 can
@@ -103,8 +105,20 @@ impl LockState {
         &self.shared.client
     }
 
+    /// Held, and not past the holder's deadline of its lease.
     fn is_acquired(&self) -> bool {
-        self.acquired.load(Ordering::SeqCst)
+        self.acquired.load(Ordering::SeqCst) && self.fate.holding()
+    }
+
+    /// The holder's deadline of the current holding.
+    pub(super) fn fate_deadline(&self) -> Option<tokio::time::Instant> {
+        self.fate.deadline()
+    }
+
+    /// The lease of the key, as its holder reckons it (`lock/lease.rs`): memcached counts
+    /// whole seconds.
+    pub(super) fn lease(&self) -> Lease {
+        Lease::coarse(Duration::from_secs(u64::from(self.ttl)))
     }
 
     pub(super) fn forget(self: &Arc<Self>) {
@@ -116,10 +130,33 @@ impl LockState {
 
     /// The holding turned out lost: forgotten, and its holder told.
     fn lost(self: &Arc<Self>, why: &str) {
-        if self.is_acquired() {
+        if self.acquired.load(Ordering::SeqCst) {
             self.forget();
             self.fate.lost(why);
         }
+    }
+
+    /// The lease ran out on the holder's clock: lost (and told), and the key deleted once the
+    /// server answers again if it is still this holding (a renewal whose answer was lost may
+    /// have extended it), so others need not wait out its TTL. Through meta commands only: the
+    /// classic protocol cannot delete only if the key is still this holding.
+    fn expired(self: &Arc<Self>, why: &'static str) {
+        self.lost(why);
+        let me = self.clone();
+        crate::runtime::runtime().spawn(async move {
+            // Taken once a renewal still waiting for its answer gives up.
+            let Some(cas) = me.cas.lock().await.take() else { return };
+            let give_up = TokioInstant::now() + me.lease().length * 3 / 2;
+            let request = meta::delete_if(&me.key, cas);
+            while TokioInstant::now() < give_up {
+                let delete = me.client().request("unlock", &request);
+                if let Ok(Ok(_)) = tokio::time::timeout(me.lease().renew_every(), delete).await {
+                    ttl_lock::wake(&me.shared.scope, &me.key);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
 
     /// The value this member writes under the key: (flags, bytes).
@@ -133,8 +170,10 @@ impl LockState {
         let tried = AtomicBool::new(false);
         let marked: Mutex<Option<Instant>> = Mutex::new(None);
         let took: Mutex<Option<u64>> = Mutex::new(None);
+        let sent_last = Mutex::new(TokioInstant::now());
         let got = ttl_lock::acquire_with(&self.shared.scope, &self.key, wait, &self.courtesy, || async {
             let first = !tried.swap(true, Ordering::Relaxed);
+            *sent_last.lock().unwrap_or_else(|p| p.into_inner()) = TokioInstant::now();
             let outcome = if with_meta { self.try_meta(flags, &owner).await? } else { self.try_classic(first, flags, &owner).await? };
             match outcome {
                 Try::Got(cas) => {
@@ -174,7 +213,9 @@ impl LockState {
             Some(cas) => Ok(cas),
             None => self.next_token().await,
         };
-        self.fate.acquired(token.as_ref().ok().copied());
+        let sent = *sent_last.lock().unwrap_or_else(|p| p.into_inner());
+        let me = self.clone();
+        self.fate.acquired_on_lease(token.as_ref().ok().copied(), self.lease().deadline(sent), Box::new(move |why| me.expired(why)));
         if let Err(e) = token {
             let _ = self.release().await;
             return Err(e);
@@ -337,6 +378,7 @@ impl LockState {
         if !self.is_acquired() {
             return Ok(false);
         }
+        let sent = TokioInstant::now();
         let extended = match *cas {
             Some(held) => {
                 let (flags, owner) = self.owner_value();
@@ -351,7 +393,9 @@ impl LockState {
             }
             None => self.owner().await?.as_ref() == Some(&self.shared.member) && self.client().touch(&self.key, self.ttl).await?,
         };
-        if !extended {
+        if extended {
+            self.fate.renewed(self.lease().deadline(sent));
+        } else {
             self.lost(&format!("{GONE} before it was extended"));
         }
         Ok(extended)

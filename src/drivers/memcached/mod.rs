@@ -34,6 +34,7 @@ use crate::id::Id;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
 use crate::lock::handoff::Courtesies;
+use crate::lock::lease::{renew_by, Lease};
 
 mod lock;
 use lock::{LockState, MemcachedLock};
@@ -394,10 +395,25 @@ impl MemcachedDriver {
     /// Refreshes this member's beat key. The reply is checked by a later beat rather than
     /// awaited, and a beat soon after one that asked for a reply asks for none: see
     /// `clients/memcache/later.rs`.
-    async fn beat(&self) -> Result<()> {
+    async fn beat_member(&self) -> Result<()> {
         let Beat { key, request, quiet } = &self.beat;
         memcache::check_key(key)?;
         self.client().send_checked_later("heartbeat", request, Some(quiet), |r| matches!(r, Reply::Stored)).await
+    }
+
+    /// Extends every held lock's (and leadership's) lease, each renewal with a third of the
+    /// time left before the earliest holder's deadline among them, then again (`lock/lease.rs`):
+    /// a request given up on takes its connection with it, so the next try connects afresh.
+    async fn extend_held(&self) -> Result<()> {
+        let held = self.held();
+        let Some(deadline) = held.iter().filter_map(|l| l.fate_deadline()).min() else { return Ok(()) };
+        renew_by(deadline, || {}, || async {
+            for lock in &held {
+                lock.touch().await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Releases the locks this process image holds.
@@ -470,16 +486,25 @@ impl Driver for MemcachedDriver {
     }
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
-        self.beat().await?;
-        self.extend_locks().await?;
+        let (beat, locks) = tokio::join!(self.beat_member(), self.extend_held());
+        beat.and(locks)?;
         Ok(Some(self.membership_timeout.min(self.leader_timeout).min(self.lock_timeout)))
     }
 
+    async fn beat(&self) -> Result<Option<f64>> {
+        self.beat_member().await?;
+        Ok(Some(self.membership_timeout))
+    }
+
+    fn renews_leases(&self) -> bool {
+        true
+    }
+
     async fn extend_locks(&self) -> Result<Option<f64>> {
-        for lock in self.held() {
-            lock.touch().await?;
-        }
-        Ok(Some(self.lock_timeout))
+        self.extend_held().await?;
+        // Locks and leaderships: the shortest lease's renewal period.
+        let every = self.held().iter().map(|l| l.lease().renew_every()).min();
+        Ok(Some(every.unwrap_or_else(|| Lease::coarse(Duration::from_secs(u64::from(ttl(self.lock_timeout)))).renew_every()).as_secs_f64()))
     }
 
     async fn create_group(&self, group: &Id) -> Result<()> {

@@ -201,6 +201,12 @@ impl Link {
         drop(self.idle_own.drain());
     }
 
+    /// A request on the multiplexed connection went unanswered too long (a lease renewal's
+    /// budget, `lock/lease.rs`): the next call connects afresh rather than queueing behind it.
+    pub(super) fn drop_stuck(&self) {
+        self.lost();
+    }
+
     /// A connection failed: the next call uses a new one, and the epoch moves.
     fn lost(&self) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()).get() = None;

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use super::scripts::WAITER_MS;
 use super::{Held, Shared};
 use crate::driver::{DriverLock, Wait};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::lock::fate::{Fate, OnLost};
+use crate::lock::fate::{Fate, OnLost, LEASE_RAN_OUT};
 use crate::lock::handoff::Courtesy;
 use crate::lock::ttl::{self as ttl_lock, Attempt};
 
@@ -29,8 +30,9 @@ pub struct RedisLock {
 }
 
 impl RedisLock {
+    /// Held through this coordinator, and not past the holder's deadline of its lease.
     fn held_here(&self) -> bool {
-        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().contains_key(&self.id)
+        self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().contains_key(&self.id) && self.fate.holding()
     }
 
     /// One SET NX; a failed one registers this lock object as a waiter when `wait`s.
@@ -38,12 +40,15 @@ impl RedisLock {
         let ms = Shared::px(self.shared.lock_timeout).to_string();
         let register: &[u8] = if wait == Wait::No { b"0" } else { WAITER_MS };
         let keys: [&[u8]; 3] = [&self.key, &self.fence_key, &self.waiters_key];
+        let sent = Instant::now();
         let fence: i64 =
             self.shared.eval("acquire lock", &self.shared.scripts.acquire_lock, &keys, &[&self.token, ms.as_bytes(), register]).await?;
         if fence <= 0 {
             return Ok(Attempt::Busy(Some(fence.unsigned_abs())));
         }
-        self.fate.acquired(Some(fence as u64));
+        let (shared, id, key, token) = (self.shared.clone(), self.id, self.key.clone(), self.token.clone());
+        let on_expiry = Box::new(move |why: &'static str| shared.expired(id, key, token, why));
+        self.fate.acquired_on_lease(Some(fence as u64), self.shared.lease().deadline(sent), on_expiry);
         Ok(Attempt::Got)
     }
 }
@@ -75,6 +80,12 @@ impl DriverLock for RedisLock {
         if !was_held {
             return Ok(false);
         }
+        if !self.fate.holding() {
+            // Past the holder's deadline, before its watchdog told: lost, and the key deleted
+            // if it is still ours.
+            self.shared.expired(self.id, self.key.clone(), self.token.clone(), LEASE_RAN_OUT);
+            return Ok(false);
+        }
         self.fate.released();
         let released = self.shared.release(&self.key, &self.token).await;
         ttl_lock::wake(&self.shared.scope, &self.key);
@@ -90,6 +101,11 @@ impl DriverLock for RedisLock {
     }
 
     async fn is_still_owner(&self) -> Result<bool> {
+        if !self.held_here() {
+            // Never held, released, or lost (maybe on the holder's clock, the server out of
+            // reach): nothing of this object's can be the owner.
+            return Ok(false);
+        }
         let owner: Option<Vec<u8>> = self.shared.query("check lock owner", redis::cmd("GET").arg(&self.key)).await?;
         let owned = owner.as_deref() == Some(self.token.as_slice());
         if !owned && self.held_here() {
@@ -102,7 +118,7 @@ impl DriverLock for RedisLock {
         if !self.held_here() {
             return Ok(false);
         }
-        let extended = self.shared.extend(&self.key, &self.token).await?;
+        let extended = self.shared.extend(&self.key, &self.token, &self.fate).await?;
         if !extended {
             self.shared.lost(self.id, "its key expired or was taken by another holder before it was extended");
         }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::options::Options;
@@ -33,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::lock::fate::Fate;
 use crate::lock::handoff::Courtesies;
+use crate::lock::lease::{renew_by, Lease};
+use crate::lock::ttl::wake as ttl_wake;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
 use link::{redis_err, Link, Request, Target};
@@ -140,9 +143,19 @@ impl Shared {
         ((seconds * 1000.0).round() as u64).max(1)
     }
 
-    async fn extend(&self, key: &[u8], token: &[u8]) -> Result<bool> {
+    /// The lease of a lock, as its holder reckons it (`lock/lease.rs`): `PX` is exact.
+    fn lease(&self) -> Lease {
+        Lease::exact(Duration::from_millis(Self::px(self.lock_timeout)))
+    }
+
+    /// Extends a held lock's key if it is still ours; the holder's clock moves on with it.
+    async fn extend(&self, key: &[u8], token: &[u8], fate: &Fate) -> Result<bool> {
         let ms = Self::px(self.lock_timeout).to_string();
+        let sent = Instant::now();
         let n: i64 = self.eval("extend lock", &self.scripts.extend_lock, &[key], &[token, ms.as_bytes()]).await?;
+        if n == 1 {
+            fate.renewed(self.lease().deadline(sent));
+        }
         Ok(n == 1)
     }
 
@@ -152,6 +165,52 @@ impl Shared {
         if let Some(h) = held {
             h.fate.lost(why);
         }
+    }
+
+    /// A held lock's lease ran out on the holder's clock: lost (and told), and its key deleted
+    /// by compare-and-delete once the server answers again, if it is still ours (a renewal
+    /// whose answer was lost may have extended it), so others need not wait out its TTL.
+    fn expired(self: &Arc<Self>, id: u64, key: Vec<u8>, token: Vec<u8>, why: &'static str) {
+        self.lost(id, why);
+        let me = self.clone();
+        crate::runtime::runtime().spawn(async move {
+            // Past a lease and a half from now, no extension of ours can keep the key alive.
+            let give_up = Instant::now() + me.lease().length * 3 / 2;
+            while Instant::now() < give_up {
+                let tried = tokio::time::timeout(me.lease().renew_every(), me.release(&key, &token)).await;
+                match tried {
+                    Ok(Ok(_)) => {
+                        ttl_wake(&me.scope, &key);
+                        return;
+                    }
+                    Ok(Err(Error::Connection(_))) | Err(_) => me.link.drop_stuck(),
+                    Ok(Err(_)) => return,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Extends every held lock's lease, each renewal with a third of the time left before the
+    /// earliest holder's deadline among them, then again on a fresh connection (`lease.rs`).
+    async fn extend_held(&self) -> Result<()> {
+        let held: Vec<(u64, Held)> =
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).get().iter().map(|(id, h)| (*id, h.clone())).collect();
+        let Some(deadline) = held.iter().filter_map(|(_, h)| h.fate.deadline()).min() else { return Ok(()) };
+        let lost = renew_by(deadline, || self.link.drop_stuck(), || async {
+            let mut lost = Vec::new();
+            for (id, h) in &held {
+                if h.fate.holding() && !self.extend(&h.key, &h.token, &h.fate).await? {
+                    lost.push(*id);
+                }
+            }
+            Ok(lost)
+        })
+        .await?;
+        for id in lost {
+            self.lost(id, "its key expired or was taken by another holder before the heartbeat extended it");
+        }
+        Ok(())
     }
 
     /// Deletes the lock key if it is still ours: whether it was, and whether others wait.
@@ -355,7 +414,7 @@ impl RedisDriver {
         [self.shared.beat_prefix(), self.member.clone()].concat()
     }
 
-    async fn beat(&self) -> Result<()> {
+    async fn beat_member(&self) -> Result<()> {
         let ms = Shared::px(self.shared.membership_timeout);
         let cmd = redis::cmd("SET").arg(self.beat_key()).arg(STILL_ALIVE).arg("PX").arg(ms).to_owned();
         self.shared.query("heartbeat", &cmd).await
@@ -449,7 +508,7 @@ impl Driver for RedisDriver {
         if version.as_slice() < [2, 6, 0].as_slice() {
             return Err(Error::NotImplemented("Redis version '2.6.0' or later is required".into()));
         }
-        self.beat().await
+        self.beat_member().await
     }
 
     async fn stop(&self) -> Result<()> {
@@ -466,20 +525,23 @@ impl Driver for RedisDriver {
     }
 
     async fn heartbeat(&self) -> Result<Option<f64>> {
-        self.beat().await?;
-        self.extend_locks().await?;
+        let (beat, locks) = tokio::join!(self.beat(), self.shared.extend_held());
+        beat.and(locks)?;
         Ok(Some(self.shared.lock_timeout.min(self.shared.membership_timeout)))
     }
 
+    async fn beat(&self) -> Result<Option<f64>> {
+        self.beat_member().await?;
+        Ok(Some(self.shared.membership_timeout))
+    }
+
+    fn renews_leases(&self) -> bool {
+        true
+    }
+
     async fn extend_locks(&self) -> Result<Option<f64>> {
-        let held: Vec<(u64, Held)> =
-            self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().iter().map(|(id, h)| (*id, h.clone())).collect();
-        for (id, h) in held {
-            if !self.shared.extend(&h.key, &h.token).await? {
-                self.shared.lost(id, "its key expired or was taken by another holder before the heartbeat extended it");
-            }
-        }
-        Ok(Some(self.shared.lock_timeout))
+        self.shared.extend_held().await?;
+        Ok(Some(self.shared.lease().renew_every().as_secs_f64()))
     }
 
     async fn create_group(&self, group: &Id) -> Result<()> {

@@ -21,15 +21,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use md5::{Digest, Md5};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{CancelToken, Client, Config, SimpleQueryMessage, Socket};
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{CancelToken, Client, Config, SimpleQueryMessage};
 
 use crate::drivers::Options;
 use super::session_lock::{Backend, SessionDriver};
 use crate::drivers::Url;
+use crate::clients::pg_guard::Guarded;
 use crate::clients::pg_tls::{MakeRustls, RustlsStream};
 use crate::clients::tls::{self, ClientCert, Named, TlsOptions, Verify};
 use crate::error::{Error, Result};
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 const DEFAULT_PORT: u16 = 5432;
 /// libpq's compiled-in socket directory on Debian, used when no host is given anywhere.
@@ -69,7 +73,79 @@ pub struct Pg {
     target: String,
 }
 
-type PgConnection = tokio_postgres::Connection<Socket, RustlsStream<Socket>>;
+type PgConnection = tokio_postgres::Connection<Guarded<Sock>, RustlsStream<Guarded<Sock>>>;
+
+/// The socket of a session, opened by us (not by `tokio-postgres`) so that what the server
+/// sends is bounded from the first byte (`clients/pg_guard.rs`).
+enum Sock {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for Sock {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Sock {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Sock::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Sock::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens the session's socket to the configured host (TCP, or a Unix socket directory).
+async fn open_socket(config: &Config) -> std::io::Result<(Sock, String)> {
+    let port = config.get_ports().first().copied().unwrap_or(DEFAULT_PORT);
+    match config.get_hosts().first() {
+        Some(Host::Unix(dir)) => {
+            let sock = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
+            Ok((Sock::Unix(sock), String::new()))
+        }
+        Some(Host::Tcp(host)) => {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            keep_alive(&tcp, Duration::from_secs(30));
+            Ok((Sock::Tcp(tcp), host.clone()))
+        }
+        None => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no PostgreSQL host")),
+    }
+}
+
+/// Turns on TCP keep-alive probes after `idle` without traffic (what `tokio-postgres` did
+/// with `keepalives_idle` when it opened the socket).
+fn keep_alive(tcp: &tokio::net::TcpStream, idle: Duration) {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let on: libc::c_int = 1;
+    let secs = idle.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: setsockopt on a socket we own, with a c_int option value of the given size.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &on as *const _ as *const libc::c_void, size);
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &secs as *const _ as *const libc::c_void, size);
+    }
+}
 
 /// One session. Its protocol I/O (`connection`) is driven by whoever runs a statement on it,
 /// on that caller's task, rather than by a task of its own: a statement then costs no hand-off
@@ -202,7 +278,6 @@ impl Pg {
             config.password(pw);
         }
         config.connect_timeout(CONNECT_TIMEOUT);
-        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
 
         let sslmode = options.str("sslmode").map(str::to_owned).or_else(|| env("PGSSLMODE"));
         let has_root = options.str("sslrootcert").is_some();
@@ -274,11 +349,20 @@ impl Backend for Pg {
     }
 
     async fn connect(&self) -> Result<PgConn> {
-        let connecting = self.config.connect(self.tls.clone());
+        let connecting = async {
+            let (sock, host) = open_socket(&self.config)
+                .await
+                .map_err(|e| Error::Connection(format!("cannot connect to PostgreSQL at {}: {e}", self.target)))?;
+            let tls = MakeTlsConnect::<Guarded<Sock>>::make_tls_connect(&mut self.tls.clone(), &host)
+                .map_err(|e| Error::Connection(format!("cannot connect to PostgreSQL at {}: {e}", self.target)))?;
+            self.config
+                .connect_raw(Guarded::new(sock), tls)
+                .await
+                .map_err(|e| as_connection(pg_err(&format!("cannot connect to PostgreSQL at {}", self.target), e)))
+        };
         let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connecting)
             .await
-            .map_err(|_| Error::Connection(format!("timed out connecting to PostgreSQL at {}", self.target)))?
-            .map_err(|e| as_connection(pg_err(&format!("cannot connect to PostgreSQL at {}", self.target), e)))?;
+            .map_err(|_| Error::Connection(format!("timed out connecting to PostgreSQL at {}", self.target)))??;
         Ok(PgConn { client, connection: Box::pin(connection), ended: false })
     }
 
