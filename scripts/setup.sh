@@ -4,6 +4,7 @@
 #  - backend servers from Debian: redis-server, memcached, zookeeper, etcd-server (+ etcdctl
 #    from etcd-client for the auth test) (tests start their own instances on loopback; the
 #    packaged system services are not used); openssl makes the certificates of the TLS tests;
+#  - iproute2 (`ip netns`, veth): the partition tests cut a holder off in a namespace of their own;
 #  - cargo-audit (pinned, from crates.io) for the test command's advisory check;
 #  - no protoc: the build needs only cargo and a C compiler (the etcd client's messages are
 #    written by hand, src/clients/etcd/);
@@ -20,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(redis-server memcached zookeeper etcd-server etcd-client python3-venv openssl
-          postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
+          postgresql-15 postgresql-client-15 mariadb-server mariadb-client iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

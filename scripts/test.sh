@@ -27,7 +27,32 @@ else
     echo "cargo audit SKIPPED: no advisory database at $advisory_db (set TOOZ_ADVISORY_DB to a RustSec advisory-db checkout)"
 fi
 cargo test --quiet
-"$python" -m pytest -q -p no:cacheprovider "$@" tests
+if [ $# -gt 0 ]; then
+    "$python" -m pytest -q -p no:cacheprovider "$@" tests
+else
+    "$python" -m pytest -q -p no:cacheprovider --ignore tests/test_partitions.py tests
+    # The network partitions (tests/test_partitions.py, as root): a process per backend, side
+    # by side, as they mostly wait out their cuts (each has a namespace and servers of its own).
+    partition_logs=$(mktemp -d)
+    pids=()
+    for selection in "redis or harness" memcached etcd3 zookeeper; do
+        "$python" -m pytest -q -p no:cacheprovider tests/test_partitions.py -k "$selection" \
+            >"$partition_logs/${selection%% *}.log" 2>&1 &
+        pids+=($!)
+    done
+    failed=0
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    for log in "$partition_logs"/*.log; do
+        echo "partitions, $(basename "$log" .log): $(tail -1 "$log")"
+    done
+    if [ "$failed" -ne 0 ]; then
+        cat "$partition_logs"/*.log >&2
+        exit 1
+    fi
+    rm -rf "$partition_logs"
+fi
 if [ $# -eq 0 ]; then
     # The capability tests once more in an eventlet-patched process (every backend, green paths).
     "$python" tests/eventlet_pytest.py -q -p no:cacheprovider \

@@ -409,18 +409,7 @@ class _ZooKeeper(_Served):
         self.local_host = netns.host_addr
 
     def _serving(self):
-        try:
-            with socket.create_connection((self.local_host, self.port), timeout=2) as s:
-                s.sendall(b"srvr")
-                reply = b""
-                while True:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    reply += chunk
-            return b"Mode:" in reply
-        except OSError:
-            return False
+        return servers._zookeeper_serving(self.port, self.local_host)
 
     def start(self):
         argv = self._argv_for_port(self.port, self.workdir)

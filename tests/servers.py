@@ -134,11 +134,11 @@ def zookeeper(port=None, tls=None):
     return server
 
 
-def _zookeeper_serving(port):
+def _zookeeper_serving(port, host="127.0.0.1"):
     """Whether the server answers the `srvr` four-letter command as a serving server (it
     accepts connections before it has loaded its data)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        with socket.create_connection((host, port), timeout=2) as s:
             s.sendall(b"srvr")
             reply = b""
             while True:

@@ -1,11 +1,16 @@
 //! One Redis request at a time over a plain TCP socket that the caller's thread writes and
-//! reads itself, for a call polled briefly on that thread ([`runtime::brief_budget`]: an
+//! reads itself: for a call polled briefly on that thread ([`runtime::brief_budget`]: an
 //! eventlet-patched process's greenthread, which may hold its OS thread about as long as a
-//! green socket call would). The reply is awaited there for what is left of that moment,
-//! first without sleeping ([`runtime::SPIN`]: a near server's reply comes sooner than a
-//! sleeping CPU wakes), then in `ppoll(2)`; past it, the wait goes on through the runtime's
-//! reactor, registered for that wait only, so the call can move to a runtime thread without
-//! blocking anyone.
+//! green socket call would), and for a call a Python thread waits on with the GIL released
+//! ([`runtime::on_caller_thread`]), which sleeps in `ppoll(2)` as a blocking socket's read
+//! would. In the brief moment the reply is awaited first without sleeping ([`runtime::SPIN`]:
+//! a near server's reply comes sooner than a sleeping CPU wakes), then in `ppoll(2)`; past it,
+//! the wait goes on through the runtime's reactor, registered for that wait only, so the call
+//! can move to a runtime thread without blocking anyone.
+//!
+//! What one reply may make it hold is bounded ([`MAX_LINE`], [`MAX_BULK`]): a server that
+//! announces a 2 GiB string or sends an endless line is refused at once, where the `redis`
+//! crate's own connections would buffer whatever they are told.
 //!
 //! Requests are packed and replies parsed by the `redis` crate; this only moves the bytes and
 //! finds where a RESP2 reply ends ([`reply_len`], a pure function, unit-tested). The
@@ -23,7 +28,10 @@ use crate::runtime;
 /// Bytes read at once.
 const READ_SIZE: usize = 16 << 10;
 /// Longest line of a reply (a status, an error, a length) before it counts as garbage.
-const MAX_LINE: usize = 64 << 10;
+pub const MAX_LINE: usize = 64 << 10;
+/// Longest bulk string of a reply: far above anything tooz stores or reads (capabilities,
+/// member ids), far below what would hurt the process.
+pub const MAX_BULK: i64 = 16 << 20;
 
 /// A plain connection to one Redis server.
 pub struct Conn {
@@ -31,6 +39,9 @@ pub struct Conn {
     buf: Vec<u8>,
     /// A request of it failed other than by the server's error reply: not to be used again.
     broken: bool,
+    /// How long a caller's thread waits for the socket in one go before the call fails (the
+    /// `socket_timeout`, as a blocking socket's).
+    limit: Duration,
 }
 
 fn io_err(e: std::io::Error) -> RedisError {
@@ -44,11 +55,11 @@ fn garbage(what: &'static str) -> RedisError {
 impl Conn {
     /// Connects through the runtime (a connect does not block the caller), then authenticates
     /// and selects `db` as the `redis` crate's connections do (RESP2).
-    pub async fn open(host: &str, port: u16, username: Option<&str>, password: Option<&str>, db: i64) -> RedisResult<Conn> {
+    pub async fn open(host: &str, port: u16, username: Option<&str>, password: Option<&str>, db: i64, limit: Duration) -> RedisResult<Conn> {
         let tcp = tokio::net::TcpStream::connect((host, port)).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         // Deregistered from the reactor, and left non-blocking: every read and write here is.
-        let mut conn = Conn { tcp: tcp.into_std().map_err(io_err)?, buf: Vec::new(), broken: false };
+        let mut conn = Conn { tcp: tcp.into_std().map_err(io_err)?, buf: Vec::new(), broken: false, limit };
         if let Some(password) = password {
             let mut auth = redis::cmd("AUTH");
             if let Some(user) = username {
@@ -101,7 +112,7 @@ impl Conn {
             let e = std::io::Error::last_os_error();
             match e.kind() {
                 std::io::ErrorKind::Interrupted => {}
-                std::io::ErrorKind::WouldBlock => wait(fd, tokio::io::Interest::WRITABLE, libc::POLLOUT).await?,
+                std::io::ErrorKind::WouldBlock => wait(fd, tokio::io::Interest::WRITABLE, libc::POLLOUT, self.limit).await?,
                 _ => return Err(io_err(e)),
             }
         }
@@ -126,7 +137,7 @@ impl Conn {
             let e = std::io::Error::last_os_error();
             match e.kind() {
                 std::io::ErrorKind::Interrupted => {}
-                std::io::ErrorKind::WouldBlock => wait(fd, tokio::io::Interest::READABLE, libc::POLLIN).await?,
+                std::io::ErrorKind::WouldBlock => wait(fd, tokio::io::Interest::READABLE, libc::POLLIN, self.limit).await?,
                 _ => return Err(io_err(e)),
             }
         }
@@ -135,8 +146,22 @@ impl Conn {
 
 /// Waits until `fd` is ready for `interest`: on the caller's thread for what is left of its
 /// brief moment (looking without sleeping for up to [`runtime::SPIN`], then in `ppoll(2)`),
-/// then (or on a runtime thread) through the runtime's reactor.
-async fn wait(fd: RawFd, interest: tokio::io::Interest, events: libc::c_short) -> RedisResult<()> {
+/// then (or on a runtime thread) through the runtime's reactor; on a caller's thread that may
+/// block, in `ppoll(2)` for at most `limit`.
+async fn wait(fd: RawFd, interest: tokio::io::Interest, events: libc::c_short, limit: Duration) -> RedisResult<()> {
+    if runtime::brief_budget().is_none() && runtime::on_caller_thread() {
+        let deadline = std::time::Instant::now() + limit;
+        // In slices: a signal's EINTR ends a slice early, not the wait.
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io_err(std::io::ErrorKind::TimedOut.into()));
+            }
+            if poll_for(fd, events, left.min(Duration::from_millis(100))) {
+                return Ok(());
+            }
+        }
+    }
     if let Some(left) = runtime::brief_budget() {
         if runtime::spin_until(left.min(runtime::SPIN), || poll_for(fd, events, Duration::ZERO)) {
             return Ok(());
@@ -178,6 +203,7 @@ fn value_end(buf: &[u8], at: usize, depth: usize) -> RedisResult<Option<usize>> 
         b'+' | b'-' | b':' => Ok(Some(after)),
         b'$' => match number(&buf[at + 1..line_end])? {
             n if n < 0 => Ok(Some(after)),
+            n if n > MAX_BULK => Err(garbage("Redis bulk string longer than tooz ever reads")),
             n => {
                 let end = after + n as usize + 2;
                 if buf.len() < end {
@@ -245,7 +271,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_resp2() {
-        for bad in [&b"HTTP/1.1 400\r\n"[..], b"$x\r\n", b"$3\r\nabcd\r\n", b"*99999999999\r\n", b"$-5\r\n"] {
+        for bad in [&b"HTTP/1.1 400\r\n"[..], b"$x\r\n", b"$3\r\nabcd\r\n", b"*99999999999\r\n", b"$-5\r\n", b"$2147483647\r\n", b"$16777217\r\n"] {
             assert!(reply_len(bad).is_err(), "{bad:?}");
         }
         let deep: Vec<u8> = b"*1\r\n".repeat(40);

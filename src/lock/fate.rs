@@ -201,4 +201,49 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(fate.token(), Some(8), "the last token stays readable");
     }
+
+    #[test]
+    fn a_lease_ends_on_the_holders_clock_unless_renewed_or_released() {
+        use std::time::Duration;
+        let expired = Arc::new(AtomicUsize::new(0));
+        let on_expiry = |fate: &Arc<Fate>, expired: &Arc<AtomicUsize>| -> OnExpiry {
+            let (f, e) = (fate.clone(), expired.clone());
+            Box::new(move |why| {
+                e.fetch_add(1, Ordering::SeqCst);
+                f.lost(why);
+            })
+        };
+        crate::runtime::block_on(async {
+            let fate = Arc::new(Fate::new("tooz.test", "l".into()));
+            let start = Instant::now();
+            fate.acquired_on_lease(Some(1), start + Duration::from_millis(150), on_expiry(&fate, &expired));
+            assert!(fate.holding());
+            // A renewal moves the deadline on; an older answer arriving late does not move it back.
+            fate.renewed(start + Duration::from_millis(300));
+            fate.renewed(start + Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(220)).await;
+            assert!(fate.holding(), "renewed until 300 ms");
+            assert_eq!(expired.load(Ordering::SeqCst), 0);
+            tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+            assert!(!fate.holding(), "past its deadline it is not held, whatever the watchdog did yet");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(expired.load(Ordering::SeqCst), 1, "the watchdog told once");
+
+            // Released before its deadline: the watchdog ends without telling.
+            let start = Instant::now();
+            fate.acquired_on_lease(Some(2), start + Duration::from_millis(100), on_expiry(&fate, &expired));
+            fate.released();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            assert_eq!(expired.load(Ordering::SeqCst), 1);
+
+            // Taken again: the earlier holding's watchdog does not end the new one.
+            let start = Instant::now();
+            fate.acquired_on_lease(Some(3), start + Duration::from_millis(100), on_expiry(&fate, &expired));
+            fate.acquired_on_lease(Some(4), start + Duration::from_secs(60), on_expiry(&fate, &expired));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            assert!(fate.holding());
+            assert_eq!(expired.load(Ordering::SeqCst), 1);
+            fate.released();
+        });
+    }
 }

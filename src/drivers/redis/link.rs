@@ -3,18 +3,20 @@
 //! * One multiplexed connection (redis-rs) for calls polled by the runtime (the asyncio API,
 //!   calls sent without waiting). After a connection error it is replaced (with Sentinel,
 //!   re-resolved to the current master) and the call is retried once.
-//! * Blocking connections for calls a Python thread waits on ([`runtime::on_caller_thread`]):
-//!   the caller writes the request and reads the reply itself in `read(2)`, so the kernel
-//!   wakes that thread when the reply arrives, where the multiplexed connection hands the
-//!   request to its driver task on a runtime thread and the reply back through a channel
-//!   (two thread switches a call). A pool keeps one per concurrently calling thread; a
-//!   connection is only ever used by one call at a time. Not used with Sentinel (the master
-//!   is found through the async client).
-//! * Connections of our own (`clients::resp`) for a call polled briefly on the caller's thread
-//!   (an eventlet greenthread's, `runtime::brief_budget`): the caller writes the request and
-//!   waits for the reply in `ppoll(2)` for that moment, then the call goes on on the runtime
-//!   on the same connection. Plain TCP with RESP2 only (otherwise, the multiplexed
-//!   connection); pipelines go through the others.
+//! * Connections of our own (`clients::resp`) for a call a Python thread waits on
+//!   ([`runtime::on_caller_thread`]) or polls briefly on its thread (an eventlet
+//!   greenthread's, `runtime::brief_budget`): the caller writes the request and reads the
+//!   reply itself (in `ppoll(2)`, so the kernel wakes that thread when the reply arrives,
+//!   where the multiplexed connection hands the request to its driver task on a runtime
+//!   thread and the reply back: two thread switches a call); a green moment's wait goes on on
+//!   the runtime, on the same connection, once the moment is over. A pool keeps one per
+//!   concurrently calling thread; a connection is only ever used by one call at a time. Plain
+//!   TCP with RESP2 only, one command or script at a time, and what a reply may hold is
+//!   bounded there (the `redis` crate's connections buffer whatever length a server
+//!   announces).
+//! * Blocking connections (redis-rs) for what a Python thread waits on that ours cannot send:
+//!   pipelines, and TLS or Unix-socket servers. Not used with Sentinel (the master is found
+//!   through the async client).
 //!
 //! [`Link::epoch`] moves whenever a connection of either kind is lost: the server's memory
 //! may have gone with it, and the coordinator re-joins its groups.
@@ -229,12 +231,15 @@ impl Link {
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let own = own.zip(self.own.as_ref()).filter(|_| runtime::brief_budget().is_some());
+        // Our own connections serve the caller's thread (blocking, or a green moment); their
+        // replies are bounded (`clients/resp.rs`). What they cannot send (pipelines, TLS,
+        // Unix sockets, Sentinel) goes through the `redis` crate's.
+        let own = own.zip(self.own.as_ref()).filter(|_| runtime::brief_budget().is_some() || runtime::on_caller_thread());
         let mut last = None;
         for _attempt in 0..2 {
             let outcome = match &own {
-                _ if self.blocking() => self.call_blocking(what, &sync),
                 Some((request, target)) => self.call_own(what, target, request).await,
+                None if self.blocking() => self.call_blocking(what, &sync),
                 None => self.call_async(what, &op).await,
             };
             match outcome {
@@ -279,7 +284,14 @@ impl Link {
             let mut conn = match self.idle_own.take() {
                 Some(c) => c,
                 None => {
-                    let open = resp::Conn::open(&own.host, own.port, own.username.as_deref(), own.password.as_deref(), own.db);
+                    let open = resp::Conn::open(
+                        &own.host,
+                        own.port,
+                        own.username.as_deref(),
+                        own.password.as_deref(),
+                        own.db,
+                        self.call_timeout,
+                    );
                     tokio::time::timeout(self.connect_timeout, open)
                         .await
                         .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?

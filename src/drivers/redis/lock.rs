@@ -83,7 +83,8 @@ impl DriverLock for RedisLock {
         if !self.fate.holding() {
             // Past the holder's deadline, before its watchdog told: lost, and the key deleted
             // if it is still ours.
-            self.shared.expired(self.id, self.key.clone(), self.token.clone(), LEASE_RAN_OUT);
+            self.fate.lost(LEASE_RAN_OUT);
+            self.shared.delete_when_back(self.key.clone(), self.token.clone());
             return Ok(false);
         }
         self.fate.released();

@@ -172,6 +172,12 @@ impl Shared {
     /// whose answer was lost may have extended it), so others need not wait out its TTL.
     fn expired(self: &Arc<Self>, id: u64, key: Vec<u8>, token: Vec<u8>, why: &'static str) {
         self.lost(id, why);
+        self.delete_when_back(key, token);
+    }
+
+    /// Deletes a lock key that may still be ours (compare-and-delete), trying until the server
+    /// answers or the key has surely lapsed by itself.
+    fn delete_when_back(self: &Arc<Self>, key: Vec<u8>, token: Vec<u8>) {
         let me = self.clone();
         crate::runtime::runtime().spawn(async move {
             // Past a lease and a half from now, no extension of ours can keep the key alive.

@@ -213,6 +213,8 @@ fn as_connection(e: Error) -> Error {
 struct CancelOnDrop {
     token: Option<CancelToken>,
     tls: MakeRustls,
+    /// Where the cancel request goes: a socket of its own to the session's server.
+    config: Config,
 }
 
 impl CancelOnDrop {
@@ -224,10 +226,15 @@ impl CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            let tls = self.tls.clone();
+            let (mut tls, config) = (self.tls.clone(), self.config.clone());
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = token.cancel_query(tls).await;
+                    // The session's socket was opened by us (`connect_raw`), so the token knows
+                    // no address: the cancel request goes over a socket opened the same way.
+                    let Ok(Ok((sock, host))) = tokio::time::timeout(CONNECT_TIMEOUT, open_socket(&config)).await else { return };
+                    if let Ok(tls) = MakeTlsConnect::<Sock>::make_tls_connect(&mut tls, &host) {
+                        let _ = tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query_raw(sock, tls)).await;
+                    }
                 });
             }
         }
@@ -401,7 +408,7 @@ impl Backend for Pg {
                 key.1
             ),
         };
-        let guard = CancelOnDrop { token: Some(conn.client.cancel_token()), tls: self.tls.clone() };
+        let guard = CancelOnDrop { token: Some(conn.client.cancel_token()), tls: self.tls.clone(), config: self.config.clone() };
         let result = conn.run(&sql).await;
         guard.disarm();
         match result {
