@@ -42,6 +42,11 @@ CASES = {
         huge_then_stream(b"+"),  # a status line that never ends
         once(os.urandom(4096)),
     ]),
+    # The runtime's multiplexed connection (tooz.aio's calls, the heart's).
+    "redis-aio": ("redis://127.0.0.1:{port}?socket_timeout=5", "aio-start", [
+        huge_then_stream(b"$2147483647\r\n"),
+        huge_then_stream(b"+"),
+    ]),
     "memcached": ("memcached://127.0.0.1:{port}?timeout=5", "start", [
         huge_then_stream(b"VALUE _ 0 2147483647\r\n"),
         huge_then_stream(b"STORED"),  # a line that never ends
@@ -85,8 +90,13 @@ before = hwm()
 began = time.monotonic()
 outcome = "no error"
 try:
-    c = coordination.get_coordinator(url, b"hostile-test")
-    c.start()
+    if what == "aio-start":
+        import asyncio
+        from tooz import aio
+        asyncio.run(aio.get_coordinator(url, b"hostile-test").start())
+    else:
+        c = coordination.get_coordinator(url, b"hostile-test")
+        c.start()
     if what == "lock":
         c.get_lock(b"l").acquire(blocking=False)
 except coordination.ToozError as e:

@@ -246,6 +246,124 @@ fn number(digits: &[u8]) -> RedisResult<i64> {
         .ok_or_else(|| garbage("Redis reply with a bad length"))
 }
 
+/// The reply boundaries of a RESP stream as it is read, bounded as [`reply_len`] bounds one
+/// reply: every element is a line (at most [`MAX_LINE`]), a bulk one followed by its body (at
+/// most [`MAX_BULK`]). For a connection read by someone else (the `redis` crate's multiplexed
+/// connection, over [`Bounded`]), which would buffer whatever length a server announces.
+#[derive(Debug, Default)]
+pub struct Framing {
+    state: Frame,
+}
+
+#[derive(Debug, Default)]
+enum Frame {
+    /// At an element's first byte (its type).
+    #[default]
+    Start,
+    /// In an element's line: its type, the first bytes of the line (a length's digits), and
+    /// how long the line is so far.
+    Line { kind: u8, head: Vec<u8>, len: usize },
+    /// In a bulk body: bytes still to come, its CRLF included.
+    Body(usize),
+}
+
+impl Framing {
+    /// Follows `bytes`; an error as soon as they break a bound (or are not RESP).
+    pub fn read(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("Redis sent {what}"));
+        while !bytes.is_empty() {
+            match &mut self.state {
+                Frame::Body(left) => {
+                    let take = (*left).min(bytes.len());
+                    *left -= take;
+                    bytes = &bytes[take..];
+                    if *left == 0 {
+                        self.state = Frame::Start;
+                    }
+                }
+                Frame::Start => {
+                    self.state = Frame::Line { kind: bytes[0], head: Vec::new(), len: 0 };
+                    bytes = &bytes[1..];
+                }
+                Frame::Line { kind, head, len } => {
+                    let end = bytes.iter().position(|b| *b == b'\n');
+                    let part = &bytes[..end.unwrap_or(bytes.len())];
+                    *len += part.len();
+                    if *len > MAX_LINE {
+                        return Err(bad("a reply line longer than tooz ever reads"));
+                    }
+                    // Only a length's digits matter: a long status line is counted, not kept.
+                    let room = 24usize.saturating_sub(head.len());
+                    head.extend_from_slice(&part[..part.len().min(room)]);
+                    let Some(end) = end else { break };
+                    bytes = &bytes[end + 1..];
+                    // Bulk strings (RESP3's verbatim strings and blob errors too) have a body.
+                    let body = if matches!(*kind, b'$' | b'=' | b'!') {
+                        let n: i64 = std::str::from_utf8(head)
+                            .ok()
+                            .and_then(|d| d.trim_end_matches('\r').parse().ok())
+                            .ok_or_else(|| bad("a bad bulk length"))?;
+                        if n > MAX_BULK {
+                            return Err(bad("a bulk string longer than tooz ever reads"));
+                        }
+                        if n >= 0 { n as usize + 2 } else { 0 }
+                    } else {
+                        0
+                    };
+                    self.state = if body > 0 { Frame::Body(body) } else { Frame::Start };
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stream whose reads are followed by a [`Framing`]: the connection fails as soon as the
+/// server breaks a bound.
+pub struct Bounded<S> {
+    inner: S,
+    framing: Framing,
+}
+
+impl<S> Bounded<S> {
+    pub fn new(inner: S) -> Bounded<S> {
+        Bounded { inner, framing: Framing::default() }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Bounded<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut me.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(me.framing.read(&buf.filled()[before..])),
+            other => other,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +385,33 @@ mod tests {
         for partial in [&b""[..], b"+OK", b"+OK\r", b"$3\r\nab", b"$3\r\nabc\r", b"*2\r\n:1\r\n", b"*2\r\n:1\r\n$2\r\nx"] {
             assert_eq!(reply_len(partial).unwrap(), None, "{partial:?}");
         }
+    }
+
+    #[test]
+    fn a_stream_is_followed_across_reads_and_bounded() {
+        let replies: &[u8] = b"+OK\r\n$3\r\nabc\r\n*2\r\n:1\r\n$-1\r\n-ERR x\r\n$0\r\n\r\n";
+        for split in 0..replies.len() {
+            let mut f = Framing::default();
+            f.read(&replies[..split]).unwrap();
+            f.read(&replies[split..]).unwrap();
+            assert!(matches!(f.state, Frame::Start), "split at {split}: {f:?}");
+        }
+        // A bulk body may hold CRLF and anything else: it is skipped, not parsed.
+        let mut f = Framing::default();
+        f.read(b"$4\r\n\r\n\r\n+OK\r\n").unwrap();
+        assert!(matches!(f.state, Frame::Start));
+        assert!(Framing::default().read(b"$2147483647\r\n").is_err());
+        let mut endless = Framing::default();
+        endless.read(b"+").unwrap();
+        let chunk = vec![b'x'; 16 << 10];
+        let mut failed = false;
+        for _ in 0..8 {
+            if endless.read(&chunk).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "an endless line is refused past MAX_LINE");
     }
 
     #[test]

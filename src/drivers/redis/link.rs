@@ -2,7 +2,8 @@
 //!
 //! * One multiplexed connection (redis-rs) for calls polled by the runtime (the asyncio API,
 //!   calls sent without waiting). After a connection error it is replaced (with Sentinel,
-//!   re-resolved to the current master) and the call is retried once.
+//!   re-resolved to the current master) and the call is retried once. Over plain TCP its
+//!   socket is ours, and what the server sends on it is bounded (`resp::Bounded`).
 //! * Connections of our own (`clients::resp`) for a call a Python thread waits on
 //!   ([`runtime::on_caller_thread`]) or polls briefly on its thread (an eventlet
 //!   greenthread's, `runtime::brief_budget`): the caller writes the request and reads the
@@ -180,10 +181,31 @@ impl Link {
                 );
             }
         }
-        let conn = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection_with_config(&self.config))
+        let connecting = async {
+            match &self.own {
+                // Plain TCP: over a socket of ours whose replies are bounded (`resp::Bounded`).
+                Some(own) => {
+                    let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect((own.host.as_str(), own.port)))
+                        .await
+                        .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
+                        .map_err(|e| Error::Connection(format!("cannot connect to Redis: {e}")))?;
+                    let _ = tcp.set_nodelay(true);
+                    let settings = client.get_connection_info().redis_settings();
+                    let (conn, driver) = MultiplexedConnection::new_with_config(settings, resp::Bounded::new(tcp), self.config.clone())
+                        .await
+                        .map_err(|e| redis_err("cannot connect to Redis", e))?;
+                    runtime::runtime().spawn(driver);
+                    Ok(conn)
+                }
+                None => client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await
+                    .map_err(|e| redis_err("cannot connect to Redis", e)),
+            }
+        };
+        let conn = tokio::time::timeout(self.call_timeout, connecting)
             .await
-            .map_err(|_| Error::Connection("timed out connecting to Redis".into()))?
-            .map_err(|e| redis_err("cannot connect to Redis", e))?;
+            .map_err(|_| Error::Connection("timed out connecting to Redis".into()))??;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()).get() = Some(conn.clone());
         Ok(conn)
     }

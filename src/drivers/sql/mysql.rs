@@ -32,6 +32,9 @@ const DEFAULT_PORT: u16 = 3306;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a statement that does not wait for a lock may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The session's `wait_timeout`: the server ends a session that sends no command for this
+/// long (see `session_lock.rs`; a held lock's connection is pinged every third of it).
+const SESSION_BOUND: Duration = Duration::from_secs(30);
 /// The longest single `GET_LOCK` wait.
 pub const WAIT_SLICE: Duration = Duration::from_secs(2);
 
@@ -116,6 +119,7 @@ impl My {
             .db_name(Some(db).filter(|d| !d.is_empty()))
             .prefer_socket(false)
             .stmt_cache_size(0)
+            .wait_timeout(Some(SESSION_BOUND.as_secs() as usize))
             .socket(socket.clone());
 
         let given = |k: &str| options.str(k).filter(|v| !v.is_empty());
@@ -241,6 +245,10 @@ impl Backend for My {
     async fn unlock(&self, conn: &mut Conn, key: &String) -> Result<bool> {
         let sql = format!("SELECT RELEASE_LOCK({key})");
         Ok(self.scalar(conn, "RELEASE_LOCK", &sql, CALL_TIMEOUT).await? == Some(1))
+    }
+
+    fn session_bound(&self) -> Duration {
+        SESSION_BOUND
     }
 
     async fn ping(&self, conn: &mut Conn) -> Result<()> {

@@ -41,6 +41,8 @@ const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a statement that does not wait for a lock may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server keeps a session it hears nothing from: 10 + 4 × 5 s of keep-alive.
+const SESSION_BOUND: Duration = Duration::from_secs(30);
 /// SQLSTATE lock_not_available: a timed wait ran out of `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -285,6 +287,11 @@ impl Pg {
             config.password(pw);
         }
         config.connect_timeout(CONNECT_TIMEOUT);
+        // The server ends a session whose client's kernel stops answering after SESSION_BOUND
+        // (see `session_lock.rs`): its TCP keep-alive probes start after 10 s without a word
+        // from us, go every 5 s, and 4 unanswered end it. A live client's kernel answers them,
+        // whatever its process does. Settings any user may set, sent with the startup message.
+        config.options("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=4");
 
         let sslmode = options.str("sslmode").map(str::to_owned).or_else(|| env("PGSSLMODE"));
         let has_root = options.str("sslrootcert").is_some();
@@ -421,6 +428,10 @@ impl Backend for Pg {
     async fn unlock(&self, conn: &mut PgConn, key: &(i32, i32)) -> Result<bool> {
         let sql = format!("SELECT pg_advisory_unlock({}, {})", key.0, key.1);
         self.bool_query(conn, "pg_advisory_unlock", &sql).await
+    }
+
+    fn session_bound(&self) -> Duration {
+        SESSION_BOUND
     }
 
     async fn ping(&self, conn: &mut PgConn) -> Result<()> {

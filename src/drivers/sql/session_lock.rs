@@ -19,6 +19,13 @@
 //! * Fork: a connection belongs to the process (runtime generation) that opened it; a forked
 //!   child never touches its parent's connections (they are forgotten, not closed, as the
 //!   parent still uses them) and does not consider its parent's locks its own.
+//! * A session the server ends when it hears nothing from the client for
+//!   [`Backend::session_bound`] (PostgreSQL: TCP keep-alive settings of the session, answered
+//!   by a live client's kernel; MySQL: `wait_timeout`), so a dead or cut-off holder blocks the
+//!   lock that long and no longer. A held lock's connection is pinged every third of it, and
+//!   the holding runs on the holder's own clock as a lease does (`lock/lease.rs`): it started
+//!   when the last answered request was sent, and a holder cut off is told (`on_lost`,
+//!   `acquired` False) before the server can end its session and free the lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +38,7 @@ use tokio::time::Instant;
 use crate::driver::{Driver, DriverLock, Op, Wait};
 use crate::error::{Error, Result};
 use crate::lock::fate::{Fate, OnLost};
+use crate::lock::lease::Lease;
 use crate::id::Id;
 use crate::pool::Idle;
 use crate::runtime;
@@ -62,6 +70,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn unlock(&self, conn: &mut Self::Conn, key: &Self::Key) -> Result<bool>;
     /// A round trip proving the connection (and so its locks) is still there.
     async fn ping(&self, conn: &mut Self::Conn) -> Result<()>;
+    /// How long the server keeps a session it hears nothing from (set on every connection
+    /// by `connect`), at least.
+    fn session_bound(&self) -> Duration;
     /// Closes a connection (the server frees whatever it held); the default drops it.
     fn discard(&self, conn: Self::Conn) {
         drop(conn);
@@ -81,6 +92,12 @@ impl<B: Backend> Sessions<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// A held lock's session as a lease, as its holder reckons it: the server ends a silent
+    /// session no sooner than [`Backend::session_bound`] after it last heard from us.
+    fn lease(&self) -> Lease {
+        Lease::exact(self.backend.session_bound())
     }
 
     /// An idle connection of this process, if any.
@@ -167,10 +184,11 @@ enum Attempt {
     Until(Instant),
 }
 
-/// The connection of a held lock and the process it was opened in.
+/// The connection of a held lock, the process it was opened in, and which holding it is.
 struct Held<C> {
     conn: C,
     generation: u64,
+    term: u64,
 }
 
 /// One lock object: holds its lock on its own connection while acquired.
@@ -178,16 +196,19 @@ pub struct SessionLock<B: Backend> {
     sessions: Arc<Sessions<B>>,
     name: Vec<u8>,
     key: B::Key,
-    /// The connection holding the lock while this object holds it.
-    held: tokio::sync::Mutex<Option<Held<B::Conn>>>,
+    /// The connection holding the lock while this object holds it (its pinger shares it).
+    held: Arc<tokio::sync::Mutex<Option<Held<B::Conn>>>>,
+    /// Counts this object's holdings (a pinger serves one).
+    terms: AtomicU64,
     /// Whether this object holds the lock (waiters of this same object watch it).
     state: watch::Sender<bool>,
     /// The generation `state` was last set in (a forked child holds nothing).
     state_generation: AtomicU64,
     /// One acquire at a time per object.
     gate: tokio::sync::Mutex<()>,
-    /// Reports a holding lost behind our back (logged once, `on_lost` callbacks).
-    fate: Fate,
+    /// Reports a holding lost behind our back (logged once, `on_lost` callbacks), and keeps
+    /// the holder's clock of its session.
+    fate: Arc<Fate>,
 }
 
 /// Why a holding is reported lost.
@@ -199,36 +220,58 @@ impl<B: Backend> SessionLock<B> {
             return Err(Error::InvalidArgument("Locks must be provided a name".into()));
         }
         let key = sessions.backend.key(name)?;
-        let fate = Fate::new(
+        let fate = Arc::new(Fate::new(
             sessions.backend.logger(),
             format!("{} ({})", String::from_utf8_lossy(name), sessions.backend.product()),
-        );
+        ));
         Ok(SessionLock {
             fate,
             sessions,
             name: name.to_vec(),
             key,
-            held: tokio::sync::Mutex::new(None),
+            held: Arc::new(tokio::sync::Mutex::new(None)),
+            terms: AtomicU64::new(0),
             state: watch::Sender::new(false),
             state_generation: AtomicU64::new(runtime::generation()),
             gate: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Whether this object holds the lock in this process.
+    /// Whether this object holds the lock in this process (and its session's clock has not
+    /// run out, nor was it found gone).
     fn holds(&self) -> bool {
-        *self.state.borrow() && self.state_generation.load(Ordering::SeqCst) == runtime::generation()
+        *self.state.borrow() && self.state_generation.load(Ordering::SeqCst) == runtime::generation() && self.fate.holding()
     }
 
-    /// Records the connection now holding the lock.
-    async fn set_held(&self, conn: B::Conn) {
+    /// Records the connection now holding the lock, whose last answered request was sent at
+    /// `heard`: the holder's clock of the session starts there, and a pinger keeps it going.
+    async fn set_held(&self, conn: B::Conn, heard: Instant) {
         let generation = runtime::generation();
+        let term = self.terms.fetch_add(1, Ordering::SeqCst) + 1;
         let mut slot = self.held.lock().await;
         if let Some(old) = slot.take() {
             // Only a forked child gets here with something in the slot: the parent's.
             std::mem::forget(old);
         }
-        *slot = Some(Held { conn, generation });
+        *slot = Some(Held { conn, generation, term });
+        drop(slot);
+        let lease = self.sessions.lease();
+        let (held, sessions) = (self.held.clone(), self.sessions.clone());
+        let on_expiry = Box::new(move |why| {
+            // Told now; the connection is closed once a ping in flight lets go of it, so the
+            // server frees the lock as soon as it hears from us again (if it still holds it).
+            runtime::runtime().spawn(async move {
+                let mut slot = held.lock().await;
+                if slot.as_ref().is_some_and(|h| h.term == term && h.generation == runtime::generation()) {
+                    if let Some(h) = slot.take() {
+                        sessions.backend.discard(h.conn);
+                    }
+                }
+            });
+            let _ = why;
+        });
+        self.fate.acquired_on_lease(None, lease.deadline(heard), on_expiry);
+        runtime::runtime().spawn(ping_while_held(self.sessions.clone(), self.held.clone(), self.fate.clone(), term));
         self.state_generation.store(generation, Ordering::SeqCst);
         self.state.send_replace(true);
     }
@@ -310,10 +353,19 @@ impl<B: Backend> DriverLock for SessionLock<B> {
             (_, Some(d)) => Attempt::Until(d),
             _ => Attempt::Forever,
         };
-        let (got, conn) = self.sessions.attempt_on_some_conn(&self.key, how).await?;
+        let began = Instant::now();
+        let (got, mut conn) = self.sessions.attempt_on_some_conn(&self.key, how).await?;
         if got {
-            self.set_held(conn).await;
-            self.fate.acquired(None);
+            // The attempt's request was sent when it began; after a long wait, a ping sent now
+            // starts the holder's clock instead (the server heard from us since, at least).
+            let mut heard = began;
+            if began.elapsed() > self.sessions.lease().renew_every() {
+                let sent = Instant::now();
+                if self.sessions.backend.ping(&mut conn).await.is_ok() {
+                    heard = sent;
+                }
+            }
+            self.set_held(conn, heard).await;
         } else {
             self.sessions.put_idle(conn);
         }
@@ -327,6 +379,10 @@ impl<B: Backend> DriverLock for SessionLock<B> {
         let conn = self.take_held(&mut slot);
         drop(slot);
         let Some(mut conn) = conn.filter(|_| holds) else {
+            if *self.state.borrow() && !self.fate.holding() {
+                // Its clock ran out (told by its watchdog, or now).
+                self.fate.lost(crate::lock::fate::LEASE_RAN_OUT);
+            }
             return Ok(false);
         };
         let backend = self.sessions.backend();
@@ -391,14 +447,57 @@ impl<B: Backend> DriverLock for SessionLock<B> {
 
 impl<B: Backend> Drop for SessionLock<B> {
     fn drop(&mut self) {
-        let taken = self.held.get_mut().take();
-        if let Some(h) = taken {
-            if h.generation == runtime::generation() {
-                // Closing the connection frees the lock on the server.
-                self.sessions.backend.discard(h.conn);
-            } else {
-                std::mem::forget(h);
+        // Its watchdog and pinger end with the holding.
+        self.fate.released();
+        let generation = runtime::generation();
+        match self.held.try_lock() {
+            Ok(mut slot) => {
+                if let Some(h) = slot.take() {
+                    if h.generation == generation {
+                        // Closing the connection frees the lock on the server.
+                        self.sessions.backend.discard(h.conn);
+                    } else {
+                        std::mem::forget(h);
+                    }
+                }
             }
+            // A pinger of this process is in a ping: the connection goes with it, at once after.
+            Err(_) if self.state_generation.load(Ordering::SeqCst) == generation => {}
+            // Copied busy by a fork: the parent's, never to be touched here.
+            Err(_) => std::mem::forget(self.held.clone()),
+        }
+    }
+}
+
+/// Pings the connection of holding `term` every third of its session bound while it lasts;
+/// each answer moves the holder's clock on. A connection found dead is the lock lost (the
+/// server freed it). A ping is not given up on: the holder's clock (`Fate`'s watchdog) tells
+/// of a loss when answers stop, whatever the ping waits for.
+async fn ping_while_held<B: Backend>(
+    sessions: Arc<Sessions<B>>,
+    held: Arc<tokio::sync::Mutex<Option<Held<B::Conn>>>>,
+    fate: Arc<Fate>,
+    term: u64,
+) {
+    let lease = sessions.lease();
+    loop {
+        tokio::time::sleep(lease.renew_every()).await;
+        let mut slot = held.lock().await;
+        let Some(h) = slot.as_mut().filter(|h| h.term == term && h.generation == runtime::generation()) else { return };
+        if !fate.holding() {
+            return;
+        }
+        let sent = Instant::now();
+        let backend = &sessions.backend;
+        let alive = !backend.is_closed(&h.conn) && backend.ping(&mut h.conn).await.is_ok();
+        if alive {
+            fate.renewed(lease.deadline(sent));
+        } else {
+            if let Some(h) = slot.take() {
+                backend.discard(h.conn);
+            }
+            fate.lost(LOST);
+            return;
         }
     }
 }
