@@ -256,9 +256,10 @@ impl<B: Backend> SessionLock<B> {
         *slot = Some(Held { conn, generation, term });
         drop(slot);
         let lease = self.sessions.lease();
-        let (held, sessions) = (self.held.clone(), self.sessions.clone());
+        let (held, sessions, fate) = (self.held.clone(), self.sessions.clone(), self.fate.clone());
         let on_expiry = Box::new(move |why| {
-            // Told now; the connection is closed once a ping in flight lets go of it, so the
+            fate.lost(why);
+            // Told; the connection is closed once a ping in flight lets go of it, so the
             // server frees the lock as soon as it hears from us again (if it still holds it).
             runtime::runtime().spawn(async move {
                 let mut slot = held.lock().await;
@@ -268,7 +269,6 @@ impl<B: Backend> SessionLock<B> {
                     }
                 }
             });
-            let _ = why;
         });
         self.fate.acquired_on_lease(None, lease.deadline(heard), on_expiry);
         runtime::runtime().spawn(ping_while_held(self.sessions.clone(), self.held.clone(), self.fate.clone(), term));
