@@ -35,7 +35,7 @@ else
     # by side, as they mostly wait out their cuts (each has a namespace and servers of its own).
     partition_logs=$(mktemp -d)
     pids=()
-    for selection in "redis or harness" memcached etcd3 zookeeper; do
+    for selection in "redis or harness" memcached etcd3 zookeeper postgresql mysql; do
         "$python" -m pytest -q -p no:cacheprovider tests/test_partitions.py -k "$selection" \
             >"$partition_logs/${selection%% *}.log" 2>&1 &
         pids+=($!)

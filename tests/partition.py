@@ -25,7 +25,7 @@ How a cut looks from each side:
 
 Servers must listen on ``host_addr``, which exists only once the namespace does: make the
 ``Netns`` first, then start the servers (:func:`redis`, :func:`memcached`, :func:`etcd`,
-:func:`zookeeper`). Each names the host a process in the root namespace should use
+:func:`zookeeper`, :func:`postgresql`, :func:`mysql`). Each names the host a process in the root namespace should use
 (``.local_host``) and builds URLs (``.url_for(host, **options)``).
 
 Names are ``tz<pid>-<n>`` (namespace), ``tz<pid>h<n>`` / ``tz<pid>n<n>`` (veth ends); subnets
@@ -445,8 +445,41 @@ def zookeeper(netns):
     return _ZooKeeper(netns, argv)
 
 
+def _sql_served(server, scheme):
+    """A ``servers.py`` database server given the interface of the others here: ``scheme``,
+    ``local_host`` and ``url_for(host, **options)`` (its user, password and database in the
+    URL, as tests/test_sql.py's URLs)."""
+    server.scheme = scheme
+    server.local_host = "127.0.0.1"
+
+    def url_for(host, **options):
+        url = "%s://%s:%s@%s:%d/%s" % (scheme, servers.SQL_USER, servers.SQL_PASSWORD, host, server.port,
+                                       servers.SQL_DATABASE)
+        if options:
+            url += "?" + "&".join("%s=%s" % kv for kv in options.items())
+        return url
+
+    server.url_for = url_for
+    return server
+
+
+def postgresql(netns):
+    """servers.postgres(), listening on ``netns.host_addr`` too, its pg_hba letting the
+    namespace's /30 log in with the password (SCRAM), as loopback does."""
+    server = servers.postgres(listen_addresses="127.0.0.1,%s" % netns.host_addr, allow=(netns.subnet,))
+    return _sql_served(server, "postgresql")
+
+
+def mysql(netns):
+    """servers.mariadb(), listening on ``netns.host_addr`` too (MariaDB 10.11 binds to each
+    address of a comma-separated ``bind-address``); its user is ``'tooz'@'%'`` already."""
+    server = servers.mariadb(bind_address="127.0.0.1,%s" % netns.host_addr)
+    return _sql_served(server, "mysql")
+
+
 # backend name -> function(netns) giving its (unstarted) server
-SERVERS = {"redis": redis, "memcached": memcached, "etcd3": etcd, "zookeeper": zookeeper}
+SERVERS = {"redis": redis, "memcached": memcached, "etcd3": etcd, "zookeeper": zookeeper,
+           "postgresql": postgresql, "mysql": mysql}
 
 
 # ----------------------------------------------------------------------------------------- agents

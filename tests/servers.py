@@ -281,12 +281,14 @@ def _as_postgres():
     return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
 
 
-def postgres(port=None, tls=None):
+def postgres(port=None, tls=None, listen_addresses="127.0.0.1", allow=()):
     """A PostgreSQL 15 cluster from the Debian package, initialised in a temporary directory,
-    listening on 127.0.0.1 only, with SCRAM password auth for ``SQL_USER`` (a superuser)
+    listening on 127.0.0.1 only (by default), with SCRAM password auth for ``SQL_USER`` (a superuser)
     and database ``SQL_DATABASE``. ``.url`` is its ``postgresql://`` URL. ``tls``: a directory
     made by ``certs.make_pki`` whose server certificate it serves (plain connections stay
-    allowed)."""
+    allowed). ``listen_addresses``: PostgreSQL's setting (comma-separated; 127.0.0.1 must be
+    among them); ``allow``: address blocks (CIDR) whose clients may log in too (SCRAM, as on
+    loopback): tests/partition.py's network namespaces."""
     workdir = tempfile.mkdtemp(prefix="tooz-postgres-")
     tls_args = []
     if tls:
@@ -311,10 +313,14 @@ def postgres(port=None, tls=None):
                                       "--pwfile", pwfile, "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
                                       "-E", "UTF8", "--no-sync", "--no-instructions"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if allow:
+        with open(os.path.join(data, "pg_hba.conf"), "a") as f:
+            for block in allow:
+                f.write("host all all %s scram-sha-256\n" % block)
 
     def argv(port, workdir):
         return _as_postgres() + [os.path.join(POSTGRES_BIN, "postgres"), "-D", data, "-p", str(port),
-                                 "-k", workdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                                 "-k", workdir, "-c", "listen_addresses=" + listen_addresses, "-c", "fsync=off",
                                  "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                                  "-c", "max_connections=300", "-c", "shared_buffers=16MB", *tls_args]
 
@@ -350,12 +356,14 @@ def postgres(port=None, tls=None):
     return server
 
 
-def mariadb(port=None, tls=None):
+def mariadb(port=None, tls=None, bind_address="127.0.0.1"):
     """A MariaDB server from the Debian package, data in a temporary directory, listening on
-    127.0.0.1 (and a socket in that directory), with ``SQL_USER``/``SQL_PASSWORD`` allowed
+    127.0.0.1 (by default; and a socket in that directory), with ``SQL_USER``/``SQL_PASSWORD`` allowed
     everything and database ``SQL_DATABASE``. ``.url`` is its ``mysql://`` URL, ``.socket``
     the socket path. ``tls``: a ``certs.make_pki`` directory whose server certificate it
-    serves (plain connections stay allowed)."""
+    serves (plain connections stay allowed). ``bind_address``: where it listens (MariaDB
+    10.11 takes a comma-separated list; 127.0.0.1 must be in it); ``SQL_USER`` may log in
+    from any address (``'tooz'@'%'``)."""
     workdir = tempfile.mkdtemp(prefix="tooz-mariadb-")
     data = os.path.join(workdir, "data")
     socket_path = os.path.join(workdir, "mysqld.sock")
@@ -385,7 +393,7 @@ def mariadb(port=None, tls=None):
 
     def argv(port, workdir):
         return [binary, "--no-defaults", "--datadir=" + data, "--port=%d" % port, "--socket=" + socket_path,
-                "--bind-address=127.0.0.1", "--user=root", "--init-file=" + init, "--skip-name-resolve",
+                "--bind-address=" + bind_address, "--user=root", "--init-file=" + init, "--skip-name-resolve",
                 "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--max-connections=300",
                 "--pid-file=" + os.path.join(workdir, "mariadbd.pid"),
                 "--log-error=" + os.path.join(workdir, "error.log")] + tls_args

@@ -9,7 +9,12 @@ every 50 ms.
   before the other gets the lock, on the machine's monotonic clock; after the heal
   ``release()`` is False and the coordinator works again (its membership is visible, another
   lock is taken, ``stop()`` is clean). Once with ``tooz.aio`` and once under eventlet too;
-* a leader cut off 12 s stands down before another member is elected.
+* a leader cut off 12 s stands down before another member is elected;
+* PostgreSQL and MySQL, whose locks are held on a server session (no heartbeat: the core
+  pings a held lock's connection every 10 s and tells the holder 29.3 s after the send time
+  of its last answered request, before the server can end the session at 30 s): a 1.2 s cut
+  keeps the lock; a 40 s cut tells the holder before the other (polling every 0.2 s) gets
+  the lock, and the coordinator works after the heal.
 
 The holder samples ``lock.acquired`` and its heartbeat count every 20 ms and reports every
 event with its monotonic time; a failure prints that timeline relative to the cut.
@@ -54,6 +59,26 @@ OPTIONS = {
 LEADER_OPTIONS = {"memcached": {"leader_timeout": 3}}
 LEADER_BACKENDS = ("redis", "memcached", "etcd3")
 
+# Backends whose locks are held on a server session (PostgreSQL advisory locks, MySQL
+# GET_LOCK), which the server ends once it has heard nothing from the client for
+# SESSION_BOUND s (PostgreSQL: TCP keep-alive, 10 s idle + 4 probes 5 s apart; MySQL:
+# wait_timeout), freeing the lock. The core pings a held lock's connection every
+# SESSION_PING_EVERY s and tells the holder SESSION_BOUND - SESSION_MARGIN s after the send
+# time of its last answered request (the acquire or a ping). Their own test ids (-k
+# postgresql, -k mysql): no lease options, no heartbeat, no groups.
+SESSION_BACKENDS = ("mysql", "postgresql")
+SESSION_BOUND = 30.0
+SESSION_MARGIN = 0.7
+SESSION_PING_EVERY = 10.0
+SESSION_LONG_CUT = 40.0
+SESSION_POLL_EVERY = 0.2
+# Short cuts: 0.3 s after the acquire (nothing sent during the cut), and 9.5 s after (the
+# first ping, 10 s after the acquire, is sent during the cut and answered after the heal).
+SESSION_SHORT_CUT_AT = (0.3, 9.5)
+# Long cuts: 0.3 s after the acquire (the holder last heard of its session at the acquire),
+# and 10.5 s after (the first ping was answered just before the cut: told 10 s later).
+SESSION_LONG_CUT_AT = (0.3, 10.5)
+
 
 @pytest.fixture(scope="module")
 def netns():
@@ -72,13 +97,21 @@ class Target:
 
     def urls(self, **extra):
         """(URL for the holder inside the namespace, URL for the other in the root one)."""
-        options = dict(OPTIONS[self.name], **extra)
+        options = dict(OPTIONS.get(self.name, {}), **extra)
         return (self.server.url_for(self.netns.host_addr, **options),
                 self.server.url_for(self.server.local_host, **options))
 
 
 @pytest.fixture(scope="module", params=sorted(OPTIONS))
 def target(request, netns):
+    server = partition.SERVERS[request.param](netns).start()
+    yield Target(request.param, server, netns)
+    server.close()
+
+
+@pytest.fixture(scope="module", params=SESSION_BACKENDS)
+def session_target(request, netns):
+    """PostgreSQL or MySQL (MariaDB), listening on the namespace's host address too."""
     server = partition.SERVERS[request.param](netns).start()
     yield Target(request.param, server, netns)
     server.close()
@@ -184,8 +217,10 @@ def test_the_harness_cuts_without_rst_or_fin_and_heals(cleanup):
 # --------------------------------------------------------------------------------------- short cuts
 
 
-@pytest.mark.parametrize("at", SHORT_CUT_AT, ids=lambda at: "cut-at-%.1fs" % at)
-def test_a_short_cut_keeps_the_lock(target, netns, cleanup, at):
+def short_cut(target, netns, cleanup, at, after):
+    """A SHORT_CUT s cut ``at`` s after the holder's acquire (made right after a heartbeat,
+    where there is one), the other trying the lock until ``after`` s past the heal: nothing
+    may change."""
     name = new_id("l")
     holder_url, other_url = target.urls()
     holder, _ = holder_with_lock(netns, holder_url, name)
@@ -194,7 +229,7 @@ def test_a_short_cut_keeps_the_lock(target, netns, cleanup, at):
     cleanup.append(other)
     acq = holder.call("acquire_after_beat(c, lock)")
     assert acq["ok"], "the holder could not take a fresh lock"
-    cut, healed, polled = partition.cut_and_poll(netns, other, acq["t1"] + at, SHORT_CUT, AFTER_SHORT_CUT, POLL_EVERY)
+    cut, healed, polled = partition.cut_and_poll(netns, other, acq["t1"] + at, SHORT_CUT, after, POLL_EVERY)
     asked = time.monotonic()
     released, took = holder.call("timed(lambda: lock.release())", timeout=90)
 
@@ -211,10 +246,16 @@ def test_a_short_cut_keeps_the_lock(target, netns, cleanup, at):
         problems.append("release() after the heal gave %r (in %.3f s)" % (released, took))
     print("\n%s short cut at %.1f s: other's attempts %d (errors %d), release() %r in %.3f s"
           % (target.name, at, polled["attempts"], polled["errors"], released, took))
-    text = report("%s: a %.1f s cut %.1f s after the acquire (%s after a beat)"
-                  % (target.name, SHORT_CUT, at, rel(acq["t1"], acq["beat"] or acq["t1"])),
+    text = report("%s: a %.1f s cut %.1f s after the acquire (%s)"
+                  % (target.name, SHORT_CUT, at,
+                     "no heartbeat" if acq["beat"] is None else rel(acq["t1"], acq["beat"]) + " after a beat"),
                   netns, [holder, other], ["problems: " + "; ".join(problems)])
     assert not problems, text
+
+
+@pytest.mark.parametrize("at", SHORT_CUT_AT, ids=lambda at: "cut-at-%.1fs" % at)
+def test_a_short_cut_keeps_the_lock(target, netns, cleanup, at):
+    short_cut(target, netns, cleanup, at, AFTER_SHORT_CUT)
 
 
 # ---------------------------------------------------------------------------------------- long cuts
@@ -358,4 +399,103 @@ def test_a_cut_off_leader_stands_down_before_another_is_elected(target, netns, c
     print("\n%s leader cut 12 s: %s" % (target.name, facts[0]))
     text = report("%s: the leader cut off %.0f s" % (target.name, LONG_CUT), netns, [leader, other],
                   facts + ["problems: " + "; ".join(problems)])
+    assert not problems, text
+
+
+# ------------------------------------------------------------------------ locks held on a session
+
+
+@pytest.mark.parametrize("at", SESSION_SHORT_CUT_AT, ids=lambda at: "cut-at-%.1fs" % at)
+def test_a_short_cut_keeps_a_session_lock(session_target, netns, cleanup, at):
+    """PostgreSQL, MySQL: a 1.2 s cut, with or without the 10 s ping in it, loses nothing (the
+    server keeps a session 30 s; the holder's clock runs from the ping's send time)."""
+    short_cut(session_target, netns, cleanup, at, AFTER_SHORT_CUT)
+
+
+@pytest.mark.parametrize("at", SESSION_LONG_CUT_AT, ids=lambda at: "cut-at-%.1fs" % at)
+def test_a_long_cut_tells_the_session_lock_holder_first(session_target, netns, cleanup, at):
+    """PostgreSQL, MySQL: cut off 40 s, the holder is told (on_lost, ``acquired`` False) at
+    29.3 s after the send time of its last answered request (the acquire, or the ping 10 s
+    after it), strictly before the other (root namespace, every 0.2 s) gets the lock, which
+    the server frees once the session is ended (no sooner than 30 s after it last heard from
+    the holder). After the heal: release() is False, another lock is taken and released,
+    stop() is clean."""
+    target = session_target
+    name, name2 = new_id("l"), new_id("l")
+    holder_url, other_url = target.urls()
+    holder, _ = holder_with_lock(netns, holder_url, name)
+    cleanup.append(holder)
+    other = other_for(other_url, name)
+    cleanup.append(other)
+    acq = holder.call("acquire_after_beat(c, lock)")
+    assert acq["ok"], "the holder could not take a fresh lock"
+    cut, healed, polled = partition.cut_and_poll(netns, other, acq["t1"] + at, SESSION_LONG_CUT, 0.0,
+                                                 SESSION_POLL_EVERY)
+    # A holder told only after the heal is still reported, late.
+    holder.wait_event("lost", timeout=10.0)
+    holder.wait_event("s", timeout=1.0, since=acq["t1"], where=lambda e: e.get("a") is False)
+
+    # The holder last heard of its session when it sent the acquire (no sooner than t0), or
+    # the last ping answered before the cut (pings go every 10 s from the acquire's answer).
+    pings = int((cut - acq["t1"]) // SESSION_PING_EVERY)
+    heard = acq["t0"] + pings * SESSION_PING_EVERY
+    due = heard + SESSION_BOUND - SESSION_MARGIN
+    problems, facts = [], []
+    got = polled["got"][0] if polled["got"] else None
+    lost = holder.first("lost")
+    unset = partition.first_sample(holder, acq["t1"], False)
+    facts.append("last answered request: %s (%s); told (on_lost): %s (%s after it, due %.1f); acquired False "
+                 "from: %s; the other got the lock: %s (%s after it; attempts %d, errors %d)"
+                 % (rel(heard, cut), "the acquire" if pings == 0 else "ping %d" % pings,
+                    rel(lost and lost["t"], cut), rel(lost and lost["t"], heard), SESSION_BOUND - SESSION_MARGIN,
+                    rel(unset and unset["t"], cut), rel(got, cut), rel(got, heard), polled["attempts"],
+                    polled["errors"]))
+    if got is None:
+        problems.append("the other never got the lock during the %.0f s cut" % SESSION_LONG_CUT)
+    if lost is None:
+        problems.append("on_lost never fired")
+    else:
+        if lost["acquired"] is not False or lost["same"] is not True:
+            problems.append("on_lost called with acquired=%r, with the lock: %r" % (lost["acquired"], lost["same"]))
+        if lost["t"] < due - 0.05:
+            problems.append("told %.3f s before its clock ran out (%.1f s after %s): a ping before the cut did "
+                            "not count" % (due - lost["t"], SESSION_BOUND - SESSION_MARGIN,
+                                           "the acquire" if pings == 0 else "ping %d" % pings))
+        elif lost["t"] > due + SESSION_MARGIN:
+            # Past the margin the server may have ended the session: told too late, whether or
+            # not the other happened to get the lock first.
+            problems.append("told %.3f s after its clock ran out (%.1f s after %s)"
+                            % (lost["t"] - due, SESSION_BOUND - SESSION_MARGIN,
+                               "the acquire" if pings == 0 else "ping %d" % pings))
+    if got is not None:
+        if lost is not None and not lost["t"] < got:
+            problems.append("told %.3f s after the other got the lock" % (lost["t"] - got))
+        if unset is None or not unset["t"] < got:
+            problems.append("lock.acquired still True when the other got the lock")
+
+    # After the heal: the lost lock is not released, the coordinator works.
+    released, took = holder.call("timed(lambda: lock.release())", timeout=120)
+    facts.append("after the heal: release() %r in %.3f s" % (released, took))
+    if released is not False:
+        problems.append("release() after the heal gave %r" % (released,))
+    holder.call("lock2 = c.get_lock(%r)" % name2)
+    taken, took = holder.call("timed(lambda: lock2.acquire(blocking=False))", timeout=120)
+    facts.append("another lock: acquire %r in %.3f s" % (taken, took))
+    if taken is not True:
+        problems.append("a new lock could not be taken after the heal: %r" % (taken,))
+    else:
+        let_go, _ = holder.call("timed(lambda: lock2.release())", timeout=120)
+        if let_go is not True:
+            problems.append("the new lock's release gave %r" % (let_go,))
+    stopped, took = holder.call("timed(lambda: c.stop())", timeout=120)
+    facts.append("stop(): %r in %.3f s" % (stopped, took))
+    if stopped is not None:
+        problems.append("stop() after the heal: %r" % (stopped,))
+    if got is not None:
+        freed = other.call("lock.release()")
+        if freed is not True:
+            problems.append("the other's release of the lock it got gave %r" % (freed,))
+    print("\n%s %.0f s cut %.1f s after the acquire: %s" % (target.name, SESSION_LONG_CUT, at, "; ".join(facts)))
+    text = report("%s: a %.0f s cut %.1f s after the acquire" % (target.name, SESSION_LONG_CUT, at), netns,
+                  [holder, other], facts + ["problems: " + "; ".join(problems)])
     assert not problems, text

@@ -119,6 +119,9 @@ impl My {
             .db_name(Some(db).filter(|d| !d.is_empty()))
             .prefer_socket(false)
             .stmt_cache_size(0)
+            // Sent to the server on connecting (the `wait_timeout` option of the builder only
+            // tells the client what the server's is).
+            .init(vec![format!("SET SESSION wait_timeout = {}", SESSION_BOUND.as_secs())])
             .wait_timeout(Some(SESSION_BOUND.as_secs() as usize))
             .socket(socket.clone());
 
