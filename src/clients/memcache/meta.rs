@@ -82,14 +82,15 @@ pub fn add(key: &[u8], flags: u32, ttl: u32, data: &[u8]) -> Vec<u8> {
     storage(key, data, &format!("T{ttl} F{flags} ME c"))
 }
 
-/// Stores `data` only if `key`'s CAS unique is still `cas` (`HD c<new cas>`, `EX`, `NF`).
-pub fn set_if(key: &[u8], flags: u32, ttl: u32, data: &[u8], cas: u64) -> Vec<u8> {
-    storage(key, data, &format!("C{cas} T{ttl} F{flags} c"))
-}
-
 /// Deletes `key` only if its CAS unique is still `cas` (`HD`, `EX`, `NF`).
 pub fn delete_if(key: &[u8], cas: u64) -> Vec<u8> {
     [b"md ", key, format!(" C{cas}\r\n").as_bytes()].concat()
+}
+
+/// Gives `key` a fresh TTL and says its CAS unique, which a touch leaves as it was:
+/// `HD c<cas>` when it exists, `EN` when not.
+pub fn touch(key: &[u8], ttl: u32) -> Vec<u8> {
+    [b"mg ", key, format!(" T{ttl} c\r\n").as_bytes()].concat()
 }
 
 /// Looks at `key` without its value: `HD c<cas>` when it exists, `EN` when not.
@@ -173,7 +174,7 @@ mod tests {
     #[test]
     fn requests() {
         assert_eq!(add(b"k", 1, 31, b"me"), b"ms k 2 T31 F1 ME c\r\nme\r\n");
-        assert_eq!(set_if(b"k", 2, 5, b"", 77), b"ms k 0 C77 T5 F2 c\r\n\r\n");
+        assert_eq!(touch(b"k", 5), b"mg k T5 c\r\n");
         assert_eq!(delete_if(b"k", 77), b"md k C77\r\n");
         assert_eq!(look(b"k"), b"mg k c\r\n");
     }

@@ -12,8 +12,12 @@
 //!   waiter's hand-over marker (`handoff::Pace`): it changes when the lock changes hands.
 //! * release: `md <key> C<cas>` (deletes the key only while it is still this holding, in one
 //!   atomic step) and `mg <key>:waiting` (whether others wait: fair hand-over, `lock/handoff.rs`).
-//! * extension (the heartbeat): `ms <key> ... C<cas>` rewrites the same value with a fresh TTL
-//!   only while the key is still this holding, and the new CAS unique is kept.
+//! * extension (the heartbeat): `mg <key> T<ttl> c` gives the key a fresh TTL and says its CAS
+//!   unique, which a touch does not change: the holding lasts if it is still this holding's.
+//!   A touch is idempotent, so a renewal given up on and sent again (`lock/lease.rs`) cannot
+//!   make the next one fail, as a rewrite would (its new CAS unique unknown to us, should the
+//!   abandoned one reach the server after all). Should the key be another holder's by then,
+//!   its TTL was refreshed once: a live holder's anyway, a dead one's a lease longer.
 //!
 //! Without them (an older server, or CAS uniques switched off with `-C`), the classic way:
 //! `add`, then `incr` of a counter `<key>:fence` for the token; a release reads the key (and
@@ -61,8 +65,8 @@ pub(super) struct LockState {
     courtesy: Arc<Courtesy>,
     fate: Arc<Fate>,
     /// The CAS unique of the key while it is held through meta commands (`None`: not held,
-    /// or held the classic way). Release, extension and ownership checks take it in turn, so
-    /// a release never compares against a CAS an extension has just replaced.
+    /// or held the classic way): it stays what the acquire's add gave (an extension touches).
+    /// Release, extension and ownership checks take it in turn.
     cas: tokio::sync::Mutex<Option<u64>>,
 }
 
@@ -117,7 +121,7 @@ impl LockState {
 
     /// The lease of the key, as its holder reckons it (`lock/lease.rs`): memcached counts
     /// whole seconds.
-    pub(super) fn lease(&self) -> Lease {
+    fn lease(&self) -> Lease {
         Lease::coarse(Duration::from_secs(u64::from(self.ttl)))
     }
 
@@ -374,23 +378,17 @@ impl LockState {
     /// Extends a held lock; finds it lost if its key is gone or is another holder's (a
     /// `touch` alone would extend another holder's key).
     pub(super) async fn touch(self: &Arc<Self>) -> Result<bool> {
-        let mut cas = self.cas.lock().await;
+        let cas = self.cas.lock().await;
         if !self.is_acquired() {
             return Ok(false);
         }
         let sent = TokioInstant::now();
         let extended = match *cas {
-            Some(held) => {
-                let (flags, owner) = self.owner_value();
-                match self.client().request("extend", &meta::set_if(&self.key, flags, self.ttl, &owner, held)).await? {
-                    Reply::Meta(Status { code: Code::Hd, cas: Some(new) }) if new != 0 => {
-                        *cas = Some(new);
-                        true
-                    }
-                    Reply::Meta(Status { code: Code::Ex | Code::Nf, .. }) => false,
-                    other => return Err(unexpected("ms (extend)", Some(&other))),
-                }
-            }
+            Some(held) => match self.client().request("extend", &meta::touch(&self.key, self.ttl)).await? {
+                Reply::Meta(Status { code: Code::Hd, cas: Some(now) }) => now == held,
+                Reply::Meta(Status { code: Code::Hd | Code::En, .. }) => false,
+                other => return Err(unexpected("mg (touch)", Some(&other))),
+            },
             None => self.owner().await?.as_ref() == Some(&self.shared.member) && self.client().touch(&self.key, self.ttl).await?,
         };
         if extended {

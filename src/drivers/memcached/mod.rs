@@ -502,9 +502,10 @@ impl Driver for MemcachedDriver {
 
     async fn extend_locks(&self) -> Result<Option<f64>> {
         self.extend_held().await?;
-        // Locks and leaderships: the shortest lease's renewal period.
-        let every = self.held().iter().map(|l| l.lease().renew_every()).min();
-        Ok(Some(every.unwrap_or_else(|| Lease::coarse(Duration::from_secs(u64::from(ttl(self.lock_timeout)))).renew_every()).as_secs_f64()))
+        // Locks and leaderships: the shorter lease's renewal period, whatever is held now (a
+        // leadership won meanwhile is renewed in time).
+        let shortest = ttl(self.lock_timeout.min(self.leader_timeout));
+        Ok(Some(Lease::coarse(Duration::from_secs(u64::from(shortest))).renew_every().as_secs_f64()))
     }
 
     async fn create_group(&self, group: &Id) -> Result<()> {
