@@ -429,19 +429,7 @@ class _ZooKeeper(_Served):
 def zookeeper(netns):
     """servers.zookeeper()'s settings, serving on ``netns.host_addr`` (it cannot listen on two
     addresses; processes in the root namespace use ``.local_host``, that same address)."""
-    java = shutil.which("java") or "/usr/bin/java"
-
-    def argv(port, workdir):
-        data = os.path.join(workdir, "data")
-        os.makedirs(data, exist_ok=True)
-        conf = os.path.join(workdir, "zoo.cfg")
-        with open(conf, "w") as f:
-            f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=%s\n"
-                    "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
-                    "4lw.commands.whitelist=*\nmaxClientCnxns=0\nforceSync=no\n" % (data, port, netns.host_addr))
-        return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
-                "-cp", servers.ZOOKEEPER_CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
-
+    argv = servers.zookeeper_argv(netns.host_addr)
     return _ZooKeeper(netns, argv)
 
 

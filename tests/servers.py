@@ -94,6 +94,26 @@ def memcached(port=None, extra=()):
 ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 
 
+def zookeeper_argv(client_address, extra_config="", classpath=ZOOKEEPER_CLASSPATH):
+    """How ``zookeeper()`` starts a server that serves clients on ``client_address``: a
+    function of (port, work dir) that writes its zoo.cfg there and gives the command line."""
+    java = shutil.which("java") or "/usr/bin/java"
+
+    def argv(port, workdir):
+        data = os.path.join(workdir, "data")
+        os.makedirs(data, exist_ok=True)
+        conf = os.path.join(workdir, "zoo.cfg")
+        with open(conf, "w") as f:
+            f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=%s\n"
+                    "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
+                    "4lw.commands.whitelist=*\nmaxClientCnxns=0\nforceSync=no\n%s"
+                    % (data, port, client_address, extra_config))
+        return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
+                "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
+
+    return argv
+
+
 def zookeeper(port=None, tls=None):
     """A standalone ZooKeeper from the Debian package, on loopback, data in its work dir.
 
@@ -105,7 +125,6 @@ def zookeeper(port=None, tls=None):
     not this machine's disk. ``tls`` =
     ``{"key_pem": <key+cert PEM>, "ca_pem": <CA PEM>, "client_auth": "none"|"need"}`` adds a
     TLS port (``server.secure_port``) served by Netty."""
-    java = shutil.which("java") or "/usr/bin/java"
     secure_port = free_port() if tls else None
     extra_config = ""
     classpath = ZOOKEEPER_CLASSPATH
@@ -118,17 +137,7 @@ def zookeeper(port=None, tls=None):
                         "ssl.trustStore.location=%s\nssl.trustStore.type=PEM\nssl.clientAuth=%s\n"
                         % (secure_port, tls["key_pem"], tls["ca_pem"], tls.get("client_auth", "none")))
 
-    def argv(port, workdir):
-        data = os.path.join(workdir, "data")
-        os.makedirs(data, exist_ok=True)
-        conf = os.path.join(workdir, "zoo.cfg")
-        with open(conf, "w") as f:
-            f.write("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n"
-                    "minSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n"
-                    "4lw.commands.whitelist=*\nmaxClientCnxns=0\nforceSync=no\n%s" % (data, port, extra_config))
-        return [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.admin.enableServer=false",
-                "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf]
-
+    argv = zookeeper_argv("127.0.0.1", extra_config, classpath)
     server = Server("zookeeper", argv, port=port, ready_timeout=60.0, ready=_zookeeper_serving)
     server.secure_port = secure_port
     return server

@@ -160,6 +160,17 @@ def other_for(url, name, python=sys.executable):
     return other
 
 
+def holder_and_other(netns, cleanup, target, name, mode="sync"):
+    """The holder (inside the namespace, its lock watched) and the other (outside), both for
+    lock ``name`` on ``target``: (holder, holder's member id, other)."""
+    holder_url, other_url = target.urls()
+    holder, member = holder_with_lock(netns, holder_url, name, mode=mode)
+    cleanup.append(holder)
+    other = other_for(other_url, name)
+    cleanup.append(other)
+    return holder, member, other
+
+
 def report(title, netns, agents, lines=()):
     cut = netns.cut_at
     head = ["%s (times in s relative to the cut; the heal: %+.3f)" % (title, (netns.healed_at or cut) - cut)]
@@ -222,11 +233,7 @@ def short_cut(target, netns, cleanup, at, after):
     where there is one), the other trying the lock until ``after`` s past the heal: nothing
     may change."""
     name = new_id("l")
-    holder_url, other_url = target.urls()
-    holder, _ = holder_with_lock(netns, holder_url, name)
-    cleanup.append(holder)
-    other = other_for(other_url, name)
-    cleanup.append(other)
+    holder, _, other = holder_and_other(netns, cleanup, target, name)
     acq = holder.call("acquire_after_beat(c, lock)")
     assert acq["ok"], "the holder could not take a fresh lock"
     cut, healed, polled = partition.cut_and_poll(netns, other, acq["t1"] + at, SHORT_CUT, after, POLL_EVERY)
@@ -261,13 +268,46 @@ def test_a_short_cut_keeps_the_lock(target, netns, cleanup, at):
 # ---------------------------------------------------------------------------------------- long cuts
 
 
+def told_first(lost, unset, got, problems):
+    """The holder was told (``on_lost``) and ``acquired`` turned False strictly before the
+    other got the lock (times on the monotonic clock)."""
+    if got is None:
+        return
+    if lost is not None and not lost["t"] < got:
+        problems.append("told %.3f s after the other got the lock" % (lost["t"] - got))
+    if unset is None or not unset["t"] < got:
+        problems.append("lock.acquired still True when the other got the lock")
+
+
+def release_is_false(holder, facts, problems):
+    """After the heal, the release of the lost lock says False."""
+    released, took = holder.call("timed(lambda: lock.release())", timeout=120)
+    facts.append("after the heal: release() %r in %.3f s" % (released, took))
+    if released is not False:
+        problems.append("release() after the heal gave %r" % (released,))
+
+
+def goes_on(holder, name2, facts, problems):
+    """After the heal the holder's coordinator works: another lock is taken and released, and
+    ``stop()`` is clean."""
+    holder.call("lock2 = c.get_lock(%r)" % name2)
+    taken, took = holder.call("timed(lambda: lock2.acquire(blocking=False))", timeout=120)
+    facts.append("another lock: acquire %r in %.3f s" % (taken, took))
+    if taken is not True:
+        problems.append("a new lock could not be taken after the heal: %r" % (taken,))
+    else:
+        let_go, _ = holder.call("timed(lambda: lock2.release())", timeout=120)
+        if let_go is not True:
+            problems.append("the new lock's release gave %r" % (let_go,))
+    stopped, took = holder.call("timed(lambda: c.stop())", timeout=120)
+    facts.append("stop(): %r in %.3f s" % (stopped, took))
+    if stopped is not None:
+        problems.append("stop() after the heal: %r" % (stopped,))
+
+
 def long_cut(target, netns, cleanup, mode):
     name, name2, group = new_id("l"), new_id("l"), new_id("g")
-    holder_url, other_url = target.urls()
-    holder, member = holder_with_lock(netns, holder_url, name, mode=mode)
-    cleanup.append(holder)
-    other = other_for(other_url, name)
-    cleanup.append(other)
+    holder, member, other = holder_and_other(netns, cleanup, target, name, mode=mode)
     if mode == "aio":
         holder.call("c.join_group_create(%r)" % group)
     else:
@@ -292,17 +332,9 @@ def long_cut(target, netns, cleanup, mode):
         problems.append("on_lost never fired")
     elif lost["acquired"] is not False or lost["same"] is not True:
         problems.append("on_lost called with acquired=%r, with the lock: %r" % (lost["acquired"], lost["same"]))
-    if got is not None:
-        if lost is not None and not lost["t"] < got:
-            problems.append("told %.3f s after the other got the lock" % (lost["t"] - got))
-        if unset is None or not unset["t"] < got:
-            problems.append("lock.acquired still True when the other got the lock")
-
+    told_first(lost, unset, got, problems)
     # After the heal: the lost lock is not released, the coordinator works.
-    released, took = holder.call("timed(lambda: lock.release())", timeout=120)
-    facts.append("after the heal: release() %r in %.3f s" % (released, took))
-    if released is not False:
-        problems.append("release() after the heal gave %r" % (released,))
+    release_is_false(holder, facts, problems)
     seen_at = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -317,21 +349,11 @@ def long_cut(target, netns, cleanup, mode):
     facts.append("membership visible to the other: %s" % rel(seen_at, cut))
     if seen_at is None:
         problems.append("the holder's membership is not visible 30 s after the heal (%r)" % (members,))
-    holder.call("lock2 = c.get_lock(%r)" % name2)
-    taken, took = holder.call("timed(lambda: lock2.acquire(blocking=False))", timeout=120)
-    facts.append("another lock: acquire %r in %.3f s" % (taken, took))
-    if taken is not True:
-        problems.append("a new lock could not be taken after the heal: %r" % (taken,))
-    else:
-        let_go, _ = holder.call("timed(lambda: lock2.release())", timeout=120)
-        if let_go is not True:
-            problems.append("the new lock's release gave %r" % (let_go,))
-    stopped, took = holder.call("timed(lambda: c.stop())", timeout=120)
-    facts.append("stop(): %r in %.3f s" % (stopped, took))
-    if stopped is not None:
-        problems.append("stop() after the heal: %r" % (stopped,))
+    goes_on(holder, name2, facts, problems)
     if got is not None:
-        assert other.call("lock.release()") is True, "the other's lock"
+        freed = other.call("lock.release()")
+        if freed is not True:
+            problems.append("the other's release of the lock it got gave %r" % (freed,))
     print("\n%s (%s) 12 s cut: %s" % (target.name, mode, "; ".join(facts)))
     text = report("%s (%s): a %.0f s cut" % (target.name, mode, LONG_CUT), netns, [holder, other],
                   facts + ["problems: " + "; ".join(problems)])
@@ -422,11 +444,7 @@ def test_a_long_cut_tells_the_session_lock_holder_first(session_target, netns, c
     stop() is clean."""
     target = session_target
     name, name2 = new_id("l"), new_id("l")
-    holder_url, other_url = target.urls()
-    holder, _ = holder_with_lock(netns, holder_url, name)
-    cleanup.append(holder)
-    other = other_for(other_url, name)
-    cleanup.append(other)
+    holder, _, other = holder_and_other(netns, cleanup, target, name)
     acq = holder.call("acquire_after_beat(c, lock)")
     assert acq["ok"], "the holder could not take a fresh lock"
     cut, healed, polled = partition.cut_and_poll(netns, other, acq["t1"] + at, SESSION_LONG_CUT, 0.0,
@@ -467,30 +485,10 @@ def test_a_long_cut_tells_the_session_lock_holder_first(session_target, netns, c
             problems.append("told %.3f s after its clock ran out (%.1f s after %s)"
                             % (lost["t"] - due, SESSION_BOUND - SESSION_MARGIN,
                                "the acquire" if pings == 0 else "ping %d" % pings))
-    if got is not None:
-        if lost is not None and not lost["t"] < got:
-            problems.append("told %.3f s after the other got the lock" % (lost["t"] - got))
-        if unset is None or not unset["t"] < got:
-            problems.append("lock.acquired still True when the other got the lock")
-
+    told_first(lost, unset, got, problems)
     # After the heal: the lost lock is not released, the coordinator works.
-    released, took = holder.call("timed(lambda: lock.release())", timeout=120)
-    facts.append("after the heal: release() %r in %.3f s" % (released, took))
-    if released is not False:
-        problems.append("release() after the heal gave %r" % (released,))
-    holder.call("lock2 = c.get_lock(%r)" % name2)
-    taken, took = holder.call("timed(lambda: lock2.acquire(blocking=False))", timeout=120)
-    facts.append("another lock: acquire %r in %.3f s" % (taken, took))
-    if taken is not True:
-        problems.append("a new lock could not be taken after the heal: %r" % (taken,))
-    else:
-        let_go, _ = holder.call("timed(lambda: lock2.release())", timeout=120)
-        if let_go is not True:
-            problems.append("the new lock's release gave %r" % (let_go,))
-    stopped, took = holder.call("timed(lambda: c.stop())", timeout=120)
-    facts.append("stop(): %r in %.3f s" % (stopped, took))
-    if stopped is not None:
-        problems.append("stop() after the heal: %r" % (stopped,))
+    release_is_false(holder, facts, problems)
+    goes_on(holder, name2, facts, problems)
     if got is not None:
         freed = other.call("lock.release()")
         if freed is not True:
