@@ -63,9 +63,6 @@ rm -rf "$partition_logs"
 # The capability tests once more in an eventlet-patched process (every backend, green paths).
 "$python" tests/eventlet_pytest.py -q -p no:cacheprovider \
     tests/test_locks.py tests/test_groups.py tests/test_watchers.py tests/test_leader.py
-# Every public name, signature, base and constant against upstream's (allow-list with reasons).
-"$python" scripts/api_diff.py
-"$python" scripts/compat.py
 if ! wait "$wheels_pid"; then
     cat "$wheels_log" >&2
     echo "scripts/wheels.sh failed" >&2
@@ -73,6 +70,11 @@ if ! wait "$wheels_pid"; then
 fi
 cat "$wheels_log"
 rm -f "$wheels_log"
+# Every public name, signature, base and constant against upstream's (allow-list with reasons).
+"$python" scripts/api_diff.py
+# Upstream's own suite, on a machine the artefact build no longer loads (some of its tests time
+# memcached's whole-second expiry to within a second).
+"$python" scripts/compat.py
 docs_out=$(mktemp -d)
 "$python" -m sphinx -W -q -b html docs "$docs_out"
 rm -rf "$docs_out"
