@@ -94,6 +94,28 @@ where
     }
 }
 
+/// Runs `attempt` — what tidies up after a holding lost on the holder's clock (deleting its
+/// key if it is still the holder's, revoking its lease) — until the server answers it: each
+/// try given a renewal period, `reset` (drop the stuck connection) after one that was not
+/// answered, a pause between tries. Gives up a lease and a half from now: by then no
+/// extension of the holder's can keep the key alive, and it lapses by itself. Whether it was
+/// answered.
+pub async fn until_answered<T, F, Fut>(lease: Lease, mut reset: impl FnMut(), mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let give_up = Instant::now() + lease.length * 3 / 2;
+    while Instant::now() < give_up {
+        if let Ok(Ok(_)) = tokio::time::timeout(lease.renew_every(), attempt()).await {
+            return true;
+        }
+        reset();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +160,31 @@ mod tests {
             // The first try had a third of the time left (300 ms), not the whole of it.
             let took = began.elapsed();
             assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(600), "{took:?}");
+
+            // Tidying up: tried again (after a reset) until answered.
+            let tries = AtomicUsize::new(0);
+            let resets = AtomicUsize::new(0);
+            let lease = Lease::exact(Duration::from_millis(600));
+            let answered = until_answered(
+                lease,
+                || {
+                    resets.fetch_add(1, Ordering::SeqCst);
+                },
+                || async {
+                    if tries.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return Err(Error::Connection("refused".into()));
+                    }
+                    Ok(())
+                },
+            )
+            .await;
+            assert!(answered);
+            assert_eq!((tries.load(Ordering::SeqCst), resets.load(Ordering::SeqCst)), (3, 2));
+            // Never answered: given up a lease and a half later.
+            let began = Instant::now();
+            assert!(!until_answered(lease, || {}, || std::future::pending::<Result<()>>()).await);
+            let took = began.elapsed();
+            assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(1300), "{took:?}");
 
             // Never answered: gives up at the deadline, not later.
             let began = Instant::now();

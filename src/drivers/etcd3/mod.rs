@@ -55,7 +55,7 @@ use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
 use crate::lock::fate::Fate;
 use crate::lock::handoff::Courtesies;
-use crate::lock::lease::{renew_by, Lease};
+use crate::lock::lease::{renew_by, until_answered, Lease};
 use link::{lapsed, lease_gone, Link};
 use lock::Etcd3Lock;
 
@@ -277,19 +277,11 @@ impl Shared {
     }
 
     /// Revokes a lease in the background, trying again until etcd answers or the lease has
-    /// surely lapsed by itself (a lease and a half from now).
+    /// surely lapsed by itself (`lease::until_answered`).
     fn revoke_until_answered(self: &Arc<Self>, lease: i64) {
         let me = self.clone();
         crate::runtime::runtime().spawn(async move {
-            let give_up = tokio::time::Instant::now() + me.lock_lease().length * 3 / 2;
-            while tokio::time::Instant::now() < give_up {
-                let budget = me.lock_lease().renew_every();
-                if let Ok(Ok(())) = tokio::time::timeout(budget, me.revoke(lease)).await {
-                    return;
-                }
-                me.link.reset();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            until_answered(me.lock_lease(), || me.link.reset(), || me.revoke(lease)).await;
         });
     }
 

@@ -39,7 +39,7 @@ use crate::lock::handoff::Courtesy;
 use crate::lock::ttl::{self as ttl_lock, Attempt};
 use crate::error::{Error, Result};
 use crate::lock::fate::{Fate, OnLost};
-use crate::lock::lease::Lease;
+use crate::lock::lease::{until_answered, Lease};
 use crate::id::Id;
 
 /// How long a waiter's mark lasts (memcached counts whole seconds, and a key with TTL 1 can
@@ -150,15 +150,10 @@ impl LockState {
         crate::runtime::runtime().spawn(async move {
             // Taken once a renewal still waiting for its answer gives up.
             let Some(cas) = me.cas.lock().await.take() else { return };
-            let give_up = TokioInstant::now() + me.lease().length * 3 / 2;
             let request = meta::delete_if(&me.key, cas);
-            while TokioInstant::now() < give_up {
-                let delete = me.client().request("unlock", &request);
-                if let Ok(Ok(_)) = tokio::time::timeout(me.lease().renew_every(), delete).await {
-                    ttl_lock::wake(&me.shared.scope, &me.key);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            // A request given up on takes its connection with it: nothing to reset.
+            if until_answered(me.lease(), || {}, || me.client().request("unlock", &request)).await {
+                ttl_lock::wake(&me.shared.scope, &me.key);
             }
         });
     }

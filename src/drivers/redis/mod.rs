@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::lock::fate::Fate;
 use crate::lock::handoff::Courtesies;
-use crate::lock::lease::{renew_by, Lease};
+use crate::lock::lease::{renew_by, until_answered, Lease};
 use crate::lock::ttl::wake as ttl_wake;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
@@ -180,19 +180,8 @@ impl Shared {
     fn delete_when_back(self: &Arc<Self>, key: Vec<u8>, token: Vec<u8>) {
         let me = self.clone();
         crate::runtime::runtime().spawn(async move {
-            // Past a lease and a half from now, no extension of ours can keep the key alive.
-            let give_up = Instant::now() + me.lease().length * 3 / 2;
-            while Instant::now() < give_up {
-                let tried = tokio::time::timeout(me.lease().renew_every(), me.release(&key, &token)).await;
-                match tried {
-                    Ok(Ok(_)) => {
-                        ttl_wake(&me.scope, &key);
-                        return;
-                    }
-                    Ok(Err(Error::Connection(_))) | Err(_) => me.link.drop_stuck(),
-                    Ok(Err(_)) => return,
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if until_answered(me.lease(), || me.link.drop_stuck(), || me.release(&key, &token)).await {
+                ttl_wake(&me.scope, &key);
             }
         });
     }
