@@ -1,7 +1,8 @@
 """How the cost of group calls grows with the work, ours against upstream tooz.
 
     .venv/bin/python benchmarks/scale.py [--sizes 10,100,1000,10000] [--backends redis,memcached,zookeeper,etcd3,file]
-                                [--rounds 3] [--rows members,watchers,join]
+                                [--rounds 3] [--rows members,watchers,join,heartbeat,fleet]
+                                [--beat-sizes 10,100,1000,10000] [--fleet-sizes 10,100,500]
 
 For each backend and each size N, one group is filled with N live members by a populator
 process (``POPULATE`` below: it writes the members in bulk in the backend's layout, which is the
@@ -14,6 +15,10 @@ N members, then a reader process of each side (ours: this interpreter; upstream 
 * ``join 50 at once``: 50 processes, released together, each join the same group; the
   slowest join's latency (ms), and how long after the release all 50 had joined. Each stays until all have joined, so that early joiners'
   leaving does not compete with the late ones' joins.
+
+and, in rows of their own (``fleet.py``): ``heartbeat``, the wall time of one heartbeat of a
+coordinator holding N locks; ``fleet``, what an idle fleet of N members costs the server process
+(its CPU and requests, per member per second, from its own counters).
 
 Readers alternate ours, upstream for ``--rounds`` rounds. Prints one Markdown table per
 backend: µs per call of each side (median of the rounds), how many times faster ours is, and
@@ -34,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from run import SERVERS, UPSTREAM, url_for  # noqa: E402  (shares the run's servers)
+import fleet  # noqa: E402
 
 READER = r'''
 import json, multiprocessing, sys, time, uuid
@@ -223,7 +229,9 @@ def main():
     parser.add_argument("--backends", default="redis,memcached,zookeeper,etcd3,file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", default="members,watchers,join",
-                        help="which rows: members (the sized reads), watchers, join")
+                        help="which rows: members (the sized reads), watchers, join, heartbeat, fleet")
+    parser.add_argument("--beat-sizes", default="10,100,1000,10000", help="locks held, for the heartbeat row")
+    parser.add_argument("--fleet-sizes", default="10,100,500", help="members, for the fleet row")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows = set(args.rows.split(","))
@@ -232,6 +240,13 @@ def main():
         for backend in args.backends.split(","):
             url = url_for(backend, scratch)
             print("### %s\n" % backend)
+            if "heartbeat" in rows:
+                fleet.heartbeat_table(backend, url, [int(v) for v in args.beat_sizes.split(",")], args.rounds, UPSTREAM)
+            if "fleet" in rows:
+                fleet.fleet_table(backend, url, SERVERS[backend], [int(v) for v in args.fleet_sizes.split(",")],
+                                  args.rounds, UPSTREAM)
+            if not rows & {"members", "watchers", "join"}:
+                continue
             print("| operation | members | upstream µs/call | ours µs/call | ours/upstream speed | "
                   "µs per member up / ours |")
             print("|---|---|---|---|---|---|")

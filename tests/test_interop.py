@@ -1,11 +1,13 @@
 """Rolling upgrades: a process on upstream tooz (from PyPI, in its own virtualenv) and one on
 ours share the same directory / IPC namespace and see each other's locks and groups."""
 
+import time
+
 import pytest
 
 from tooz import coordination
 
-from conftest import Peer, PeerError, need, need_groups, new_id
+from conftest import Peer, PeerError, has, need, need_groups, new_id, with_options
 
 pytestmark = pytest.mark.interop
 
@@ -114,3 +116,53 @@ def test_ours_reads_upstream_records_bit_for_bit(backend, upstream, coord, group
         raw = f.read()
     record = utils.loads(raw)
     assert utils.dumps(record) == raw, "re-encoding upstream's record gives the same bytes"
+
+
+def test_many_locks_on_one_lease_interoperate(backend, upstream, make_coordinator):
+    """Ours holds several locks at once (etcd3: all on the coordinator's one lock lease; redis
+    and memcached: extended by one request per beat): upstream takes the one ours released
+    while the others stay ours through a beat, and ours waits for upstream's."""
+    if not has(backend, "ttl_locks"):
+        pytest.skip("lease backends")
+    coord = make_coordinator(url=with_options(backend[1], lock_timeout=3))
+    names = [new_id("l") for _ in range(3)]
+    ours = [coord.get_lock(n) for n in names]
+    for lock in ours:
+        assert lock.acquire(blocking=False)
+    up = upstream()
+    for i, name in enumerate(names):
+        up.call("l%d = c.get_lock(%r)" % (i, name))
+        assert up.call("l%d.acquire(blocking=False)" % i) is False
+    assert ours[1].release()
+    assert up.call("l1.acquire(blocking=False)") is True
+    # Past the TTL the acquires set, beating: ours keeps its two.
+    for _ in range(4):
+        coord.heartbeat()
+        up.call("c.heartbeat()")
+        time.sleep(1)
+    for i in (0, 2):
+        assert up.call("l%d.acquire(blocking=False)" % i) is False
+        assert ours[i].is_still_owner()
+    again = coord.get_lock(names[1])
+    assert again.acquire(blocking=False) is False
+    assert up.call("l1.release()") is True
+    assert again.acquire(blocking=5) is True
+    for lock in (ours[0], ours[2], again):
+        assert lock.release()
+
+
+def test_watcher_sees_upstream_join_and_leave(backend, upstream, coord, group):
+    need(backend, "members")
+    coord.create_group(group).get()
+    joined, left = [], []
+    coord.watch_join_group(group, joined.append)
+    coord.watch_leave_group(group, left.append)
+    coord.run_watchers()
+    up = upstream()
+    up_id = up.call("c._member_id")
+    up.call("c.join_group(%r).get()" % group)
+    coord.run_watchers()
+    assert [e.member_id for e in joined] == [up_id]
+    up.call("c.leave_group(%r).get()" % group)
+    coord.run_watchers()
+    assert [e.member_id for e in left] == [up_id]

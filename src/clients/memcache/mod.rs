@@ -203,12 +203,23 @@ impl Conn {
             }
         }
         let mut replies = Vec::with_capacity(n);
+        // Replies are parsed where they lie, and the parsed ones dropped from the buffer only
+        // before it grows: many pipelined replies cost no quadratic moving of the rest.
+        let mut at = 0;
         while replies.len() < n {
-            match self.take_reply()? {
-                Some(reply) => replies.push(reply),
-                None => self.read_more().await?,
+            match self.reply_at(at)? {
+                Some((reply, used)) => {
+                    replies.push(reply);
+                    at += used;
+                }
+                None => {
+                    self.buf.drain(..at);
+                    at = 0;
+                    self.read_more().await?;
+                }
             }
         }
+        self.buf.drain(..at);
         if !self.buf.is_empty() {
             return Err(Error::Tooz("memcached sent more replies than requests".into()));
         }
@@ -217,11 +228,17 @@ impl Conn {
 
     /// The first whole reply in `buf`, taken out of it (`None`: more bytes are needed).
     fn take_reply(&mut self) -> Result<Option<Reply>> {
-        match parse_reply(&self.buf) {
-            Ok(Some((reply, used))) => {
-                self.buf.drain(..used);
-                Ok(Some(reply))
-            }
+        let found = self.reply_at(0)?;
+        Ok(found.map(|(reply, used)| {
+            self.buf.drain(..used);
+            reply
+        }))
+    }
+
+    /// The whole reply at `at` in `buf`, and its length (`None`: more bytes are needed).
+    fn reply_at(&self, at: usize) -> Result<Option<(Reply, usize)>> {
+        match parse_reply(&self.buf[at..]) {
+            Ok(Some(found)) => Ok(Some(found)),
             Ok(None) => Ok(None),
             Err(ReplyError::Server(m)) => Err(Error::Tooz(m)),
             Err(ReplyError::Garbage(m)) => Err(Error::Tooz(format!("memcached protocol error: {m}"))),

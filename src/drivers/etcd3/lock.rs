@@ -1,10 +1,9 @@
-//! Locks: upstream's key `/tooz/locks<name>`, holding the lock object's 16 random bytes, on a
-//! lease of the lock's own (TTL `lock_timeout`, refreshed by the coordinator's heartbeats).
+//! Locks: upstream's key `/tooz/locks<name>`, holding the lock object's 16 random bytes, on the
+//! coordinator's lock lease (`lock_lease.rs`: one lease for all its locks, TTL `lock_timeout`,
+//! refreshed by one keep-alive per renewal however many locks are held).
 //!
 //! Acquire = one transaction `create_revision(key) == 0 → put(key, token, lease)`, else read
-//! the key. A lock object keeps its lease after a release and, at its next acquire, refreshes
-//! it to a full TTL (keep-alive, sent alongside the transaction) instead of granting a new one:
-//! a keep-alive is answered by the raft leader alone, a grant is a raft write. A waiter then opens a watch on the key from the revision it read and sleeps until
+//! the key; release = `value == token → delete(key)`. A waiter then opens a watch on the key from the revision it read and sleeps until
 //! etcd pushes the key's deletion (release, break, or the holder's lease lapsing), then tries
 //! again: no polling, and a release elsewhere reaches waiters in one round trip.
 //!
@@ -16,15 +15,14 @@
 //! waiter woken by the deletion takes the lock instead of the releaser retaking it.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::clients::etcd::messages::{Compare, CompareResult as Cmp, Event, FilterType, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
+use crate::clients::etcd::messages::{Compare, KeyValue, CompareResult as Cmp, Event, FilterType, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
 
-use super::link::lapsed;
 use crate::lock::handoff::Courtesy;
 use super::watch::wait_for_event;
 use super::{first_kvs, Shared, LOCK_PREFIX};
@@ -40,8 +38,6 @@ pub struct Etcd3Lock {
     token: Vec<u8>,
     /// Serialises this object's release and heartbeat (upstream's `_exclusive_access`).
     busy: tokio::sync::Mutex<()>,
-    /// A lease of ours not (or no longer) attached to the key, reused by the next acquire.
-    spare: Mutex<Option<(i64, Instant)>>,
     /// This object's entry among the lock's waiters, and their common prefix.
     waiting_key: Vec<u8>,
     waiters_prefix: Vec<u8>,
@@ -68,7 +64,6 @@ impl Etcd3Lock {
             key: [LOCK_PREFIX, name].concat(),
             token: token.as_bytes().to_vec(),
             busy: tokio::sync::Mutex::new(()),
-            spare: Mutex::new(None),
             waiting_key: [waiters_prefix.as_slice(), token.simple().to_string().as_bytes()].concat(),
             waiters_prefix,
             courtesy,
@@ -79,59 +74,6 @@ impl Etcd3Lock {
     /// Held through this coordinator, and not past the holder's deadline of its lease.
     fn held_here(&self) -> bool {
         self.shared.state().held.get().contains_key(&self.id) && self.fate.holding()
-    }
-
-    /// The spare lease, if it is young enough to be worth refreshing rather than replacing.
-    fn take_spare(&self) -> Option<i64> {
-        let ttl = Duration::from_secs(self.shared.lock_ttl as u64);
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match spare {
-            Some((lease, refreshed)) if refreshed.elapsed() < ttl / 2 => Some(lease),
-            Some((lease, _)) => {
-                self.shared.revoke_later(lease);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn keep_spare(&self, lease: i64, refreshed: Instant) {
-        let old = self.spare.lock().unwrap_or_else(|p| p.into_inner()).replace((lease, refreshed));
-        if let Some((old, _)) = old {
-            if old != lease {
-                self.shared.revoke_later(old);
-            }
-        }
-    }
-
-    /// One attempt with a lease of ours: the spare one, refreshed to its full TTL in the same
-    /// round trip as the transaction (a keep-alive is not a raft write; a grant is), or a new
-    /// one. Returns what happened and the lease used.
-    async fn attempt_with_lease(&self, waiting: Waiting) -> Result<(Attempt, i64)> {
-        if let Some(lease) = self.take_spare() {
-            let (alive, attempt) = tokio::join!(self.shared.keep_alive(lease), self.attempt(lease, waiting));
-            match (alive, attempt) {
-                (Ok(true), Ok(a)) => return Ok((a, lease)),
-                (_, Err(e)) if lapsed(&e) => {}
-                (Ok(false), Ok(Attempt::Won(_))) => {
-                    // Cannot happen (a put on an unknown lease fails); be safe all the same.
-                    self.shared.state().held.get().remove(&self.id);
-                }
-                (Ok(false), Ok(_)) => {}
-                (Err(e), _) | (_, Err(e)) => {
-                    self.shared.revoke_later(lease);
-                    return Err(e);
-                }
-            }
-        }
-        let lease = self.shared.grant(self.shared.lock_ttl).await?;
-        match self.attempt(lease, waiting).await {
-            Ok(a) => Ok((a, lease)),
-            Err(e) => {
-                self.shared.revoke_later(lease);
-                Err(e)
-            }
-        }
     }
 
     /// The transaction: put-if-absent; on success also drop this object's waiter entry if it
@@ -152,16 +94,34 @@ impl Etcd3Lock {
         let holder = first_kvs(&resp, 0);
         // Our own token without our record of holding it: an earlier attempt whose answer was
         // lost (the call was retried on another endpoint) did get it.
-        if let Some(kv) = holder.first().filter(|kv| kv.value == self.token && kv.lease == lease) {
+        // (Unless this object holds it already: a lock is not re-entrant.)
+        let mine = |kv: &&KeyValue| kv.value == self.token && kv.lease == lease && !self.shared.state().held.get().contains_key(&self.id);
+        if let Some(kv) = holder.first().filter(mine) {
             return Ok(Attempt::Won(kv.create_revision));
         }
         Ok(Attempt::Taken(resp.revision()))
     }
 
-    /// Drops this object's waiter entry when it gives up (best effort: it lapses with the lease).
-    async fn withdraw(&self, waiting: Waiting) {
-        if waiting == Waiting::Registered {
-            let _ = self.shared.delete("withdraw lock waiter", self.waiting_key.clone()).await;
+}
+
+/// A waiting acquire's entry among the lock's waiters: deleted when the acquire gives up, fails
+/// or is cancelled (dropped mid-wait), in the background; the winning transaction deletes it
+/// itself. (It lives on the coordinator's lock lease, which outlives the wait.)
+struct Entry<'a> {
+    lock: &'a Etcd3Lock,
+    waiting: Waiting,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        if self.waiting == Waiting::Registered {
+            let (shared, key) = (self.lock.shared.clone(), self.lock.waiting_key.clone());
+            crate::runtime::runtime().spawn(async move {
+                let _ = shared.delete("withdraw lock waiter", key).await;
+            });
+        }
+        if self.waiting != Waiting::No {
+            self.lock.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -204,35 +164,28 @@ impl DriverLock for Etcd3Lock {
         self.courtesy.step_aside(wait, deadline).await;
         // A waiting acquire registers with its first failed attempt (one that wins at once
         // writes nothing more); a one-shot attempt never does.
-        let mut waiting = if wait == Wait::No { Waiting::No } else { Waiting::Register };
+        let mut entry = Entry { lock: self, waiting: if wait == Wait::No { Waiting::No } else { Waiting::Register } };
+        if entry.waiting != Waiting::No {
+            self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        }
         loop {
-            let refreshed = Instant::now();
-            let (attempt, lease) = match self.attempt_with_lease(waiting).await {
-                Ok(done) => done,
-                Err(e) => {
-                    self.withdraw(waiting).await;
-                    return Err(e);
-                }
-            };
+            let waiting = entry.waiting;
+            let (attempt, lease) = self.shared.with_lock_lease(|lease| self.attempt(lease, waiting)).await?;
             match attempt {
                 Attempt::Won(revision) => {
-                    // The lease was granted or refreshed by a request sent after `refreshed`.
-                    let (shared, id) = (self.shared.clone(), self.id);
-                    let on_expiry = Box::new(move |why| shared.expired(id, lease, why));
+                    if waiting == Waiting::Registered {
+                        // The winning transaction deleted the entry.
+                        entry.waiting = Waiting::Register;
+                    }
                     let token = (revision > 0).then_some(revision as u64);
-                    self.fate.acquired_on_lease(token, self.shared.lock_lease().deadline(refreshed), on_expiry);
-                    let mut state = self.shared.state();
-                    state.held.get().insert(self.id, (self.key.clone(), lease));
-                    state.fates.get().insert(self.id, self.fate.clone());
+                    self.shared.hold(self.id, self.key.clone(), lease, token, &self.fate);
                     return Ok(true);
                 }
                 Attempt::Taken(revision) => {
-                    self.keep_spare(lease, refreshed);
                     if waiting == Waiting::Register {
-                        waiting = Waiting::Registered;
+                        entry.waiting = Waiting::Registered;
                     }
                     if wait == Wait::No || deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.withdraw(waiting).await;
                         return Ok(false);
                     }
                     // Woken by etcd when the holder's key is deleted.
@@ -258,28 +211,21 @@ impl DriverLock for Etcd3Lock {
             }
         };
         if !self.fate.holding() {
-            // Past the holder's deadline, before its watchdog told: lost, and its lease revoked.
+            // Past the holder's deadline, before its watchdog told: lost, with every lock on
+            // its lease, and the lease revoked.
+            self.shared.expired(self.id, lease, crate::lock::fate::LEASE_RAN_OUT);
             self.fate.lost(crate::lock::fate::LEASE_RAN_OUT);
-            self.shared.revoke_until_answered(lease);
             return Ok(false);
         }
         self.fate.released();
         let waiters = RangeRequest::key(self.waiters_prefix.clone()).prefix().count_only();
         let txn = TxnRequest::when([Compare::value(self.key.clone(), Cmp::Equal, self.token.clone())])
             .and_then([RequestOp::delete(self.key.clone()), RequestOp::range(waiters)]);
-        let released = self.shared.txn("release lock", txn).await.map(|r| {
+        self.shared.txn("release lock", txn).await.map(|r| {
             let others_waiting = r.range(1).is_some_and(|g| g.count > 0);
             self.courtesy.released(r.succeeded && others_waiting);
             r.succeeded
-        });
-        // The lease now holds nothing: keep it for this object's next acquire, which refreshes
-        // it to a full TTL in the same round trip as its transaction (and falls back to a new
-        // grant if it lapsed meanwhile).
-        match released {
-            Ok(true) => self.keep_spare(lease, Instant::now()),
-            _ => self.shared.revoke_later(lease),
-        }
-        released
+        })
     }
 
     async fn break_(&self) -> Result<bool> {
@@ -307,11 +253,8 @@ impl DriverLock for Etcd3Lock {
             Some((_, lease)) => *lease,
             None => return Ok(false),
         };
-        let alive = self.shared.keep_alive_lock(lease, &self.fate).await?;
-        if !alive {
-            self.shared.state().lost(self.id, "its lease lapsed before it was refreshed");
-        }
-        Ok(alive)
+        // The coordinator's lock lease, and with it every lock held on it.
+        Ok(self.shared.refresh_lock_lease(lease).await? && self.held_here())
     }
 
     fn fencing_token(&self) -> Option<u64> {
@@ -320,13 +263,5 @@ impl DriverLock for Etcd3Lock {
 
     fn on_lost(&self, callback: OnLost) {
         self.fate.on_lost(callback);
-    }
-}
-
-impl Drop for Etcd3Lock {
-    fn drop(&mut self) {
-        if let Some((lease, _)) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            self.shared.revoke_later(lease);
-        }
     }
 }

@@ -7,8 +7,9 @@
 //!   the coordinator's membership lease (TTL `membership_timeout`, refreshed by heartbeats),
 //!   so a member vanishes with its coordinator;
 //! * lock `name`: key `/tooz/locks<name>` (no separator, as upstream) holding 16 random bytes
-//!   of the lock object, attached to a lease of its own (TTL `lock_timeout`); taken by a
-//!   transaction `create_revision == 0 → put`, released by `value == ours → delete`.
+//!   of the lock object, attached to the coordinator's lock lease (TTL `lock_timeout`, one
+//!   for all its locks, `lock_lease.rs`); taken by a transaction `create_revision == 0 → put`,
+//!   released by `value == ours → delete`.
 //!
 //! Beyond upstream (keys upstream never reads, so it is not disturbed):
 //!
@@ -32,10 +33,11 @@
 
 mod link;
 mod lock;
+mod lock_lease;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,6 +120,8 @@ struct State {
     /// When the request that last set the election lease (a grant or a refresh) was sent, and
     /// by which process image (a forked worker leaves its parent's lease to the parent).
     election_sent: Option<(tokio::time::Instant, u64)>,
+    /// The lease this image's locks hang on (`lock_lease.rs`).
+    lock_lease: PerImage<Option<lock_lease::LockLease>>,
     /// Locks held through this coordinator: lock id → (key, lease), refreshed by heartbeats.
     held: PerImage<HashMap<u64, (Vec<u8>, i64)>>,
     /// The fates of the held locks (told when a heartbeat finds a lock's lease lapsed).
@@ -156,6 +160,11 @@ pub(crate) struct Shared {
     next_lock: AtomicU64,
     /// Which locks this coordinator steps aside from, by key (`lock/handoff.rs`).
     courtesies: Courtesies,
+    /// One grant of a lock lease at a time.
+    granting: tokio::sync::Mutex<()>,
+    /// Acquires of this coordinator waiting for a lock (their waiter entries are on the lock
+    /// lease, which stays in use meanwhile).
+    waiting: AtomicUsize,
 }
 
 impl Shared {
@@ -185,22 +194,6 @@ impl Shared {
             })
             .await?;
         Ok(outcome)
-    }
-
-    /// The lease of a lock, as its holder reckons it (`lock/lease.rs`): etcd ends a lease no
-    /// sooner than its TTL after the request that set it arrived.
-    fn lock_lease(&self) -> Lease {
-        Lease::exact(Duration::from_secs(self.lock_ttl.max(1) as u64))
-    }
-
-    /// Refreshes a held lock's lease; the holder's clock moves on with it.
-    async fn keep_alive_lock(&self, lease: i64, fate: &Fate) -> Result<bool> {
-        let sent = tokio::time::Instant::now();
-        let alive = self.keep_alive(lease).await?;
-        if alive {
-            fate.renewed(self.lock_lease().deadline(sent));
-        }
-        Ok(alive)
     }
 
     /// The election lease, as its holder reckons it.
@@ -266,14 +259,6 @@ impl Shared {
             self.renew(LeaseKind::Election, election).await?;
         }
         Ok(())
-    }
-
-    /// A held lock's lease ran out on the holder's clock: lost (and told), and its lease
-    /// revoked once etcd answers again (a refresh whose answer was lost may have kept it, and
-    /// the key with it), so others need not wait out its TTL.
-    fn expired(self: &Arc<Self>, id: u64, lease: i64, why: &'static str) {
-        self.state().lost(id, why);
-        self.revoke_until_answered(lease);
     }
 
     /// Revokes a lease in the background, trying again until etcd answers or the lease has
@@ -451,53 +436,42 @@ fn tls_config(https: bool, options: &Options) -> Result<Option<Arc<rustls::Clien
 }
 
 impl Etcd3Driver {
-    /// Releases the locks this process image holds: revoking a lock's lease deletes its key.
-    /// Refreshes every held lock's lease, each renewal with a third of the time left before
-    /// the earliest holder's deadline among them, then again on fresh channels (`lock/lease.rs`).
+    /// Refreshes the lock lease (every held lock at once) and the election lease, each renewal
+    /// with a third of the time left before the earlier holder's deadline of the two, then again
+    /// on fresh channels (`lock/lease.rs`).
     async fn extend_held(&self) -> Result<()> {
-        let held: Vec<(u64, i64, Arc<Fate>)> = {
-            let mut st = self.shared.state();
-            let leases: Vec<(u64, i64)> = st.held.get().iter().map(|(id, (_, l))| (*id, *l)).collect();
-            let fates = st.fates.get();
-            leases.into_iter().filter_map(|(id, l)| Some((id, l, fates.get(&id)?.clone()))).collect()
-        };
+        let locks = self.shared.lock_lease_to_renew();
         let election = self.shared.state().election_lease != 0;
-        let deadline = held.iter().filter_map(|(_, _, f)| f.deadline()).chain(self.shared.leadership.deadline()).min();
+        let deadline = locks.map(|(_, d)| d).into_iter().chain(self.shared.leadership.deadline()).min();
         let deadline = match deadline {
             Some(d) => d,
             // Nothing held on this side: a candidacy's lease is refreshed all the same.
             None if election => tokio::time::Instant::now() + self.shared.election_lease().length,
             None => return Ok(()),
         };
-        let lapsed = renew_by(deadline, || self.shared.link.reset(), || async {
-            self.shared.keep_election().await?;
-            let mut lapsed = Vec::new();
-            for (id, lease, fate) in &held {
-                if fate.holding() && !self.shared.keep_alive_lock(*lease, fate).await? {
-                    lapsed.push(*id);
+        renew_by(deadline, || self.shared.link.reset(), || async {
+            let (election, locks) = tokio::join!(self.shared.keep_election(), async {
+                match locks {
+                    Some((lease, _)) => self.shared.refresh_lock_lease(lease).await.map(drop),
+                    None => Ok(()),
                 }
-            }
-            Ok(lapsed)
+            });
+            election.and(locks)
         })
-        .await?;
-        for id in lapsed {
-            // The lock lapsed: whoever holds it now, it is not us.
-            self.shared.state().lost(id, "its lease lapsed before the heartbeat refreshed it");
-        }
-        Ok(())
+        .await
     }
 
+    /// Lets go of the locks this process image holds: revoking their lease deletes their keys.
     async fn release_held(&self) {
-        let held = {
+        {
             let mut st = self.shared.state();
-            let held = st.held.get().drain().map(|(_, v)| v).collect::<Vec<_>>();
+            st.held.get().clear();
             for (_, fate) in st.fates.get().drain() {
                 fate.released();
             }
-            held
-        };
-        for (_, lock_lease) in held {
-            let _ = self.shared.revoke(lock_lease).await;
+        }
+        if let Some(lease) = self.shared.take_lock_lease() {
+            let _ = self.shared.revoke(lease).await;
         }
     }
 
@@ -554,6 +528,8 @@ impl Etcd3Driver {
                 )),
                 next_lock: AtomicU64::new(0),
                 courtesies: Courtesies::with_grace(lock::HANDOVER_GRACE),
+                granting: tokio::sync::Mutex::new(()),
+                waiting: AtomicUsize::new(0),
             }),
         })
     }

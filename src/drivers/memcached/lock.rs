@@ -394,6 +394,43 @@ impl LockState {
         Ok(extended)
     }
 
+    /// Extends every lock of `locks` held through meta commands with one pipelined write of
+    /// their touches (one round trip; the lease clock runs once, from when it was sent), and
+    /// the others one by one the classic way. Each finds itself lost as [`LockState::touch`]
+    /// does.
+    pub(super) async fn touch_all(locks: &[Arc<LockState>]) -> Result<()> {
+        let mut batch = Vec::with_capacity(locks.len());
+        let mut classic = Vec::new();
+        for lock in locks {
+            let cas = lock.cas.lock().await;
+            if !lock.is_acquired() {
+                continue;
+            }
+            match *cas {
+                Some(held) => batch.push((lock, held, cas)),
+                None => classic.push(lock),
+            }
+        }
+        if let Some((first, _, _)) = batch.first() {
+            let client = first.client();
+            let request: Vec<u8> = batch.iter().flat_map(|(l, _, _)| meta::touch(&l.key, l.ttl)).collect();
+            let sent = TokioInstant::now();
+            let replies = client.pipeline("extend", &request, batch.len()).await?;
+            for ((lock, held, _cas), reply) in batch.iter().zip(&replies) {
+                match reply {
+                    Reply::Meta(Status { code: Code::Hd, cas: Some(now) }) if now == held => lock.fate.renewed(lock.lease().deadline(sent)),
+                    Reply::Meta(Status { code: Code::Hd | Code::En, .. }) => lock.lost(&format!("{GONE} before it was extended")),
+                    other => return Err(unexpected("mg (touch)", Some(other))),
+                }
+            }
+        }
+        drop(batch);
+        for lock in classic {
+            lock.touch().await?;
+        }
+        Ok(())
+    }
+
     /// Whether the key is still this holding (through meta commands: still its CAS unique;
     /// else: still names this member); finds it lost when not.
     async fn still_owned(self: &Arc<Self>) -> Result<bool> {

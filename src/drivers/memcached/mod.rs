@@ -408,8 +408,8 @@ impl MemcachedDriver {
         let held = self.held();
         let Some(deadline) = held.iter().filter_map(|l| l.fate_deadline()).min() else { return Ok(()) };
         renew_by(deadline, || {}, || async {
-            for lock in &held {
-                lock.touch().await?;
+            for batch in held.chunks(EXTEND_BATCH) {
+                LockState::touch_all(batch).await?;
             }
             Ok(())
         })
@@ -430,6 +430,9 @@ impl MemcachedDriver {
         self.shared.held.lock().unwrap_or_else(|p| p.into_inner()).get().clone()
     }
 }
+
+/// How many lock extensions go out in one pipelined write.
+const EXTEND_BATCH: usize = 1000;
 
 /// A short pause between attempts of a lost read-modify-write race (upstream waits 1 s).
 async fn backoff(attempt: u32) {

@@ -15,6 +15,7 @@
 //! a restarted server is used again without restarting the process).
 
 mod link;
+mod liveness;
 mod lock;
 mod scripts;
 
@@ -38,6 +39,7 @@ use crate::lock::lease::{renew_by, until_answered, Lease};
 use crate::lock::ttl::wake as ttl_wake;
 use crate::msgpack::{self, Value};
 use crate::runtime::PerImage;
+use liveness::{Beat, Liveness};
 use link::{redis_err, Link, Request, Target};
 pub use lock::RedisLock;
 use scripts::{Lua, Scripts};
@@ -69,6 +71,8 @@ struct Shared {
     scope: String,
     /// Which locks this coordinator steps aside from, by key (`lock/handoff.rs`).
     courtesies: Courtesies,
+    /// Until when members' beat keys are known to live (`liveness.rs`).
+    liveness: Mutex<Liveness>,
 }
 
 #[derive(Clone, Copy)]
@@ -113,6 +117,10 @@ impl Shared {
 
     fn lock_key(&self, name: &[u8]) -> Vec<u8> {
         self.key(&[b"_", name, b"_lock"])
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs one of the scripts with `keys` and `args`.
@@ -186,17 +194,37 @@ impl Shared {
         });
     }
 
-    /// Extends every held lock's lease, each renewal with a third of the time left before the
-    /// earliest holder's deadline among them, then again on a fresh connection (`lease.rs`).
+    /// Extends every held lock's lease, with one script call per [`EXTEND_BATCH`] locks, each
+    /// renewal with a third of the time left before the earliest holder's deadline among them,
+    /// then again on a fresh connection (`lease.rs`). A lock whose key no longer holds its
+    /// token is lost; the others move their holder's clock on.
     async fn extend_held(&self) -> Result<()> {
         let held: Vec<(u64, Held)> =
             self.held.lock().unwrap_or_else(|p| p.into_inner()).get().iter().map(|(id, h)| (*id, h.clone())).collect();
         let Some(deadline) = held.iter().filter_map(|(_, h)| h.fate.deadline()).min() else { return Ok(()) };
+        let ms = Self::px(self.lock_timeout).to_string();
         let lost = renew_by(deadline, || self.link.drop_stuck(), || async {
             let mut lost = Vec::new();
-            for (id, h) in &held {
-                if h.fate.holding() && !self.extend(&h.key, &h.token, &h.fate).await? {
-                    lost.push(*id);
+            let holding: Vec<&(u64, Held)> = held.iter().filter(|(_, h)| h.fate.holding()).collect();
+            for batch in holding.chunks(EXTEND_BATCH) {
+                let keys: Vec<&[u8]> = batch.iter().map(|(_, h)| h.key.as_slice()).collect();
+                let args: Vec<&[u8]> = std::iter::once(ms.as_bytes()).chain(batch.iter().map(|(_, h)| h.token.as_slice())).collect();
+                let sent = Instant::now();
+                let gone: Vec<usize> = self.eval("extend locks", &self.scripts.extend_locks, &keys, &args).await?;
+                let deadline = self.lease().deadline(sent);
+                let mut kept = vec![true; batch.len()];
+                for i in gone {
+                    // (A position outside the batch would be a server's error: ignored.)
+                    if let Some(k) = i.checked_sub(1).and_then(|i| kept.get_mut(i)) {
+                        *k = false;
+                    }
+                }
+                for ((id, h), kept) in batch.iter().zip(kept) {
+                    if !kept {
+                        lost.push(*id);
+                    } else {
+                        h.fate.renewed(deadline);
+                    }
                 }
             }
             Ok(lost)
@@ -215,6 +243,10 @@ impl Shared {
         Ok((n >= 1, n == 2))
     }
 }
+
+/// How many locks one extension script call takes (the server runs a script to its end before
+/// anything else: a batch keeps that to about a millisecond).
+const EXTEND_BATCH: usize = 1000;
 
 pub struct RedisDriver {
     member: Vec<u8>,
@@ -375,6 +407,7 @@ impl RedisDriver {
             held: Mutex::new(PerImage::new()),
             next_lock: AtomicU64::new(0),
             courtesies: Courtesies::default(),
+            liveness: Mutex::new(Liveness::new()),
             scope: format!("redis:{}:{}:{}", url.host.as_deref().unwrap_or(""), url.port.unwrap_or(0), url.path),
         };
         shared.namespace = shared.encode(&namespace_id)?;
@@ -415,27 +448,56 @@ impl RedisDriver {
         self.shared.query("heartbeat", &cmd).await
     }
 
+    /// The group's live members (with their capabilities if asked): its hash in one command
+    /// (names alone unless capabilities are wanted), then, only if some member may have died
+    /// since it was last found alive (`liveness.rs`), one script that checks those members'
+    /// beat keys and prunes the dead.
     async fn members(&self, group: &Id, with_caps: bool) -> Result<Vec<(Id, Value)>> {
         let g = self.shared.encode(group)?;
         let gkey = self.shared.group_key(&g);
-        let prefix = self.shared.beat_prefix();
-        let flag: &[u8] = if with_caps { b"1" } else { b"0" };
-        let reply: Option<Vec<Vec<u8>>> = self
-            .shared
-            .eval("get members", &self.shared.scripts.get_members, &[&gkey], &[&prefix, &self.member, GROUP_EXISTS, flag])
-            .await?;
-        let reply = reply.ok_or_else(|| Error::GroupNotCreated(group.clone()))?;
-        if with_caps {
-            reply
-                .chunks(2)
-                .map(|pair| match pair {
-                    [m, caps] => Ok((Id::Bytes(m.clone()), msgpack::decode(caps)?)),
-                    _ => Err(Error::Tooz("malformed get_members reply".into())),
-                })
-                .collect()
-        } else {
-            Ok(reply.into_iter().map(|m| (Id::Bytes(m), Value::Nil)).collect())
+        let read = if with_caps { "HGETALL" } else { "HKEYS" };
+        let reply: Vec<Vec<u8>> = self.shared.query("get members", redis::cmd(read).arg(&gkey)).await?;
+        // A group's hash always holds its marker field: no hash, no group.
+        if reply.is_empty() {
+            return Err(Error::GroupNotCreated(group.clone()));
         }
+        let mut members: Vec<(Vec<u8>, Option<Vec<u8>>)> = if with_caps {
+            if reply.len() % 2 != 0 {
+                return Err(Error::Tooz("malformed get_members reply".into()));
+            }
+            let mut it = reply.into_iter();
+            std::iter::from_fn(|| Some((it.next()?, it.next()))).collect()
+        } else {
+            reply.into_iter().map(|m| (m, None)).collect()
+        };
+        members.retain(|(m, _)| m.as_slice() != GROUP_EXISTS);
+        let timeout = Duration::from_millis(Shared::px(self.shared.membership_timeout));
+        let others = members.iter().map(|(m, _)| m.as_slice()).filter(|m| *m != self.member.as_slice());
+        let due: Option<Vec<Vec<u8>>> = self.shared.liveness().due(others, timeout, Instant::now()).map(|d| d.into_iter().map(<[u8]>::to_vec).collect());
+        if let Some(due) = due {
+            let prefix = self.shared.beat_prefix();
+            let args: Vec<&[u8]> = std::iter::once(prefix.as_slice()).chain(due.iter().map(Vec::as_slice)).collect();
+            let sent = Instant::now();
+            let ttls: Vec<i64> = self.shared.eval("check members", &self.shared.scripts.check_members, &[&gkey], &args).await?;
+            if ttls.len() != due.len() {
+                return Err(Error::Tooz("malformed member check reply".into()));
+            }
+            let dead: std::collections::HashSet<&[u8]> =
+                due.iter().zip(&ttls).filter(|(_, t)| matches!(Beat::from_pttl(**t), Beat::Gone)).map(|(m, _)| m.as_slice()).collect();
+            members.retain(|(m, _)| !dead.contains(m.as_slice()));
+            let answers = due.iter().cloned().zip(ttls.iter().map(|t| Beat::from_pttl(*t)));
+            self.shared.liveness().found(sent, timeout, answers);
+        }
+        members
+            .into_iter()
+            .map(|(m, caps)| {
+                let caps = match caps {
+                    Some(c) => msgpack::decode(&c)?,
+                    None => Value::Nil,
+                };
+                Ok((Id::Bytes(m), caps))
+            })
+            .collect()
     }
 
     fn new_lock(&self, name: &[u8]) -> RedisLock {

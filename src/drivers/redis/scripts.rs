@@ -36,22 +36,15 @@ if redis.call("hexists", KEYS[1], ARGV[1]) == 0 then return -2 end
 redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
 return 1"#;
 
-/// Live members (and their capabilities when ARGV[4] == "1"); members whose beat key has
-/// expired are removed, except the caller. nil when the group does not exist.
-const GET_MEMBERS: &str = r#"
-if redis.call("exists", KEYS[1]) == 0 then return false end
-local all = redis.call("hgetall", KEYS[1])
+/// The remaining TTL (`PTTL`, ms; -2: none, -1: no expiry) of the beat key of each member
+/// ARGV[2..] (beat keys are ARGV[1] .. member); members without one are removed from the
+/// group KEYS[1]. One batched liveness check (`liveness.rs` says whom to check).
+const CHECK_MEMBERS: &str = r#"
 local out = {}
-for i = 1, #all, 2 do
-  local m = all[i]
-  if m ~= ARGV[3] then
-    if m == ARGV[2] or redis.call("exists", ARGV[1] .. m) == 1 then
-      table.insert(out, m)
-      if ARGV[4] == "1" then table.insert(out, all[i + 1]) end
-    else
-      redis.call("hdel", KEYS[1], m)
-    end
-  end
+for i = 2, #ARGV do
+  local t = redis.call("pttl", ARGV[1] .. ARGV[i])
+  if t == -2 then redis.call("hdel", KEYS[1], ARGV[i]) end
+  out[#out + 1] = t
 end
 return out"#;
 
@@ -92,15 +85,30 @@ const EXTEND_LOCK: &str = r#"
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end
 return 0"#;
 
+/// Every lock key in KEYS that still holds its token (ARGV[i + 1]) gets a TTL of ARGV[1] ms;
+/// returns the (1-based) positions of those that did not hold it: one round trip for all the
+/// locks a heartbeat extends.
+const EXTEND_LOCKS: &str = r#"
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call("get", KEYS[i]) == ARGV[i + 1] then
+    redis.call("pexpire", KEYS[i], ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost"#;
+
 pub(super) struct Scripts {
     pub(super) create_group: Lua,
     pub(super) delete_group: Lua,
     pub(super) join_group: Lua,
     pub(super) leave_group: Lua,
     pub(super) update_capabilities: Lua,
-    pub(super) get_members: Lua,
+    pub(super) check_members: Lua,
     pub(super) release_lock: Lua,
     pub(super) extend_lock: Lua,
+    pub(super) extend_locks: Lua,
     pub(super) acquire_lock: Lua,
 }
 
@@ -125,9 +133,10 @@ impl Scripts {
             join_group: Lua::new(JOIN_GROUP),
             leave_group: Lua::new(LEAVE_GROUP),
             update_capabilities: Lua::new(UPDATE_CAPABILITIES),
-            get_members: Lua::new(GET_MEMBERS),
+            check_members: Lua::new(CHECK_MEMBERS),
             release_lock: Lua::new(RELEASE_LOCK),
             extend_lock: Lua::new(EXTEND_LOCK),
+            extend_locks: Lua::new(EXTEND_LOCKS),
             acquire_lock: Lua::new(ACQUIRE_LOCK),
         }
     }
