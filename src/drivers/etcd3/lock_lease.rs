@@ -92,7 +92,14 @@ impl Shared {
             let lease = self.current_lock_lease().await?;
             let outcome = if lease.sent.elapsed() >= FRESH {
                 let (refreshed, outcome) = tokio::join!(self.refresh_lock_lease(lease.id), attempt(lease.id));
-                refreshed?;
+                // (A refresh that failed leaves the answer to the attempt: a transaction that
+                // won holds the key, which must not be left behind.)
+                if matches!(refreshed, Ok(false)) && tries < LAPSED_RETRIES {
+                    // The lease had lapsed (and is retired): whatever the attempt wrote on it
+                    // went with it. Again, on a new lease.
+                    tries += 1;
+                    continue;
+                }
                 outcome
             } else {
                 attempt(lease.id).await
