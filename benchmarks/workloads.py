@@ -353,7 +353,8 @@ def floor_fcntl_lock(url, ops):
 
 
 def _rust_floor(example, url, ops):
-    """Runs ``examples/<example>.rs`` (built on first use) against ``url``; it prints the
+    """Runs ``benchmarks/<example>.rs`` (Cargo's example ``<example>``, built on first use)
+    against ``url``; it prints the
     JSON line ``_timed`` would."""
     import subprocess
 
@@ -369,7 +370,7 @@ def _rust_floor(example, url, ops):
 def floor_redis_set_del(url, ops):
     """``SET k v NX PX 30000`` + ``DEL k``, the two round trips a redis lock acquire + release
     cannot do without, and nothing else: plain blocking TCP on one connection, no client
-    library, no Python (``examples/two_round_trips.rs``)."""
+    library, no Python (``benchmarks/two_round_trips.rs``)."""
     return _rust_floor("two_round_trips", url, ops)
 
 
@@ -445,7 +446,7 @@ def floor_zk_create_delete(url, ops):
 def floor_etcd3_grpc_txns(url, ops):
     """The two transactions an etcd lock cannot do without (put-if-absent on a lease, then
     delete-if-ours), sent by a bare gRPC client (``tooz::clients::etcd``, the client our driver
-    uses, in the small Rust program ``examples/etcd3_floor.rs``) on one connection, with one lease
+    uses, in the small Rust program ``benchmarks/etcd3_floor.rs``) on one connection, with one lease
     granted up front: no lease per acquisition, no Python."""
     return _rust_floor("etcd3_floor", url, ops)
 

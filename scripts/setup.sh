@@ -10,8 +10,9 @@
 #    written by hand, src/clients/etcd/);
 #  - postgresql-15 and mariadb-server (started by the tests in temporary directories; the
 #    packaged services are stopped);
-#  - .venv: the project's own virtualenv (no system site-packages). It gets maturin, ziglang
-#    and auditwheel, then the package built as it is released (`maturin build --release --zig`:
+#  - .venv: the project's own virtualenv (no system site-packages). It gets maturin, ziglang,
+#    auditwheel and twine (which checks that PyPI renders the README), then the package built
+#    as it is released (`maturin build --release --zig`:
 #    the manylinux2014 abi3 wheel), installed with its declared dependencies and its `test` and
 #    `docs` extras. The test command, the upstream-suite runner, the benchmarks and the docs
 #    build all run .venv/bin/python; nothing is installed into the system's Python.
@@ -57,7 +58,7 @@ if ! .venv/bin/python -c "import sys; sys.exit(sys.prefix == sys.base_prefix)" 2
 fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # pip 25.1 or later reads the package's License-Expression (`pip show tooz`).
-"${pip[@]}" "pip>=25.1" "maturin>=1.9,<2" "ziglang>=0.13" "auditwheel>=6"
+"${pip[@]}" "pip>=25.1" "maturin>=1.9,<2" "ziglang>=0.13" "auditwheel>=6" "twine>=6"
 # maturin finds zig as `python3 -m ziglang` on the PATH: the venv's.
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT

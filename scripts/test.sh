@@ -5,8 +5,10 @@
 # tooz in .venv-upstream), its lock, group, watcher and leader tests again under eventlet, the
 # public API compared with upstream's (scripts/api_diff.py), then upstream tooz's own shipped
 # test suite against this package on every backend (scripts/compat.py), the released wheel and
-# the sdist (scripts/wheels.sh) and the docs (Sphinx, warnings are errors). Arguments go to
-# pytest and skip the other steps.
+# the sdist (scripts/wheels.sh, with `twine check`), the README as PyPI renders it and the docs
+# (Sphinx, warnings are errors). The Python suite includes tests/test_examples.py (every
+# examples/*.py runs and exits 0) and tests/test_readme.py (the README's length, links,
+# commands and first program). Arguments go to pytest and skip the other steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="$PWD/.venv/bin/python"
@@ -63,6 +65,10 @@ rm -rf "$partition_logs"
 # tests, even at the lowest priority, it made timed tests of the wheel's smoke run and of
 # upstream's suite miss).
 bash scripts/wheels.sh
+# The README is the package's description on PyPI: rendered as PyPI renders it (readme_renderer,
+# which twine uses), an error or a warning fails.
+"$python" -W ignore::UserWarning -m readme_renderer README.rst -o /dev/null
+echo "README renders as on PyPI"
 docs_out=$(mktemp -d)
 "$python" -m sphinx -W -q -b html docs "$docs_out"
 rm -rf "$docs_out"

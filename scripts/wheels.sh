@@ -5,6 +5,7 @@
 #    than 2.17; it is installed into fresh virtualenvs of the oldest and newest CPython this
 #    machine has (3.11 and 3.13, from pyenv, where present) for a smoke run of the suite: locks,
 #    groups, heartbeat and fork on file and redis;
+#  - `twine check --strict` of both: their long description (README.rst) renders on PyPI;
 #  - the sdist, installed by pip into a fresh virtualenv with PROTOC pointing at nothing (the
 #    build must need only cargo and a C compiler), then imported and used for a file lock.
 set -euo pipefail
@@ -49,6 +50,8 @@ if missing:
 print("METADATA: %s, Requires-Python %s, License-Expression %s, %d classifiers"
       % (meta["Name"], meta["Requires-Python"], meta["License-Expression"], len(classifiers)))
 PY
+# What PyPI does with the description: any rendering error or warning fails.
+"$venv_bin/twine" check --strict "$wheel" "$sdist"
 audit=$("$venv_bin/auditwheel" show "$wheel")
 # (auditwheel wraps its sentences at the terminal's width: read them as one line)
 if ! tr -s ' \n' '  ' <<<"$audit" | grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"'; then
