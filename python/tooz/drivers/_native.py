@@ -127,7 +127,7 @@ class NativeLock(locking.Lock):
     def fencing_token(self):
         """The fencing token of the last successful acquire: greater than every token
         issued before it for this lock name on this backend (None before the first acquire,
-        or on a backend that cannot give one; see the README for each backend's guarantee).
+        or on a backend that cannot give one; see docs/drivers.rst for each backend's guarantee).
         Pass it with every write the lock protects, and have the store refuse a token lower
         than one it has seen."""
         return self._native.fencing_token

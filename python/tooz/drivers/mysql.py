@@ -9,7 +9,7 @@ URL: ``mysql://user:password@host[:port]/dbname`` (port 3306). Options, as upstr
 ``ssl_verify_mode`` ``none``/``optional``/``required`` (default: required when a
                     CA is given, else none)
 ``ssl_check_hostname``  check the server's name (default true; only with a CA;
-                    ``false`` has no effect yet, see the README)
+                    ``false`` has no effect yet, see docs/drivers.rst)
 ``ssl_cipher``      accepted and ignored: rustls uses its own safe cipher suites
 ==================  ==========================================================
 
