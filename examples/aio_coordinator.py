@@ -8,11 +8,10 @@ Without a URL it uses file:// in a temporary directory.
 """
 
 import asyncio
-import sys
-import tempfile
 
 import tooz
 from tooz import aio
+from example_url import example_url
 
 GROUP = b"async-workers"
 
@@ -64,8 +63,5 @@ async def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        asyncio.run(main(sys.argv[1]))
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            asyncio.run(main("file://" + directory))
+    with example_url() as url:
+        asyncio.run(main(url))

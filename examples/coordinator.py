@@ -5,10 +5,9 @@
 Without a URL it uses file:// in a temporary directory.
 """
 
-import sys
-import tempfile
 
 from tooz import coordination
+from example_url import example_url
 
 
 def main(url):
@@ -28,8 +27,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

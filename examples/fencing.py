@@ -10,12 +10,11 @@ file:// in a temporary directory (whose locks the kernel holds: they cannot be l
 their holder's back, so there host-1 lets go to let host-2 in).
 """
 
-import sys
-import tempfile
 import threading
 
 import tooz
 from tooz import coordination
+from example_url import example_url
 
 NAME = b"ledger"
 
@@ -85,8 +84,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

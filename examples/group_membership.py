@@ -6,10 +6,9 @@ Two coordinators (as two processes would be) join one group with capabilities, r
 members, change a capability, leave. Without a URL it uses file:// in a temporary directory.
 """
 
-import sys
-import tempfile
 
 from tooz import coordination
+from example_url import example_url
 
 GROUP = b"image-workers"
 
@@ -49,8 +48,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

@@ -7,10 +7,9 @@ from its periodic loop); each call looks at the group and runs the callbacks for
 since the last one. Without a URL it uses file:// in a temporary directory.
 """
 
-import sys
-import tempfile
 
 from tooz import coordination
+from example_url import example_url
 
 GROUP = b"api-workers"
 
@@ -55,8 +54,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

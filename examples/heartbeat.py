@@ -8,11 +8,10 @@ may instead call ``heartbeat()`` itself, which returns the seconds until the nex
 Without a URL it uses file:// in a temporary directory.
 """
 
-import sys
-import tempfile
 import time
 
 from tooz import coordination
+from example_url import example_url
 
 
 def main(url):
@@ -39,8 +38,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

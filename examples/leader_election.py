@@ -7,11 +7,10 @@ for election and calls it when this member wins. Without a URL it uses file:// i
 directory.
 """
 
-import sys
-import tempfile
 
 import tooz
 from tooz import coordination
+from example_url import example_url
 
 GROUP = b"schedulers"
 
@@ -57,8 +56,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

@@ -6,12 +6,11 @@ Two coordinators stand for two processes (or hosts) wanting the same lock. Witho
 uses file:// in a temporary directory.
 """
 
-import sys
-import tempfile
 import threading
 import time
 
 from tooz import coordination
+from example_url import example_url
 
 NAME = b"nightly-report"
 
@@ -47,8 +46,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)

@@ -7,10 +7,9 @@ its own. The ring follows the group's membership when ``run_watchers()`` runs. W
 it uses file:// in a temporary directory.
 """
 
-import sys
-import tempfile
 
 from tooz import coordination
+from example_url import example_url
 
 GROUP = b"pollers"
 OBJECTS = ["instance-%d" % i for i in range(300)]
@@ -48,8 +47,5 @@ def main(url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            main("file://" + directory)
+    with example_url() as url:
+        main(url)
