@@ -91,10 +91,11 @@ return 0"#;
 /// per key; the caller keeps KEYS within what `unpack` takes.)
 const EXTEND_LOCKS: &str = r#"
 local values = redis.call("mget", unpack(KEYS))
+local call, keys, argv, ms = redis.call, KEYS, ARGV, ARGV[1]
 local lost = {}
-for i = 1, #KEYS do
-  if values[i] == ARGV[i + 1] then
-    redis.call("pexpire", KEYS[i], ARGV[1])
+for i = 1, #keys do
+  if values[i] == argv[i + 1] then
+    call("pexpire", keys[i], ms)
   else
     lost[#lost + 1] = i
   end
