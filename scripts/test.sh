@@ -4,9 +4,9 @@
 # pure-Rust unit tests, the Python suite (including the interoperability tests against upstream
 # tooz in .venv-upstream), its lock, group, watcher and leader tests again under eventlet, the
 # public API compared with upstream's (scripts/api_diff.py), then upstream tooz's own shipped
-# test suite against this package on every backend (scripts/compat.py), the released wheel and
-# the sdist (scripts/wheels.sh) and the docs (Sphinx, warnings are errors). Arguments go to
-# pytest and skip the other steps.
+# test suite against this package on every backend (scripts/compat.py), the released wheels
+# (x86_64; aarch64 under qemu) and the sdist (scripts/wheels.sh) and the docs (Sphinx, warnings
+# are errors). Arguments go to pytest and skip the other steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="$PWD/.venv/bin/python"
