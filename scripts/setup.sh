@@ -17,8 +17,8 @@
 #    build all run .venv/bin/python; nothing is installed into the system's Python.
 #  - the aarch64 wheel's tools (scripts/setup_aarch64.sh): Debian's Rust 1.96 with the aarch64
 #    standard library, qemu-user-static and Debian's arm64 CPython 3.11 unpacked under
-#    /var/cache/tooz-aarch64; the aarch64 wheel is built beside the x86_64 one (its target
-#    directory is kept there too), so the test command's build of it finds it up to date;
+#    /var/cache/tooz-aarch64; the aarch64 wheel is built beside the x86_64 one (into
+#    target-aarch64), so the test command's build of it finds it up to date;
 #  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency),
 #    with psycopg2-binary and PyMySQL for its postgresql:// and mysql:// drivers.
 set -euo pipefail

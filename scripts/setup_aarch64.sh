@@ -35,10 +35,9 @@ fi
     || { echo "Debian's cargo or the aarch64 Rust standard library is missing" >&2; exit 1; }
 
 # The interpreter and the libraries its standard modules load (ssl and hashlib: libssl3; ctypes:
-# libffi8; the nis module's libnsl2 and libtirpc3 with Kerberos's libraries), and the venv module
-# with the pip and setuptools wheels ensurepip installs.
+# libffi8; the nis module's libnsl2 and libtirpc3 with Kerberos's libraries). Its virtualenvs
+# are made --without-pip (pip is run on it from .venv), so no ensurepip (python3.11-venv).
 debs=(python3.11-minimal:arm64 libpython3.11-minimal:arm64 libpython3.11-stdlib:arm64
-      python3.11-venv:arm64 python3-pip-whl python3-setuptools-whl
       libc6:arm64 libgcc-s1:arm64 libssl3:arm64 libexpat1:arm64 zlib1g:arm64 libffi8:arm64
       libbz2-1.0:arm64 liblzma5:arm64 libcrypt1:arm64 libuuid1:arm64 libsqlite3-0:arm64
       libncursesw6:arm64 libtinfo6:arm64 libreadline8:arm64 libdb5.3:arm64 libnsl2:arm64
@@ -47,7 +46,7 @@ debs=(python3.11-minimal:arm64 libpython3.11-minimal:arm64 libpython3.11-stdlib:
 root="$cache/python"
 # Unpacked once; again only when the list above changes or the interpreter does not run.
 if [ "$(cat "$root/.debs" 2>/dev/null)" != "${debs[*]}" ] \
-        || ! "$root/usr/bin/python3" -c "import ssl, hashlib, ctypes, venv, ensurepip" 2>/dev/null; then
+        || ! "$root/usr/bin/python3" -c "import ssl, hashlib, ctypes, venv" 2>/dev/null; then
     mkdir -p "$cache"
     rm -rf "$root" "$root.new"
     mkdir -p "$root.new/debs"
@@ -69,7 +68,7 @@ exec qemu-aarch64-static -L "$root" -0 "$0" "$root/usr/bin/python3.11" "$@"
 SH
     chmod 755 "$root.new/usr/bin/python3"
     mv "$root.new" "$root"
-    "$root/usr/bin/python3" -c "import ssl, hashlib, ctypes, venv, ensurepip"
+    "$root/usr/bin/python3" -c "import ssl, hashlib, ctypes, venv"
     echo "${debs[*]}" >"$root/.debs"
 fi
 echo "aarch64: $("$root/usr/bin/python3" -c "import platform; print('CPython', platform.python_version(), 'on', platform.machine())") (through qemu), $(/usr/bin/rustc --version | cut -d' ' -f1-2) with the aarch64 standard library"

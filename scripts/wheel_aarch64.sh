@@ -3,16 +3,16 @@
 # its build only, by scripts/setup.sh):
 #  - build: `maturin build --release --zig --target aarch64-unknown-linux-gnu` from .venv, with
 #    Debian's cargo and rustc 1.96 (/usr/bin, which have the aarch64 standard library) first on
-#    the PATH and named by CARGO and RUSTC for this build only. Its target directory is kept
-#    between runs and clones ($TOOZ_AARCH64_CACHE/target, /var/cache/tooz-aarch64/target by
-#    default): the dependencies are built once per machine, a fresh clone rebuilds the package's
-#    own crate;
+#    the PATH and named by CARGO and RUSTC for this build only. Its target directory is the work
+#    tree's target-aarch64 (not shared between clones: cargo's fingerprints hold the linker,
+#    maturin's zig wrapper, whose path is one per virtualenv, so another clone's build would
+#    rebuild every crate anyway);
 #  - check: one cp311-abi3 manylinux2014_aarch64 wheel, which `auditwheel show` must find
 #    consistent with manylinux_2_17_aarch64 (no symbol newer than glibc 2.17); its size; then
-#    Debian's arm64 CPython 3.11 through qemu-user makes a fresh virtualenv, pip installs the
-#    wheel (pip on aarch64 choosing it by its tags) and pytest from PyPI, and runs the same smoke
-#    selection as the x86_64 wheel's (locks, groups, heartbeat and fork on file and redis) against
-#    servers started on this machine (native x86_64 redis-server).
+#    Debian's arm64 CPython 3.11 through qemu-user makes a fresh virtualenv, pip (running on the
+#    aarch64 interpreter, so choosing by its tags) installs the wheel and pytest from PyPI, and
+#    it runs the x86_64 wheel's smoke selection (locks, groups, heartbeat and fork on file and
+#    redis) against servers started on this machine (native x86_64 redis-server).
 # Usage: wheel_aarch64.sh [build|check|all] [OUT]   (OUT: where the wheel goes; a temporary
 # directory by default, removed at the end). Each step says how long it took.
 set -euo pipefail
@@ -42,7 +42,7 @@ if [ "$step" != check ]; then
         "$(/usr/bin/cargo --version) / $(/usr/bin/rustc --version)") ;;
         *) echo "the aarch64 build would not run Debian's cargo and rustc: $versions" >&2; exit 1 ;;
     esac
-    if ! PATH="$build_path" CARGO=/usr/bin/cargo RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$cache/target" \
+    if ! PATH="$build_path" CARGO=/usr/bin/cargo RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$PWD/target-aarch64" \
             maturin build --release --zig --target aarch64-unknown-linux-gnu --out "$out" \
             >"$out/build-aarch64.log" 2>&1; then
         cat "$out/build-aarch64.log" >&2
@@ -81,8 +81,10 @@ echo "auditwheel: consistent with manylinux_2_17_aarch64 (glibc 2.17):$(tr -s ' 
 start=$(date +%s)
 venv="$out/venv-aarch64"
 rm -rf "$venv"
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check "$wheel" "pytest>=7"
+# (.venv's pip run by the aarch64 interpreter, `pip --python`: it chooses by that interpreter's
+# tags, and takes half the time of ensurepip's own pip and setuptools under qemu)
+"$python" -m venv --without-pip "$venv"
+"$venv_bin/python" -m pip --python "$venv/bin/python" install -q --disable-pip-version-check "$wheel" "pytest>=7"
 (cd "$out" && "$venv/bin/python" -c "import platform, tooz, tooz.coordination, tooz._tooz; print('tooz imports on', platform.python_implementation(), platform.python_version(), platform.machine())")
 echo "aarch64 virtualenv with the wheel and pytest: $(( $(date +%s) - start )) s"
 start=$(date +%s)
