@@ -16,6 +16,10 @@
 #    the manylinux2014 abi3 wheel), installed with its declared dependencies and its `test` and
 #    `docs` extras. The test command, the upstream-suite runner, the benchmarks and the docs
 #    build all run .venv/bin/python; nothing is installed into the system's Python.
+#  - the aarch64 wheel's tools (scripts/setup_aarch64.sh): Debian's Rust 1.96 with the aarch64
+#    standard library, qemu-user-static and Debian's arm64 CPython 3.11 unpacked under
+#    /var/cache/tooz-aarch64; the aarch64 wheel is built beside the x86_64 one (into
+#    target-aarch64), so the test command's build of it finds it up to date;
 #  - .venv-upstream: upstream tooz 9.1.0 from PyPI, a test-only peer/oracle (never a dependency),
 #    with psycopg2-binary and PyMySQL for its postgresql:// and mysql:// drivers.
 set -euo pipefail
@@ -42,6 +46,7 @@ for svc in redis-server memcached zookeeper etcd postgresql mariadb; do
 done
 
 command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
+bash scripts/setup_aarch64.sh
 
 # cargo-audit, pinned, from crates.io (with its own lock file): the test command checks Cargo.lock
 # against a RustSec advisory snapshot with it. Built once; kept while the pinned version is there.
@@ -62,10 +67,22 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # maturin finds zig as `python3 -m ziglang` on the PATH: the venv's.
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
-if ! PATH="$PWD/.venv/bin:$PATH" maturin build --release --zig --out "$wheels" >"$wheels/build.log" 2>&1; then
+# The aarch64 wheel's build (Debian's cargo, a target directory of its own) runs beside it.
+bash scripts/wheel_aarch64.sh build "$wheels/aarch64" >"$wheels/aarch64.log" 2>&1 &
+aarch64_build=$!
+built=0
+PATH="$PWD/.venv/bin:$PATH" maturin build --release --zig --out "$wheels" >"$wheels/build.log" 2>&1 || built=$?
+aarch64_built=0
+wait "$aarch64_build" || aarch64_built=$?
+if [ "$built" -ne 0 ]; then
     cat "$wheels/build.log" >&2
     exit 1
 fi
+if [ "$aarch64_built" -ne 0 ]; then
+    cat "$wheels/aarch64.log" >&2
+    exit 1
+fi
+cat "$wheels/aarch64.log"
 wheel=$(ls "$wheels"/*.whl)
 "${pip[@]}" --force-reinstall --no-deps "$wheel"
 "${pip[@]}" "$wheel[test,docs]"

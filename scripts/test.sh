@@ -4,8 +4,8 @@
 # pure-Rust unit tests, the Python suite (including the interoperability tests against upstream
 # tooz in .venv-upstream), its lock, group, watcher and leader tests again under eventlet, the
 # public API compared with upstream's (scripts/api_diff.py), then upstream tooz's own shipped
-# test suite against this package on every backend (scripts/compat.py), the released wheel and
-# the sdist (scripts/wheels.sh, with `twine check`), the README as PyPI renders it and the docs
+# test suite against this package on every backend (scripts/compat.py), the released wheels
+# (x86_64; aarch64 under qemu) and the sdist (scripts/wheels.sh, with `twine check`), the README as PyPI renders it and the docs
 # (Sphinx, warnings are errors). The Python suite includes tests/test_examples.py (every
 # examples/*.py runs and exits 0) and tests/test_readme.py (the README's length, links,
 # commands and first program). Arguments go to pytest and skip the other steps.

@@ -6,6 +6,10 @@
 #    machine has (3.11 and 3.13, from pyenv, where present) for a smoke run of the suite: locks,
 #    groups, heartbeat and fork on file and redis;
 #  - `twine check --strict` of both: their long description (README.rst) renders on PyPI;
+#  - the aarch64 wheel (scripts/wheel_aarch64.sh): built with Debian's cargo and rustc (up to date
+#    after the set-up's build, which ran beside its x86_64 build; else beside the sdist's build
+#    here), checked by its tag and `auditwheel show`, and the same smoke run under Debian's arm64
+#    CPython 3.11 through qemu-user, alone (its tests are timed);
 #  - the sdist, installed by pip into a fresh virtualenv with PROTOC pointing at nothing (the
 #    build must need only cargo and a C compiler), then imported and used for a file lock.
 set -euo pipefail
@@ -79,12 +83,19 @@ for version in 3.11 3.13; do
         | tail -1 | sed "s/^/python$version: /"
 done
 
+# The aarch64 wheel's build, beside the sdist's.
+bash scripts/wheel_aarch64.sh build "$out/aarch64" >"$out/aarch64-build.log" 2>&1 &
+aarch64_build=$!
 # The sdist, built from source by pip as a user without protoc would: any build step that
 # looked for protoc would find PROTOC set to a path that does not exist.
 "$venv_bin/python" -m venv "$out/venv-sdist"
 start=$(date +%s)
+sdist_built=0
 PROTOC=/nonexistent/protoc "$out/venv-sdist/bin/pip" install -q --disable-pip-version-check "$sdist" \
-    >"$out/sdist-install.log" 2>&1 || { cat "$out/sdist-install.log" >&2; exit 1; }
+    >"$out/sdist-install.log" 2>&1 || sdist_built=$?
+sdist_took=$(( $(date +%s) - start ))
+wait "$aarch64_build" || { cat "$out/aarch64-build.log" >&2; exit 1; }
+[ "$sdist_built" -eq 0 ] || { cat "$out/sdist-install.log" >&2; exit 1; }
 (cd "$out" && "$out/venv-sdist/bin/python" - "$out/locks" <<'PY'
 import sys
 from tooz import coordination
@@ -96,4 +107,7 @@ c.stop()
 print("sdist: built and installed without protoc, file lock taken and released")
 PY
 )
-echo "sdist build took $(( $(date +%s) - start )) s"
+echo "sdist build took $sdist_took s"
+# The aarch64 wheel: its tag, auditwheel and the smoke run under qemu (alone: timed tests).
+cat "$out/aarch64-build.log"
+bash scripts/wheel_aarch64.sh check "$out/aarch64"
