@@ -213,7 +213,7 @@ impl DriverLock for Etcd3Lock {
         if !self.fate.holding() {
             // Past the holder's deadline, before its watchdog told: lost, with every lock on
             // its lease, and the lease revoked.
-            self.shared.expired(self.id, lease, crate::lock::fate::LEASE_RAN_OUT);
+            self.shared.expired(lease, crate::lock::fate::LEASE_RAN_OUT);
             self.fate.lost(crate::lock::fate::LEASE_RAN_OUT);
             return Ok(false);
         }

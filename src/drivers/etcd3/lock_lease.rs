@@ -128,7 +128,7 @@ impl Shared {
         st.held.get().insert(id, (key, lease));
         st.fates.get().insert(id, fate.clone());
         let me = self.clone();
-        let on_expiry = Box::new(move |why| me.expired(id, lease, why));
+        let on_expiry = Box::new(move |why| me.expired(lease, why));
         fate.acquired_on_lease(token, deadline, on_expiry);
     }
 
@@ -182,11 +182,10 @@ impl Shared {
     /// A holding on lease `lease` ran out on the holder's clock: every lock on the lease is
     /// lost (and told), and the lease revoked once etcd answers again (a refresh whose answer
     /// was lost may have kept it, and the keys with it), so others need not wait out its TTL.
-    pub(super) fn expired(self: &Arc<Self>, id: u64, lease: i64, why: &'static str) {
+    pub(super) fn expired(self: &Arc<Self>, lease: i64, why: &'static str) {
         let retiring = {
             let mut st = self.state();
             let current = st.lock_lease().is_some_and(|l| l.id == lease);
-            st.lost(id, why);
             st.retire_lock_lease(lease, why);
             current
         };

@@ -78,6 +78,16 @@ enum Try {
     Busy(Option<u64>),
 }
 
+/// What a meta get (`mg … c`, a look or a touch) says of a holding whose key had CAS unique
+/// `held`: whether the key is still that holding (it exists, with that CAS unique).
+fn still_held(reply: &Reply, held: u64, what: &str) -> Result<bool> {
+    match reply {
+        Reply::Meta(Status { code: Code::Hd, cas: Some(now) }) => Ok(*now == held),
+        Reply::Meta(Status { code: Code::Hd | Code::En, .. }) => Ok(false),
+        other => Err(unexpected(what, Some(other))),
+    }
+}
+
 fn unexpected(what: &str, reply: Option<&Reply>) -> Error {
     Error::Tooz(format!("unexpected memcached reply to {what}: {reply:?}"))
 }
@@ -379,19 +389,21 @@ impl LockState {
         }
         let sent = TokioInstant::now();
         let extended = match *cas {
-            Some(held) => match self.client().request("extend", &meta::touch(&self.key, self.ttl)).await? {
-                Reply::Meta(Status { code: Code::Hd, cas: Some(now) }) => now == held,
-                Reply::Meta(Status { code: Code::Hd | Code::En, .. }) => false,
-                other => return Err(unexpected("mg (touch)", Some(&other))),
-            },
+            Some(held) => still_held(&self.client().request("extend", &meta::touch(&self.key, self.ttl)).await?, held, "mg (touch)")?,
             None => self.owner().await?.as_ref() == Some(&self.shared.member) && self.client().touch(&self.key, self.ttl).await?,
         };
+        self.extension_answered(extended, sent);
+        Ok(extended)
+    }
+
+    /// An extension sent at `sent` was answered: the holder's clock moves on, or (the key gone
+    /// or another holder's) the holding is lost.
+    fn extension_answered(self: &Arc<Self>, extended: bool, sent: TokioInstant) {
         if extended {
             self.fate.renewed(self.lease().deadline(sent));
         } else {
             self.lost(&format!("{GONE} before it was extended"));
         }
-        Ok(extended)
     }
 
     /// Extends every lock of `locks` held through meta commands with one pipelined write of
@@ -417,11 +429,7 @@ impl LockState {
             let sent = TokioInstant::now();
             let replies = client.pipeline("extend", &request, batch.len()).await?;
             for ((lock, held, _cas), reply) in batch.iter().zip(&replies) {
-                match reply {
-                    Reply::Meta(Status { code: Code::Hd, cas: Some(now) }) if now == held => lock.fate.renewed(lock.lease().deadline(sent)),
-                    Reply::Meta(Status { code: Code::Hd | Code::En, .. }) => lock.lost(&format!("{GONE} before it was extended")),
-                    other => return Err(unexpected("mg (touch)", Some(other))),
-                }
+                lock.extension_answered(still_held(reply, *held, "mg (touch)")?, sent);
             }
         }
         drop(batch);
@@ -439,11 +447,7 @@ impl LockState {
             return Ok(false);
         }
         let owned = match *cas {
-            Some(held) => match self.client().request("look", &meta::look(&self.key)).await? {
-                Reply::Meta(Status { code: Code::Hd, cas: Some(now) }) => now == held,
-                Reply::Meta(Status { code: Code::Hd | Code::En, .. }) => false,
-                other => return Err(unexpected("mg", Some(&other))),
-            },
+            Some(held) => still_held(&self.client().request("look", &meta::look(&self.key)).await?, held, "mg")?,
             None => self.owner().await?.as_ref() == Some(&self.shared.member),
         };
         if !owned {
